@@ -1,0 +1,1 @@
+"""cryoframe.algorithms layer (see shared design: architecture)."""

@@ -1,0 +1,138 @@
+"""The Python API behind every CLI verb: one function per verb, callable from notebooks.
+
+>>> from cryoframe import api
+>>> store = api.import_("J24_particles.cs", "j24.cf", passthrough=["P_passthrough.cs"], project_dir="/cs/P12")
+>>> hard = api.query("j24.cf", "`ctf/df1_A` < 15000 and `alignments3D/error` > 3", out="hard.cf")
+>>> api.export(hard, "hard.star", format="star")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cryoframe.errors import InputError
+from cryoframe.query.expr import filter_store, query_frame
+from cryoframe.schema import field_spec
+from cryoframe.storage.exporters import export_cs, export_star
+from cryoframe.storage.importers import import_file
+from cryoframe.storage.store import ParticleStore
+
+__all__ = ["demo", "export", "import_", "info", "open_store", "query", "synth"]
+
+PathLike = str | os.PathLike[str]
+StoreLike = PathLike | ParticleStore
+
+
+def open_store(store: StoreLike) -> ParticleStore:
+    """A :class:`ParticleStore` from a path (or the store itself)."""
+    return store if isinstance(store, ParticleStore) else ParticleStore(store)
+
+
+def import_(
+    path: PathLike,
+    out: PathLike,
+    *,
+    passthrough: Sequence[PathLike] = (),
+    project_dir: PathLike | None = None,
+    metadata_only: bool = False,
+    psize_A: float | None = None,
+    overwrite: bool = False,
+) -> ParticleStore:
+    """Import a ``.cs`` (with passthroughs), ``.star`` or ``.mrcs`` file into a new store at ``out``."""
+    kw: dict[str, Any] = {"overwrite": overwrite}
+    suffix = Path(path).suffix.lower()
+    if suffix == ".cs":
+        kw.update(passthrough=list(passthrough), project_dir=project_dir, metadata_only=metadata_only)
+    elif suffix == ".star":
+        if passthrough:
+            raise InputError("--passthrough applies to .cs imports only")
+        kw.update(project_dir=project_dir, metadata_only=metadata_only)
+    else:
+        if passthrough:
+            raise InputError("--passthrough applies to .cs imports only")
+        kw.update(psize_A=psize_A)
+    return import_file(path, out, **kw)
+
+
+def info(store: StoreLike) -> dict[str, Any]:
+    """Summary of a store: counts, box, pixel size, fields (dtype, unit), images, optics, lineage."""
+    s = open_store(store)
+    man = s.manifest
+    fields = []
+    for f in man["fields"]:
+        if f["name"].startswith("_"):
+            continue
+        spec = field_spec(f["name"])
+        fields.append({"name": f["name"], "dtype": f["numpy_dtype"], "shape": f["shape"],
+                       "unit": spec.unit if spec else None})
+    images = None
+    if s.has_images:
+        z = s.image_array()
+        images = {"path": str(s.images_path()), "shape": list(z.shape), "chunks": list(z.chunks),
+                  "dtype": str(z.dtype), "shared_with_parent": not man["images"].get("owner", True)}
+    opt = s.optics()
+    return {
+        "path": str(s.path),
+        "n_particles": s.n,
+        "box_px": s.box,
+        "psize_A": s.psize_A,
+        "content_hash": s.content_hash,
+        "source": man.get("source"),
+        "images": images,
+        "optics_groups": None if opt is None else opt.num_rows,
+        "fields": fields,
+        "lineage": man.get("lineage", []),
+    }
+
+
+def query(
+    store: StoreLike,
+    where: str | None = None,
+    *,
+    columns: Sequence[str] | None = None,
+    out: PathLike | None = None,
+    head: int | None = None,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+) -> Any:
+    """Filter with a pandas ``query`` expression (backticks around ``group/field`` names).
+
+    With ``out`` a new store referencing the parent's images is written and returned; otherwise
+    a pandas DataFrame of the first ``head`` matching rows (all when ``head`` is None).
+    """
+    s = open_store(store)
+    if out is not None:
+        return filter_store(s, out, where, columns, overwrite=overwrite, scheduler=scheduler)
+    ddf = query_frame(s, where, columns)
+    if head is not None:
+        return ddf.head(head, npartitions=-1)
+    return ddf.compute(scheduler=scheduler) if scheduler else ddf.compute()
+
+
+def export(store: StoreLike, out: PathLike, *, format: str | None = None, images: bool = False,
+           extra_fields: bool = True, overwrite: bool = False) -> Path:
+    """Export to ``.cs`` or ``.star`` (``format`` defaults to ``out``'s suffix)."""
+    s = open_store(store)
+    fmt = (format or Path(out).suffix.lstrip(".")).lower()
+    if fmt == "cs":
+        return export_cs(s, out, images=images, overwrite=overwrite)
+    if fmt == "star":
+        return export_star(s, out, images=images, extra_fields=extra_fields, overwrite=overwrite)
+    raise InputError(f"unknown export format {fmt!r}: expected cs or star")
+
+
+def synth(out: PathLike, **kwargs: Any) -> ParticleStore:
+    """Write a deterministic synthetic store with ground truth (see :mod:`cryoframe.testing`)."""
+    from cryoframe.testing import synth_store
+
+    return synth_store(out, **kwargs)
+
+
+def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Run the end-to-end tour on synthetic data; returns what was done and where the files are."""
+    from cryoframe.demo import run_demo
+
+    return run_demo(workdir, n=n, box=box, seed=seed)

@@ -1,0 +1,57 @@
+"""``cryoframe`` command line: one module per verb (``add_args`` + ``main``), registered here."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cryoframe import __version__
+from cryoframe.errors import CryoframeError
+
+VERBS = {
+    "demo": ("demo", "synthesize, import, query, export and re-import a small dataset"),
+    "import": ("import_", "import a .cs (+ passthroughs), .star or .mrcs into a store"),
+    "info": ("info", "describe a store"),
+    "query": ("query", "filter a store with a pandas query expression"),
+    "export": ("export", "export a store to .cs or .star"),
+    "synth": ("synth", "write a deterministic synthetic store with ground truth"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cryoframe", description="cryo-EM particle curation as a distributed dataframe")
+    p.add_argument("--version", action="version", version=f"cryoframe {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (mod, help_) in VERBS.items():
+        m = importlib.import_module(f"cryoframe.cli.{mod}")
+        sp = sub.add_parser(verb, help=help_, description=(m.__doc__ or help_).strip())
+        m.add_args(sp)
+        sp.set_defaults(_main=m.main)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args._main(args) or 0)
+    except CryoframeError as exc:
+        print(f"cryoframe {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cryoframe {args.verb}: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

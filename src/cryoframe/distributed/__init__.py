@@ -1,0 +1,1 @@
+"""cryoframe.distributed layer (see shared design: architecture)."""

@@ -1,0 +1,1 @@
+"""cryoframe.plot layer (see shared design: architecture)."""

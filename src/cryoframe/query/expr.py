@@ -1,0 +1,91 @@
+"""Filter store metadata with pandas/dask ``query`` expressions.
+
+Field names with ``/`` are written in backticks: ```ctf/df1_A` < 15000``.  Queries are lazy
+dask graphs over the Parquet partitions; :func:`filter_store` streams the matching rows of
+each partition into a new store that references the parent's images (no copy).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from cryoframe.errors import InputError
+from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
+
+__all__ = ["filter_store", "query_frame"]
+
+
+def _columns(store: ParticleStore, columns: Sequence[str] | None, internal: bool) -> list[str] | None:
+    if columns is None:
+        return None
+    cols = ["uid", *[c for c in columns if c != "uid"]]
+    if internal and store.has_images:
+        cols.append(IMAGE_ROW)
+    return cols
+
+
+def _explain(store: ParticleStore, where: str, exc: Exception) -> InputError:
+    names = set(re.findall(r"`([^`]+)`", where))
+    missing = sorted(nm for nm in names if nm not in store.fields)
+    if missing:
+        return InputError(f"{store.path}: query names unknown field(s) {', '.join(missing)}; fields are: "
+                          f"{', '.join(store.fields)}")
+    return InputError(f"bad --where expression {where!r}: {exc} (quote field names with backticks: `ctf/df1_A`)")
+
+
+def query_frame(store: ParticleStore, where: str | None = None, columns: Sequence[str] | None = None,
+                *, include_internal: bool = False) -> Any:
+    """Lazy dask dataframe of ``store``'s rows matching ``where`` (all rows when None)."""
+    cols = _columns(store, columns, include_internal)
+    if cols is not None:
+        store._check_columns(cols)
+    ddf = store.metadata(cols, include_internal=include_internal)
+    if where:
+        try:
+            ddf = ddf.query(where)
+        except Exception as exc:  # pandas raises many types for bad expressions
+            raise _explain(store, where, exc) from exc
+    return ddf
+
+
+def filter_store(
+    store: ParticleStore,
+    out: str | os.PathLike[str],
+    where: str | None = None,
+    columns: Sequence[str] | None = None,
+    *,
+    overwrite: bool = False,
+    scheduler: str | None = None,
+) -> ParticleStore:
+    """Write the rows of ``store`` matching ``where`` as a new store referencing its images."""
+    import dask
+
+    ddf = query_frame(store, where, columns, include_internal=True)
+    schema = store.schema
+    keep = [f for f in schema if f.name in ddf.columns]
+    out_schema = pa.schema(keep, metadata=schema.metadata)
+    params = {"where": where, "columns": list(columns) if columns else None}
+    with StoreWriter(out, op="query", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
+        wrote = False
+        for part in ddf.to_delayed():
+            try:
+                pdf = dask.compute(part, scheduler=scheduler)[0] if scheduler else part.compute()
+            except Exception as exc:
+                raise _explain(store, where or "", exc) from exc
+            tbl = pa.Table.from_pandas(pdf, preserve_index=False)
+            tbl = pa.Table.from_arrays([tbl.column(f.name).cast(f.type) for f in keep], schema=out_schema)
+            w.write_metadata(tbl)
+            wrote = True
+        if not wrote:
+            w.write_metadata(out_schema.empty_table())
+        if store.has_images:
+            w.link_images(store)
+        opt = store.optics()
+        if opt is not None:
+            w.write_optics(opt)
+        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))

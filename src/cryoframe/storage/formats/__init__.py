@@ -1,0 +1,1 @@
+"""File formats: cryoSPARC ``.cs``, RELION ``.star``, MRC/MRCS stacks."""

@@ -1,0 +1,373 @@
+"""ParticleStore: one directory per particle set (Parquet metadata + Zarr v3 images + manifest).
+
+Layout (see shared design/architecture)::
+
+    STORE/manifest.json     format, counts, fields, images reference, lineage
+    STORE/metadata/         part-NNNNN.parquet, one row per particle, key ``uid`` (uint64)
+    STORE/images.zarr       (N, box, box) float32, chunked along N (4-16 MiB chunks)
+    STORE/optics.parquet    optional RELION optics groups
+    STORE/extras/           job products
+
+Stores are immutable: :class:`StoreWriter` builds a store under a hidden temporary name next to
+the target and renames it into place on :meth:`StoreWriter.commit`; any exception removes the
+temporary directory, so a failed or killed operation never leaves a partial store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cryoframe.errors import StoreError
+from cryoframe.schema import is_internal, numpy_dtype_of
+from cryoframe.storage.manifest import FORMAT_VERSION, file_hash, lineage_step, read_manifest, write_json_atomic
+
+__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows"]
+
+IMAGE_ROW = "_image_row"
+"""Internal column: row of this particle in the (possibly shared) image array."""
+
+ROW_GROUP = 250_000
+ROWS_PER_FILE = 1_000_000
+CHUNK_BYTES = 8 << 20
+
+
+def image_chunk_rows(box: int, itemsize: int = 4, target: int = CHUNK_BYTES) -> int:
+    """Particles per Zarr chunk so that one chunk is about ``target`` bytes (4-16 MiB)."""
+    return max(1, int(target // (box * box * itemsize)))
+
+
+def _parquet_kwargs(schema: pa.Schema) -> dict[str, Any]:
+    dict_cols = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
+    return {"compression": "zstd", "use_dictionary": dict_cols, "write_statistics": True}
+
+
+class StoreWriter:
+    """Build a new store atomically.  Use as a context manager, then :meth:`commit`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        op: str,
+        params: dict[str, Any] | None = None,
+        inputs: Sequence[str | os.PathLike[str] | ParticleStore] = (),
+        parent: ParticleStore | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.final = Path(path).absolute()
+        if self.final.exists() and not overwrite:
+            raise StoreError(f"{self.final}: already exists (choose another --out or pass --overwrite)")
+        if not self.final.parent.is_dir():
+            raise StoreError(f"{self.final.parent}: output directory does not exist")
+        self.overwrite = overwrite
+        self.tmp = self.final.parent / f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        (self.tmp / "metadata").mkdir(parents=True)
+        (self.tmp / "extras").mkdir()
+        self.parent = parent
+        self.lineage: list[dict[str, Any]] = list(parent.manifest.get("lineage", [])) if parent else []
+        self._step = (op, params or {}, list(inputs))
+        self._writer: pq.ParquetWriter | None = None
+        self._file_rows = 0
+        self._nfiles = 0
+        self.schema: pa.Schema | None = None
+        self.n = 0
+        self.images: dict[str, Any] | None = None
+        self.info: dict[str, Any] = {}
+        self._done = False
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:
+                pass
+            self._writer = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._done = True
+
+    # -- metadata --------------------------------------------------------------------------
+    def write_metadata(self, table: pa.Table) -> None:
+        """Append rows; the first call fixes the schema (field metadata included)."""
+        if self.schema is None:
+            self.schema = table.schema
+        elif table.schema != self.schema:
+            try:
+                table = pa.Table.from_arrays([c.cast(f.type) for c, f in zip(table.columns, self.schema, strict=True)],
+                                             schema=self.schema)
+            except (pa.ArrowInvalid, ValueError) as exc:
+                raise StoreError(f"metadata batch does not match the store schema: {exc}") from exc
+        start = 0
+        while start < table.num_rows:
+            if self._writer is None:
+                name = self.tmp / "metadata" / f"part-{self._nfiles:05d}.parquet"
+                self._writer = pq.ParquetWriter(name, self.schema, **_parquet_kwargs(self.schema))
+                self._nfiles += 1
+                self._file_rows = 0
+            take = min(table.num_rows - start, ROWS_PER_FILE - self._file_rows)
+            self._writer.write_table(table.slice(start, take), row_group_size=ROW_GROUP)
+            self._file_rows += take
+            self.n += take
+            start += take
+            if self._file_rows >= ROWS_PER_FILE:
+                self._writer.close()
+                self._writer = None
+
+    # -- images ----------------------------------------------------------------------------
+    def create_images(self, n: int, box: int, dtype: str = "float32") -> Any:
+        """Create the (n, box, box) Zarr v3 array, chunked along particles; returns it for writing."""
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        rows = image_chunk_rows(box, np.dtype(dtype).itemsize)
+        arr = zarr.create_array(
+            store=str(self.tmp / "images.zarr"),
+            shape=(n, box, box),
+            chunks=(min(rows, max(n, 1)), box, box),
+            dtype=dtype,
+            compressors=BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+            fill_value=0,
+        )
+        self.images = {"path": "images.zarr", "shape": [n, box, box], "dtype": dtype, "owner": True}
+        return arr
+
+    def link_images(self, source: ParticleStore) -> None:
+        """Reference ``source``'s image array instead of copying it."""
+        src = source.images_path()
+        if src is None:
+            return
+        rel = os.path.relpath(src, self.final.parent)
+        self.images = {
+            "path": os.path.join("..", rel),
+            "abs_path": str(src),
+            "shape": source.manifest["images"]["shape"],
+            "dtype": source.manifest["images"]["dtype"],
+            "owner": False,
+        }
+
+    def write_optics(self, table: pa.Table) -> None:
+        pq.write_table(table, self.tmp / "optics.parquet", compression="zstd")
+
+    def extras_dir(self) -> Path:
+        return self.tmp / "extras"
+
+    # -- commit ----------------------------------------------------------------------------
+    def commit(self, **info: Any) -> ParticleStore:
+        """Finish files, write the manifest, rename into place; returns the opened store."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.schema is None:
+            raise StoreError("no metadata was written")
+        if self._nfiles == 0:  # zero rows: still one (empty) Parquet file carrying the schema
+            pq.write_table(self.schema.empty_table(), self.tmp / "metadata" / "part-00000.parquet",
+                           **_parquet_kwargs(self.schema))
+            self._nfiles = 1
+        op, params, inputs = self._step
+        ins = []
+        for x in inputs:
+            if isinstance(x, ParticleStore):
+                ins.append({"path": str(x.path), "hash": x.content_hash})
+            else:
+                ins.append({"path": str(Path(x).absolute()), "hash": file_hash(x)})
+        h = hashlib.blake2b(digest_size=16)
+        for f in sorted((self.tmp / "metadata").glob("*.parquet")):
+            h.update(f.read_bytes())
+        if (self.tmp / "optics.parquet").exists():
+            h.update((self.tmp / "optics.parquet").read_bytes())
+        h.update(repr(self.images).encode())
+        from cryoframe import __version__
+
+        fields = []
+        for f in self.schema:
+            dt, shape = numpy_dtype_of(f)
+            fields.append({"name": f.name, "numpy_dtype": dt.str, "shape": list(shape), "arrow_type": str(f.type)})
+        manifest = {
+            "format": "cryoframe-store",
+            "format_version": FORMAT_VERSION,
+            "schema_version": 1,
+            "cryoframe_version": __version__,
+            "n_particles": self.n,
+            "box_px": self.images["shape"][1] if self.images else info.pop("box_px", None),
+            "psize_A": info.pop("psize_A", None),
+            "fields": fields,
+            "images": self.images,
+            "optics": "optics.parquet" if (self.tmp / "optics.parquet").exists() else None,
+            "content_hash": f"blake2b:{h.hexdigest()}",
+            **info,
+            "lineage": self.lineage + [lineage_step(op, params, ins)],
+        }
+        write_json_atomic(self.tmp / "manifest.json", manifest)
+        old = None
+        if self.final.exists():
+            if not self.overwrite:
+                self.abort()
+                raise StoreError(f"{self.final}: already exists")
+            old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        self._done = True
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return ParticleStore(self.final)
+
+
+class ParticleStore:
+    """An immutable particle set on disk.  ``ParticleStore(path)`` opens and validates it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).absolute()
+        self.manifest = read_manifest(self.path)
+        self._files = sorted((self.path / "metadata").glob("*.parquet"))
+        if not self._files:
+            raise StoreError(f"{self.path}: metadata/ holds no Parquet files")
+
+    open = classmethod(lambda cls, path: cls(path))
+
+    def __repr__(self) -> str:
+        return f"ParticleStore({str(self.path)!r}, n={self.n}, box={self.box})"
+
+    # -- simple properties -----------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return int(self.manifest["n_particles"])
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def box(self) -> int | None:
+        return self.manifest.get("box_px")
+
+    @property
+    def psize_A(self) -> float | None:
+        """Image pixel size in Å/px (None when unknown)."""
+        return self.manifest.get("psize_A")
+
+    @property
+    def content_hash(self) -> str:
+        return self.manifest["content_hash"]
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        return self.manifest.get("lineage", [])
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self._files[0])
+
+    @property
+    def fields(self) -> list[str]:
+        """User-visible columns (cryoSPARC fields, verbatim RELION labels); no internal ones."""
+        return [f["name"] for f in self.manifest["fields"] if not is_internal(f["name"])]
+
+    @property
+    def has_images(self) -> bool:
+        return self.manifest.get("images") is not None
+
+    def extras_dir(self) -> Path:
+        return self.path / "extras"
+
+    # -- metadata --------------------------------------------------------------------------
+    def _check_columns(self, columns: Sequence[str] | None) -> list[str] | None:
+        if columns is None:
+            return None
+        have = {f["name"] for f in self.manifest["fields"]}
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise StoreError(f"{self.path}: no field(s) {', '.join(missing)}; fields are: {', '.join(self.fields)}")
+        return list(dict.fromkeys(columns))
+
+    def table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Read metadata (optionally only ``columns``) as one Arrow table, in store order."""
+        cols = self._check_columns(columns)
+        return pa.concat_tables([pq.read_table(f, columns=cols) for f in self._files])
+
+    def iter_batches(self, columns: Sequence[str] | None = None, batch_size: int = 262_144) -> Iterator[pa.Table]:
+        """Stream metadata in store order, ``batch_size`` rows at a time (bounded memory)."""
+        cols = self._check_columns(columns)
+        for f in self._files:
+            pf = pq.ParquetFile(f)
+            for b in pf.iter_batches(batch_size=batch_size, columns=cols):
+                yield pa.Table.from_batches([b])
+
+    def metadata(self, columns: Sequence[str] | None = None, *, include_internal: bool = False) -> Any:
+        """Lazy dask dataframe of the metadata with pyarrow dtypes (one partition per row group)."""
+        import dask.dataframe as dd
+
+        cols = self._check_columns(columns)
+        if cols is None and not include_internal:
+            cols = [f["name"] for f in self.manifest["fields"] if not is_internal(f["name"])]
+        return dd.read_parquet(
+            [str(f) for f in self._files],
+            columns=cols,
+            dtype_backend="pyarrow",
+            split_row_groups="adaptive",
+            index=False,
+        )
+
+    def optics(self) -> pa.Table | None:
+        if not self.manifest.get("optics"):
+            return None
+        return pq.read_table(self.path / self.manifest["optics"])
+
+    # -- images ----------------------------------------------------------------------------
+    def images_path(self) -> Path | None:
+        ref = self.manifest.get("images")
+        if not ref:
+            return None
+        p = (self.path / ref["path"]).resolve()
+        if not p.exists() and ref.get("abs_path"):
+            p = Path(ref["abs_path"])
+        if not p.exists():
+            raise StoreError(f"{self.path}: image array {ref['path']} not found (was the parent store moved or deleted?)")
+        return p
+
+    def image_array(self) -> Any:
+        """The raw zarr.Array this store's images live in (possibly a parent's)."""
+        import zarr
+
+        p = self.images_path()
+        if p is None:
+            raise StoreError(f"{self.path}: store has no images (imported with --metadata-only?)")
+        return zarr.open_array(str(p), mode="r")
+
+    def image_rows(self) -> np.ndarray:
+        """Row of each particle (store order) in :meth:`image_array`."""
+        return self.table([IMAGE_ROW]).column(0).to_numpy()
+
+    def images(self) -> Any:
+        """Lazy dask array (n, box, box) of this store's particle images in store order."""
+        import dask.array as da
+
+        z = self.image_array()
+        x = da.from_zarr(z)
+        rows = self.image_rows()
+        if len(rows) == z.shape[0] and np.array_equal(rows, np.arange(len(rows))):
+            return x
+        return x[rows]
+
+    def read_images(self, start: int, stop: int) -> np.ndarray:
+        """Images of particles ``start:stop`` (store order) as a NumPy array."""
+        z = self.image_array()
+        rows = self.image_rows()[start:stop]
+        if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
+            return z[int(rows[0]) : int(rows[-1]) + 1]
+        return z.get_orthogonal_selection((rows, slice(None), slice(None)))
