@@ -54,7 +54,7 @@ class CsFile:
     def _open_npy(self) -> None:
         try:
             rec = np.load(self.path, mmap_mode="r", allow_pickle=False, max_header_size=1 << 24)
-        except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        except Exception as exc:  # ValueError, EOFError, SyntaxError, tokenize.TokenError ...
             raise FormatError(f"{self.path}: truncated or garbled .cs file ({exc})") from exc
         if not isinstance(rec, np.ndarray) or rec.dtype.names is None or rec.ndim != 1:
             raise FormatError(f"{self.path}: .cs must hold a 1-D structured array, found {getattr(rec, 'dtype', '?')}")

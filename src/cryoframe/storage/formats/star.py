@@ -69,7 +69,7 @@ def read_particles_star(path: str | os.PathLike[str]) -> StarParticles:
             raise FormatError(f"{p}: data_{name} lacks rlnOpticsGroup although the file has data_optics")
         missing = set(df["rlnOpticsGroup"].unique()) - set(optics["rlnOpticsGroup"].unique())
         if missing:
-            raise FormatError(f"{p}: rlnOpticsGroup {sorted(missing)} used by particles but not defined in data_optics")
+            raise FormatError(f"{p}: rlnOpticsGroup {sorted(int(m) for m in missing)} used by particles but not defined in data_optics")
         if optics["rlnOpticsGroup"].duplicated().any():
             raise FormatError(f"{p}: data_optics defines an rlnOpticsGroup twice")
     return StarParticles(particles=df, optics=optics, version=version, block=name)
