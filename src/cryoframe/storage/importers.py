@@ -18,7 +18,7 @@ from cryoframe.storage.formats.cs import CsFile
 from cryoframe.storage.formats.mrc import stack_header
 from cryoframe.storage.formats.star import read_particles_star
 from cryoframe.storage.images import import_images, resolve_base
-from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
+from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter, prefetch
 
 __all__ = ["import_cs", "import_file", "import_mrcs", "import_star"]
 
@@ -157,8 +157,11 @@ def import_cs(
                 shp = j.read(["blob/shape"], 0, 1)["blob/shape"]
                 exp = int(shp[0][-1]) if len(shp) else None
             box, _ = import_images(w, j.n, blobs, base, str(path), "blob/path", expected_box=exp)
-        for a in range(0, j.n, BATCH):
-            w.write_metadata(_table(schema, j.read(names, a, min(j.n, a + BATCH)), a, want_images))
+        def batch(a: int) -> pa.Table:
+            return _table(schema, j.read(names, a, min(j.n, a + BATCH)), a, want_images)
+
+        for tbl in prefetch(batch, range(0, j.n, BATCH)):
+            w.write_metadata(tbl)
         if j.n == 0:
             w.write_metadata(schema.empty_table())
         psize = None

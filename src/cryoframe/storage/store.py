@@ -31,7 +31,7 @@ from cryoframe.errors import StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
 from cryoframe.storage.manifest import FORMAT_VERSION, file_hash, lineage_step, read_manifest, write_json_atomic
 
-__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows"]
+__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows", "prefetch"]
 
 IMAGE_ROW = "_image_row"
 """Internal column: row of this particle in the (possibly shared) image array."""
@@ -49,6 +49,35 @@ def image_chunk_rows(box: int, itemsize: int = 4, target: int = CHUNK_BYTES) -> 
 def _parquet_kwargs(schema: pa.Schema) -> dict[str, Any]:
     dict_cols = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
     return {"compression": "zstd", "use_dictionary": dict_cols, "write_statistics": True}
+
+
+def _footer(path: Path) -> bytes:
+    """A Parquet file's size + footer (schema, row-group offsets, column statistics and sizes).
+
+    Cheap to read for any file size, and it changes whenever the data does.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        fh.seek(max(0, size - 8))
+        tail = fh.read(8)
+        flen = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+        fh.seek(max(0, size - 8 - flen))
+        return str(size).encode() + fh.read()
+
+
+def prefetch(func: Any, items: Any, depth: int = 2) -> Iterator[Any]:
+    """``map(func, items)`` computed ``depth`` items ahead in a worker thread (ordered, bounded)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque[Any] = deque()
+        for it in items:
+            pending.append(pool.submit(func, it))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 class StoreWriter:
@@ -84,6 +113,13 @@ class StoreWriter:
         self.images: dict[str, Any] | None = None
         self.info: dict[str, Any] = {}
         self._done = False
+        from concurrent.futures import ThreadPoolExecutor
+
+        # input files are hashed in the background while the operation runs (hashlib drops the GIL)
+        self._hasher = ThreadPoolExecutor(max_workers=1)
+        self._hashes = {
+            str(x): self._hasher.submit(file_hash, x) for x in self._step[2] if not isinstance(x, ParticleStore)
+        }
 
     # -- context manager -------------------------------------------------------------------
     def __enter__(self) -> StoreWriter:
@@ -94,6 +130,7 @@ class StoreWriter:
             self.abort()
 
     def abort(self) -> None:
+        self._hasher.shutdown(wait=False, cancel_futures=True)
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -186,12 +223,11 @@ class StoreWriter:
             if isinstance(x, ParticleStore):
                 ins.append({"path": str(x.path), "hash": x.content_hash})
             else:
-                ins.append({"path": str(Path(x).absolute()), "hash": file_hash(x)})
+                ins.append({"path": str(Path(x).absolute()), "hash": self._hashes[str(x)].result()})
+        self._hasher.shutdown()
         h = hashlib.blake2b(digest_size=16)
-        for f in sorted((self.tmp / "metadata").glob("*.parquet")):
-            h.update(f.read_bytes())
-        if (self.tmp / "optics.parquet").exists():
-            h.update((self.tmp / "optics.parquet").read_bytes())
+        for f in sorted((self.tmp / "metadata").glob("*.parquet")) + sorted(self.tmp.glob("optics.parquet")):
+            h.update(_footer(f))
         h.update(repr(self.images).encode())
         from cryoframe import __version__
 

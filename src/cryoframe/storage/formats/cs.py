@@ -103,6 +103,8 @@ class CsFile:
         try:
             if self._rec is not None:
                 block = self._rec[start:stop]
+                if len(names) * 2 > len(self.fields):  # most fields: one sequential copy, then split
+                    block = np.array(block)
                 return {f: np.array(block[f]) for f in names}
             assert self._arrays is not None
             return {f: self._arrays[f][start:stop].copy() for f in names}
