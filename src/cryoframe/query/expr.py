@@ -44,13 +44,43 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
     cols = _columns(store, columns, include_internal)
     if cols is not None:
         store._check_columns(cols)
-    ddf = store.metadata(cols, include_internal=include_internal)
+    ddf = store.metadata(None if where else cols, include_internal=include_internal)
     if where:
+        expr, local = _uint64_literals(where)
         try:
-            ddf = ddf.query(where)
+            ddf = ddf.query(expr, local_dict=local) if local else ddf.query(expr)
         except Exception as exc:  # pandas raises many types for bad expressions
             raise _explain(store, where, exc) from exc
+        if cols is not None:
+            ddf = ddf[cols]  # projection after the filter (dask pushes it down to Parquet)
     return ddf
+
+
+_BIG_INT = re.compile(r"(?<![\w.`])(\d{19,20})(?![\w.])")
+
+
+def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:
+    """Integer literals beyond int64 (uids use the full uint64 range) become uint64 locals.
+
+    pandas would otherwise overflow converting them to C long.
+    """
+    import numpy as np
+
+    local: dict[str, Any] = {}
+    parts = where.split("`")
+    for i in range(0, len(parts), 2):  # outside backticks only
+        def repl(m: re.Match[str]) -> str:
+            v = int(m.group(1))
+            if v <= np.iinfo(np.int64).max:
+                return m.group(1)
+            if v > np.iinfo(np.uint64).max:
+                raise InputError(f"integer literal {v} in --where is larger than the uint64 range")
+            key = f"_cf_u{len(local)}"
+            local[key] = np.uint64(v)
+            return "@" + key
+
+        parts[i] = _BIG_INT.sub(repl, parts[i])
+    return "`".join(parts), local
 
 
 def filter_store(
@@ -67,7 +97,7 @@ def filter_store(
 
     ddf = query_frame(store, where, columns, include_internal=True)
     schema = store.schema
-    keep = [f for f in schema if f.name in ddf.columns]
+    keep = [schema.field(c) for c in ddf.columns]
     out_schema = pa.schema(keep, metadata=schema.metadata)
     params = {"where": where, "columns": list(columns) if columns else None}
     with StoreWriter(out, op="query", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:

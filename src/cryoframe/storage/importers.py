@@ -82,8 +82,8 @@ class _Joined:
                 out.update(src.read(nms, start, stop))
             else:
                 rows = take[start:stop]
-                if src._rec is not None:
-                    block = src._rec[rows]
+                if src._npy:
+                    block = src.records()[rows]
                     out.update({nm: np.array(block[nm]) for nm in nms})
                 else:
                     out.update({nm: src.read([nm])[nm][rows] for nm in nms})

@@ -37,6 +37,7 @@ class CsFile:
             magic = fh.read(6)
         self._arrays: dict[str, np.ndarray] | None = None
         self._rec: np.ndarray | None = None
+        self._npy = False
         if magic == NPY_MAGIC:
             self._open_npy()
         elif magic == CSDAT_MAGIC:
@@ -52,18 +53,43 @@ class CsFile:
             raise FormatError(f"{self.path}: field 'uid' has dtype {uid_dt.str}, expected <u8")
 
     def _open_npy(self) -> None:
+        fmt = np.lib.format
         try:
-            rec = np.load(self.path, mmap_mode="r", allow_pickle=False, max_header_size=1 << 24)
+            with self.path.open("rb") as fh:
+                version = fmt.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(fh, max_header_size=1 << 24)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(fh, max_header_size=1 << 24)
+                else:
+                    shape, fortran, dtype = fmt._read_array_header(fh, version, max_header_size=1 << 24)
+                self._offset = fh.tell()
         except Exception as exc:  # ValueError, EOFError, SyntaxError, tokenize.TokenError ...
             raise FormatError(f"{self.path}: truncated or garbled .cs file ({exc})") from exc
-        if not isinstance(rec, np.ndarray) or rec.dtype.names is None or rec.ndim != 1:
-            raise FormatError(f"{self.path}: .cs must hold a 1-D structured array, found {getattr(rec, 'dtype', '?')}")
-        self._rec = rec
-        self.n = int(rec.shape[0])
+        if dtype.names is None or len(shape) != 1 or fortran:
+            raise FormatError(f"{self.path}: .cs must hold a 1-D structured array, found {dtype} {shape}")
+        if dtype.hasobject:
+            raise FormatError(f"{self.path}: .cs holds Python objects; only fixed-size fields are supported")
+        self.n = int(shape[0])
+        need = self._offset + self.n * dtype.itemsize
+        size = self.path.stat().st_size
+        if size < need:
+            raise FormatError(
+                f"{self.path}: truncated or garbled .cs file ({size} bytes; header promises {self.n} rows = {need} bytes)"
+            )
+        self._dtype = dtype
+        self._rec = None
+        self._npy = True
         self.fields: list[tuple[str, np.dtype, tuple[int, ...]]] = []
-        for name in rec.dtype.names:
-            dt = rec.dtype.fields[name][0]
+        for name in dtype.names:
+            dt = dtype.fields[name][0]
             self.fields.append((name, dt.base, tuple(dt.shape)))
+
+    def records(self) -> np.ndarray:
+        """The whole file as a read-only memory-mapped record array (for random-access gathers)."""
+        if self._rec is None:
+            self._rec = np.memmap(self.path, dtype=self._dtype, mode="r", offset=self._offset, shape=(self.n,))
+        return self._rec
 
     def _open_csdat(self) -> None:
         try:
@@ -101,11 +127,15 @@ class CsFile:
         stop = self.n if stop is None else min(stop, self.n)
         names = self.names if fields is None else list(fields)
         try:
-            if self._rec is not None:
-                block = self._rec[start:stop]
-                if len(names) * 2 > len(self.fields):  # most fields: one sequential copy, then split
-                    block = np.array(block)
-                return {f: np.array(block[f]) for f in names}
+            if self._npy:
+                count = max(0, stop - start)
+                step = max(1, (32 << 20) // max(1, self._dtype.itemsize))  # read <= 32 MiB at a time
+                if count <= step:
+                    block = np.fromfile(self.path, dtype=self._dtype, count=count,
+                                        offset=self._offset + start * self._dtype.itemsize)
+                    return {f: np.array(block[f]) for f in names}
+                parts = [self.read(names, a, min(stop, a + step)) for a in range(start, stop, step)]
+                return {f: np.concatenate([p[f] for p in parts]) for f in names}
             assert self._arrays is not None
             return {f: self._arrays[f][start:stop].copy() for f in names}
         except (ValueError, OSError) as exc:

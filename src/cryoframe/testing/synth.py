@@ -1,0 +1,697 @@
+"""Deterministic synthetic cryo-EM particles, cryoSPARC/RELION metadata and project files.
+
+Everything is a pure function of ``seed`` and the particle index: particle ``i``'s parameters
+come from a random stream keyed by ``(seed, i // BLOCK)`` and its noise from one keyed by
+``(seed, i // NOISE_BLOCK)``, so any range ``[start, start + n)`` can be generated alone and
+batched generation equals one-shot generation bit for bit.  Huge data sets are streamed.
+
+Ground truth: per particle a true class, pose, shift, defocus, scale and a latent ``junk`` flag
+(:func:`make_truth`); the statistics are drawn from the known mixtures in :data:`MIXTURES`
+(junk particles form the junk component of every per-particle statistic).  Image formation and
+geometric conventions are documented in :mod:`cryoframe.testing.physics`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from cryoframe.errors import InputError
+from cryoframe.testing.physics import apply_ctf, ctf_2d, project_blobs, render_blobs, render_blobs_3d, rot2d
+
+__all__ = [
+    "BLOCK",
+    "MIXTURES",
+    "OPTICS",
+    "SynthDataset",
+    "is_main_field",
+    "make_metadata",
+    "make_particles",
+    "make_templates",
+    "make_truth",
+    "make_volumes",
+    "synth_store",
+    "write_cs_dataset",
+    "write_star_dataset",
+]
+
+Kind = Literal["2d", "3d"]
+
+BLOCK = 4096
+"""Particles per parameter block (the unit of independent random streams)."""
+NOISE_BLOCK = 64
+CALIBRATION = 256  # particles 0..255 fix the noise level
+PARTICLES_PER_MICROGRAPH = 200
+MICROGRAPH_SHAPE = (4092, 5760)  # (ny, nx) px
+BATCH = 262_144
+
+OPTICS: dict[str, float] = {"accel_kv": 300.0, "cs_mm": 2.7, "amp_contrast": 0.1, "phase_shift_rad": 0.0}
+"""Optics constants of every synthetic particle (kV, mm, fraction, rad)."""
+
+MIXTURES: dict[str, Any] = {
+    "junk_fraction": 0.3,
+    # components sorted by mean; ``junk_component`` is the one junk particles are drawn from
+    "scale": {"weights": [0.3, 0.7], "means": [0.6, 1.0], "sds": [0.08, 0.08], "junk_component": 0},
+    "error3d": {"weights": [0.7, 0.3], "means": [9500.0, 10500.0], "sds": [150.0, 250.0], "junk_component": 1},
+    "error2d": {"weights": [0.7, 0.3], "means": [7200.0, 7800.0], "sds": [120.0, 160.0], "junk_component": 1},
+    "ncc": {"weights": [0.3, 0.7], "means": [0.25, 0.45], "sds": [0.04, 0.05], "junk_component": 0},
+    "power": {"weights": [0.3, 0.7], "means": [80.0, 150.0], "sds": [15.0, 20.0], "junk_component": 0},
+    # average defocus (Å) of two sessions (= exposure groups 1, 2), clipped to [8000, 25000]
+    "defocus": {"weights": [0.4, 0.6], "means": [12000.0, 19000.0], "sds": [1200.0, 1800.0], "range": [8000.0, 25000.0]},
+    "astigmatism_A": [0.0, 600.0],  # df1 - df2 ~ U(range); df_angle_rad ~ U(0, pi)
+    "shift_px": {"sd": 1.5, "max": 5.0},
+    # class posteriors ~ Dirichlet(background + bonus on the true class)
+    "posterior": {"background": 0.5, "good": 20.0, "junk": 2.0},
+    "alpha_jitter": 0.02,  # alignments*/alpha = alpha_min * (1 + N(0, jitter))
+}
+"""The known distributions the metadata statistics are drawn from."""
+
+_PARAMS, _NOISE, _MODEL, _UID, _MIC, _SHUFFLE = 1, 2, 3, 4, 5, 6
+_MAIN_GROUPS = ("uid", "blob/", "alignments3D/", "alignments3D_multi/", "alignments2D/")
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *(int(k) for k in keys)]))
+
+
+def _check(kind: str, classes: int = 1, box: int = 8, seed: int = 0) -> None:
+    if kind not in ("2d", "3d"):
+        raise InputError(f"kind must be '2d' or '3d', got {kind!r}")
+    if classes < 1 or box < 8 or seed < 0:
+        raise InputError(f"need classes >= 1, box >= 8 px and seed >= 0 (got {classes}, {box}, {seed})")
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a bijection of uint64 (distinct inputs give distinct outputs)."""
+    z = x.astype(np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _keyed_ids(seed: int, stream: int, idx: np.ndarray) -> np.ndarray:
+    key = np.random.SeedSequence([int(seed), stream]).generate_state(1, np.uint64)[0]
+    return _mix64(np.asarray(idx, dtype=np.uint64) ^ key)
+
+
+# -- objects: 2D templates and 3D volumes made of anisotropic Gaussian blobs -----------------------
+def _random_blobs(g: np.random.Generator, box: int, dim: int, mmax: int) -> tuple[np.ndarray, ...]:
+    m = int(g.integers(3 if dim == 2 else 4, mmax + 1))
+    d = g.normal(size=(m, dim))
+    c = d / np.linalg.norm(d, axis=1, keepdims=True) * (0.2 * box * g.random((m, 1)) ** (1 / dim))
+    sig = g.uniform(0.03, 0.07, (m, dim)) * box
+    q = rot2d(g.uniform(0, np.pi, m)) if dim == 2 else Rotation.random(m, random_state=g).as_matrix()
+    p = np.einsum("mij,mj,mkj->mik", q, 1.0 / sig**2, q)
+    a = g.uniform(0.6, 1.0, m)
+    mass = a * np.prod(sig, axis=1)
+    c -= (mass[:, None] * c).sum(0) / mass.sum()  # centre of mass at the box centre
+    pad = mmax - m
+    return (np.concatenate([c, np.zeros((pad, dim))]), np.concatenate([p, np.tile(np.eye(dim), (pad, 1, 1))]),
+            np.concatenate([a, np.zeros(pad)]))
+
+
+def _rms(c: np.ndarray, p: np.ndarray, a: np.ndarray, box: int) -> float:
+    """Exact RMS over the box of a blob sum (blobs well inside the box)."""
+    dim = c.shape[1]
+    cov = np.linalg.inv(p)
+    s = cov[:, None] + cov[None, :]
+    delta = c[:, None] - c[None, :]
+    quad = np.einsum("ijk,ijkl,ijl->ij", delta, np.linalg.inv(s), delta)
+    dets = np.linalg.det(cov)
+    overlap = (2 * np.pi) ** (dim / 2) * np.sqrt(dets[:, None] * dets[None, :] / np.linalg.det(s)) * np.exp(-0.5 * quad)
+    return float(np.sqrt(a @ overlap @ a / box**dim))
+
+
+@lru_cache(maxsize=8)
+def _model(k: int, box: int, seed: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blob parameters (centres (k, m, dim) px, precisions, amplitudes) of k unit-RMS objects."""
+    mmax = 6 if dim == 2 else 8
+    out: list[tuple[np.ndarray, ...]] = []
+    refs: list[np.ndarray] = []
+    angles = np.linspace(0, 2 * np.pi, 36, endpoint=False)
+    for j in range(k):
+        for attempt in range(50):
+            c, p, a = _random_blobs(_rng(seed, _MODEL, dim, j, attempt), box, dim, mmax)
+            if dim == 3 or not refs:
+                break
+            # 2D: reject a template within 0.85 correlation of a rotated earlier one
+            cc, pp, aa = project_blobs(np.repeat(c[None], 36, 0), np.repeat(p[None], 36, 0),
+                                       np.repeat(a[None], 36, 0), rot2d(angles))
+            rot = render_blobs(cc, pp, aa, box).reshape(36, -1)
+            rot = rot - rot.mean(1, keepdims=True)
+            rot /= np.linalg.norm(rot, axis=1, keepdims=True)
+            if max(float(np.max(rot @ r)) for r in refs) < 0.85:
+                break
+        a = a / _rms(c, p, a, box)
+        out.append((c, p, a))
+        if dim == 2:
+            r = render_blobs(c[None], p[None], a[None], box).ravel()
+            refs.append((r - r.mean()) / np.linalg.norm(r - r.mean()))
+    cs, ps, as_ = (np.stack(x) for x in zip(*out, strict=True))
+    for x in (cs, ps, as_):
+        x.flags.writeable = False
+    return cs, ps, as_
+
+
+def make_templates(k: int, box: int, seed: int = 0) -> np.ndarray:
+    """``k`` distinct 2D templates, (k, box, box) float32, unit RMS over the box.
+
+    Each is 3-6 anisotropic Gaussian blobs (sd 0.03-0.07 box) centred within 0.2 box of the box
+    centre (extent about 0.35 box); no template correlates above 0.85 with a rotated other one.
+    """
+    _check("2d", k, box, seed)
+    c, p, a = _model(k, box, seed, 2)
+    return render_blobs(c, p, a, box)
+
+
+def make_volumes(k: int, box: int, seed: int = 0) -> np.ndarray:
+    """``k`` 3D volumes (k, box, box, box) float32 indexed ``[z, y, x]``, 4-8 blobs each, unit RMS."""
+    _check("3d", k, box, seed)
+    c, p, a = _model(k, box, seed, 3)
+    return np.stack([render_blobs_3d(c[j], p[j], a[j], box) for j in range(k)])
+
+
+# -- per-particle ground truth ---------------------------------------------------------------------
+def _mixture(spec: dict[str, Any], junk: np.ndarray, z: np.ndarray) -> np.ndarray:
+    comp = np.where(junk, spec["junk_component"], 1 - spec["junk_component"])
+    return np.asarray(spec["means"])[comp] + np.asarray(spec["sds"])[comp] * z
+
+
+def _dirichlet(g: np.random.Generator, cls: np.ndarray, junk: np.ndarray, k: int) -> np.ndarray:
+    spec = MIXTURES["posterior"]
+    conc = np.full((len(cls), k), spec["background"])
+    conc[np.arange(len(cls)), cls] += np.where(junk, spec["junk"], spec["good"])
+    x = g.standard_gamma(conc)
+    return x / x.sum(1, keepdims=True)
+
+
+@lru_cache(maxsize=32)
+def _block(seed: int, b: int, kind: str, classes: int) -> dict[str, np.ndarray]:
+    """All random per-particle quantities of particles ``b*BLOCK .. (b+1)*BLOCK - 1``."""
+    m = BLOCK
+
+    def r(q: int) -> np.random.Generator:  # one stream per quantity: changing one leaves the rest
+        return _rng(seed, _PARAMS, b, q)
+
+    t: dict[str, np.ndarray] = {"class": r(0).integers(0, classes, m).astype(np.uint32)}
+    g = r(1)
+    junk = g.random(m) < MIXTURES["junk_fraction"]
+    t["junk"] = junk
+    for name in ("scale", "error3d", "error2d", "ncc", "power"):
+        t[name] = _mixture(MIXTURES[name], junk, g.standard_normal(m))
+    t["alpha"] = t["scale"] * (1 + MIXTURES["alpha_jitter"] * g.standard_normal(m))
+    if kind == "3d":
+        t["pose"] = Rotation.random(m, random_state=r(2)).as_rotvec()
+    else:
+        t["pose"] = r(2).uniform(-np.pi, np.pi, m)
+    sh = MIXTURES["shift_px"]
+    t["shift"] = np.clip(r(3).normal(0.0, sh["sd"], (m, 2)), -sh["max"], sh["max"])
+    g = r(4)
+    df = MIXTURES["defocus"]
+    grp = (g.random(m) < df["weights"][0]).astype(np.uint8) ^ 1  # 0: first session, 1: second
+    mean = np.clip(np.asarray(df["means"])[grp] + np.asarray(df["sds"])[grp] * g.standard_normal(m), *df["range"])
+    astig = g.uniform(*MIXTURES["astigmatism_A"], m)
+    t["defocus_group"] = grp
+    t["df1_A"], t["df2_A"] = mean + astig / 2, mean - astig / 2
+    t["df_angle_rad"] = g.uniform(0.0, np.pi, m)
+    t["posterior3d"] = _dirichlet(r(5), t["class"], junk, classes)
+    t["posterior2d"] = _dirichlet(r(6), t["class"], junk, classes)
+    t["split"] = r(7).integers(0, 2, m).astype(np.uint32)
+    t["center_frac"] = r(8).uniform(0.02, 0.98, (m, 2))
+    for v in t.values():
+        v.flags.writeable = False
+    return t
+
+
+def _truth_range(n: int, seed: int, start: int, kind: str, classes: int) -> dict[str, np.ndarray]:
+    if n < 0 or start < 0:
+        raise InputError(f"need n >= 0 and start >= 0 (got {n}, {start})")
+    _check(kind, classes, 8, seed)
+    stop = start + n
+    parts = []
+    for b in range(start // BLOCK, (stop - 1) // BLOCK + 1 if n else start // BLOCK):
+        lo, hi = max(start, b * BLOCK) - b * BLOCK, min(stop, (b + 1) * BLOCK) - b * BLOCK
+        parts.append({k: v[lo:hi] for k, v in _block(seed, b, kind, classes).items()})
+    if not parts:
+        return {k: v[:0].copy() for k, v in _block(seed, 0, kind, classes).items()}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+_TRUTH_KEYS = ("class", "junk", "defocus_group", "pose", "shift", "df1_A", "df2_A", "df_angle_rad", "scale")
+
+
+def make_truth(n: int, seed: int = 0, start: int = 0, kind: Kind = "2d", classes: int = 8) -> dict[str, np.ndarray]:
+    """Ground truth of particles ``start .. start + n - 1``.
+
+    ``class`` (true class, 0-based), ``junk`` (bool; the junk component of every statistic),
+    ``defocus_group`` (0/1 defocus-mixture component = ``ctf/exp_group_id - 1``), ``pose``
+    (2d: in-plane angle (n,) rad; 3d: rotation vector (n, 3) rad), ``shift`` (n, 2) px (x, y),
+    ``df1_A``/``df2_A`` (Å), ``df_angle_rad`` (rad), ``scale`` (per-particle contrast scale).
+    """
+    t = _truth_range(n, seed, start, kind, classes)
+    return {k: t[k] for k in _TRUTH_KEYS}
+
+
+# -- images ----------------------------------------------------------------------------------------
+def _render(t: dict[str, np.ndarray], box: int, classes: int, psize_A: float, kind: str, seed: int,
+            ctf: bool) -> np.ndarray:
+    dim = 3 if kind == "3d" else 2
+    cm, pm, am = _model(classes, box, seed, dim)
+    out = np.empty((len(t["class"]), box, box), dtype=np.float32)
+    for s in range(0, len(out), 256):
+        sl = slice(s, s + 256)
+        cls = t["class"][sl]
+        rot = Rotation.from_rotvec(t["pose"][sl]).as_matrix() if dim == 3 else rot2d(t["pose"][sl])
+        c, p, a = project_blobs(cm[cls], pm[cls], am[cls] * t["scale"][sl, None], rot, t["shift"][sl])
+        img = render_blobs(c, p, a, box)
+        if ctf:
+            h = ctf_2d(box, psize_A, t["df1_A"][sl], t["df2_A"][sl], t["df_angle_rad"][sl], OPTICS["accel_kv"],
+                       OPTICS["cs_mm"], OPTICS["amp_contrast"], OPTICS["phase_shift_rad"])
+            img = apply_ctf(img, h)
+        out[sl] = img
+    return out
+
+
+@lru_cache(maxsize=16)
+def _signal_power(seed: int, box: int, classes: int, psize_A: float, kind: str, ctf: bool) -> float:
+    t = _truth_range(CALIBRATION, seed, 0, kind, classes)
+    return float(np.mean(np.var(_render(t, box, classes, psize_A, kind, seed, ctf), axis=(1, 2), dtype=np.float64)))
+
+
+def _noise(seed: int, box: int, start: int, n: int) -> np.ndarray:
+    out = np.empty((n, box, box), dtype=np.float32)
+    for sb in range(start // NOISE_BLOCK, (start + n - 1) // NOISE_BLOCK + 1 if n else 0):
+        z = _rng(seed, _NOISE, box, sb).standard_normal((NOISE_BLOCK, box, box), dtype=np.float32)
+        lo, hi = max(start, sb * NOISE_BLOCK), min(start + n, (sb + 1) * NOISE_BLOCK)
+        out[lo - start : hi - start] = z[lo - sb * NOISE_BLOCK : hi - sb * NOISE_BLOCK]
+    return out
+
+
+def make_particles(
+    n: int,
+    box: int = 64,
+    classes: int = 8,
+    snr: float = 0.05,
+    psize_A: float = 2.0,
+    kind: Kind = "2d",
+    seed: int = 0,
+    ctf: bool = True,
+    batch_start: int = 0,
+    return_clean: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Particle images ``batch_start .. batch_start + n - 1``: (n, box, box) float32 and their truth.
+
+    Image = scale x (template of the true class rotated in-plane (2d) or projection of the true
+    volume in a uniformly random 3D pose (3d)), shifted by ``shift`` px, multiplied by the CTF of
+    the particle's defocus in Fourier space (``ctf``), plus white Gaussian noise.  The noise level
+    is constant over the data set: noise variance = mean signal variance of particles 0..255 /
+    ``snr``, and images are divided by the noise sd (unit-variance noise).  ``snr=inf`` gives the
+    noiseless, unnormalised signal.  Pixel size ``psize_A`` Å/px enters through the CTF only.
+
+    The truth dict is :func:`make_truth`'s plus ``noise_sigma`` (0-d, in signal units) and, with
+    ``return_clean``, ``clean``: the signal part of the returned images.  Same seed -> identical
+    output however the range is split into batches.
+    """
+    if not snr > 0:
+        raise InputError(f"snr must be > 0 (got {snr})")
+    _check(kind, classes, box, seed)
+    full = _truth_range(n, seed, batch_start, kind, classes)
+    truth = {k: full[k] for k in _TRUTH_KEYS}
+    clean = _render(full, box, classes, psize_A, kind, seed, ctf)
+    sigma = 0.0 if np.isinf(snr) else float(np.sqrt(_signal_power(seed, box, classes, psize_A, kind, ctf) / snr))
+    if sigma > 0:
+        clean /= np.float32(sigma)
+        images = clean + _noise(seed, box, batch_start, n)
+    else:
+        images = clean.copy()
+    truth["noise_sigma"] = np.asarray(sigma)
+    if return_clean:
+        truth["clean"] = clean
+    return images, truth
+
+
+# -- metadata --------------------------------------------------------------------------------------
+def make_metadata(
+    n: int,
+    seed: int = 0,
+    start: int = 0,
+    kind: Kind = "2d",
+    classes: int = 8,
+    box: int = 64,
+    psize_A: float = 2.0,
+    stack_size: int = 1000,
+    blob_path: str = "J1/imported/particles_{:06d}.mrcs",
+) -> dict[str, np.ndarray]:
+    """cryoSPARC fields (names and dtypes of ``schemas/fields.json``) of particles ``start..start+n-1``.
+
+    Particle ``i`` is image ``i % stack_size`` (``blob/idx``, 0-based) of stack
+    ``blob_path.format(i // stack_size)`` (relative to the project directory).  Poses and shifts
+    are the true ones (``alignments3D/pose`` rotation vector rad; for ``kind='2d'`` it is
+    ``(0, 0, theta)``; ``alignments2D/pose`` is theta, for 3d the ZYZ psi angle), shifts in px of
+    ``psize_A`` Å/px.  Classes are the argmax of Dirichlet posteriors concentrated on the true
+    class.  ``uid`` is a keyed bijection of the particle index: unique, spread over all 64 bits.
+    """
+    t = _truth_range(n, seed, start, kind, classes)
+    idx = np.arange(start, start + n, dtype=np.int64)
+
+    def full(v: float, dt: str) -> np.ndarray:
+        return np.full(n, v, dtype=dt)
+
+    out: dict[str, np.ndarray] = {"uid": _keyed_ids(seed, _UID, idx)}
+    stack = idx // stack_size
+    first = int(stack[0]) if n else 0
+    names = np.array([blob_path.format(k).encode() for k in range(first, (int(stack[-1]) if n else first) + 1)])
+    out["blob/path"] = names[stack - first] if n else names[:0]
+    out["blob/idx"] = (idx % stack_size).astype("<u4")
+    out["blob/shape"] = np.full((n, 2), box, dtype="<u4")
+    out["blob/psize_A"] = full(psize_A, "<f4")
+    out["blob/sign"] = full(-1.0, "<f4")
+    out["ctf/exp_group_id"] = (t["defocus_group"].astype(np.uint32) + 1).astype("<u4")
+    for name in ("accel_kv", "cs_mm", "amp_contrast"):
+        out[f"ctf/{name}"] = full(OPTICS[name], "<f4")
+    for name in ("df1_A", "df2_A", "df_angle_rad"):
+        out[f"ctf/{name}"] = t[name].astype("<f4")
+    out["ctf/phase_shift_rad"] = full(OPTICS["phase_shift_rad"], "<f4")
+    if kind == "3d":
+        pose3 = t["pose"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # gimbal lock warnings
+            psi = Rotation.from_rotvec(pose3).as_euler("ZYZ")[:, 2] if n else np.zeros(0)
+    else:
+        psi = t["pose"]
+        pose3 = np.stack([np.zeros(n), np.zeros(n), psi], axis=1)
+    for g, post, err in (("alignments3D", t["posterior3d"], t["error3d"]), ("alignments2D", t["posterior2d"], t["error2d"])):
+        out[f"{g}/pose"] = (pose3 if g == "alignments3D" else psi).astype("<f4")
+        out[f"{g}/shift"] = t["shift"].astype("<f4")
+        out[f"{g}/psize_A"] = full(psize_A, "<f4")
+        out[f"{g}/error"] = err.astype("<f4")
+        if g == "alignments3D":
+            out[f"{g}/split"] = t["split"].astype("<u4")
+            out[f"{g}/alpha"] = t["alpha"].astype("<f4")
+            out[f"{g}/alpha_min"] = t["scale"].astype("<f4")
+        out[f"{g}/class"] = post.argmax(1).astype("<u4") if n else np.zeros(0, "<u4")
+        out[f"{g}/class_posterior"] = post.max(1, initial=0.0).astype("<f4")
+        out[f"{g}/class_ess"] = (1.0 / np.maximum((post**2).sum(1), 1e-12)).astype("<f4")
+    out["alignments3D_multi/class_posterior"] = t["posterior3d"].astype("<f4")
+    out["alignments3D_multi/class_ess"] = out["alignments3D/class_ess"].copy()
+    mic = idx // PARTICLES_PER_MICROGRAPH
+    out["location/micrograph_uid"] = _keyed_ids(seed, _MIC, mic)
+    mfirst = int(mic[0]) if n else 0
+    mnames = np.array([f"J1/motioncorrected/mic_{k:08d}.mrc".encode()
+                       for k in range(mfirst, (int(mic[-1]) if n else mfirst) + 1)])
+    out["location/micrograph_path"] = mnames[mic - mfirst] if n else mnames[:0]
+    out["location/micrograph_shape"] = np.tile(np.asarray(MICROGRAPH_SHAPE, dtype="<u4"), (n, 1))
+    out["location/center_x_frac"] = t["center_frac"][:, 0].astype("<f4")
+    out["location/center_y_frac"] = t["center_frac"][:, 1].astype("<f4")
+    out["pick_stats/ncc_score"] = t["ncc"].astype("<f4")
+    out["pick_stats/power"] = t["power"].astype("<f4")
+    return out
+
+
+def is_main_field(name: str) -> bool:
+    """Fields of the main particles ``.cs`` (the rest go to the passthrough file)."""
+    return name == "uid" or name.startswith(_MAIN_GROUPS[1:])
+
+
+# -- files -----------------------------------------------------------------------------------------
+@dataclass
+class SynthDataset:
+    """What a writer produced: paths (``particles`` is the main ``.cs`` or the ``.star``) and truth."""
+
+    directory: Path
+    particles: Path
+    passthrough: Path | None
+    stacks: list[Path]
+    n: int
+    box: int
+    classes: int
+    kind: str
+    seed: int
+    psize_A: float
+    truth: dict[str, Any] = field(default_factory=dict)
+
+    def labels(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """Per-particle ground truth (:func:`make_truth`) of particles ``start:stop``, regenerated."""
+        stop = self.n if stop is None else min(stop, self.n)
+        return make_truth(stop - start, self.seed, start, self.kind, self.classes)  # type: ignore[arg-type]
+
+
+def _truth_info(n: int, seed: int, kind: str, classes: int, snr: float, sigma: float | None) -> dict[str, Any]:
+    return {"n": n, "seed": seed, "kind": kind, "classes": classes, "snr": snr, "noise_sigma": sigma,
+            "mixtures": MIXTURES, "optics": OPTICS}
+
+
+def _write_stacks(root: Path, fmt: str, n: int, stack_size: int, psize_A: float, **kw: Any) -> list[Path]:
+    import mrcfile
+
+    paths = []
+    for k, s in enumerate(range(0, n, stack_size)):
+        imgs, _ = make_particles(min(stack_size, n - s), batch_start=s, psize_A=psize_A, **kw)
+        path = root / fmt.format(k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new(path, overwrite=True) as m:
+            m.set_data(imgs)
+            m.set_image_stack()
+            m.voxel_size = psize_A
+        paths.append(path)
+    return paths
+
+
+def _stack_format(prefix: str, n: int, stack_size: int) -> str:
+    width = max(3, len(str(max(0, n - 1) // stack_size)))
+    return prefix + "{:0" + str(width) + "d}.mrcs"
+
+
+def write_cs_dataset(
+    directory: str | os.PathLike[str],
+    n: int,
+    box: int = 64,
+    classes: int = 8,
+    snr: float = 0.05,
+    psize_A: float = 2.0,
+    kind: Kind = "2d",
+    seed: int = 0,
+    ctf: bool = True,
+    passthrough: bool = True,
+    images: bool = True,
+    stack_size: int = 1000,
+    batch_size: int = BATCH,
+) -> SynthDataset:
+    """Write a cryoSPARC-like project under ``directory`` (created if needed).
+
+    ``J1/imported/particles_NNN.mrcs`` (float32 stacks of ``stack_size`` images; skipped when
+    ``images`` is false), ``J2/J2_particles.cs`` (uid, blob/*, alignments*) and, with
+    ``passthrough``, ``J2/J2_passthrough_particles.cs`` (uid, ctf/*, location/*, pick_stats/*;
+    the same uids in another order); otherwise the main file holds every field.  ``blob/path``
+    is relative to ``directory``.  Metadata is generated and written ``batch_size`` rows at a
+    time, so memory stays bounded for any ``n``.
+    """
+    from cryoframe.storage.formats.cs import write_cs
+
+    _check(kind, classes, box, seed)
+    if n < 1:
+        raise InputError(f"n must be >= 1 (got {n})")
+    root = Path(directory)
+    (root / "J2").mkdir(parents=True, exist_ok=True)
+    fmt = _stack_format("J1/imported/particles_", n, stack_size)
+    kw = dict(seed=seed, kind=kind, classes=classes, box=box, psize_A=psize_A, stack_size=stack_size, blob_path=fmt)
+    probe = make_metadata(1, **kw)  # type: ignore[arg-type]
+    starts = list(range(0, n, batch_size))
+
+    def write(path: Path, names: list[str], shuffle: bool) -> None:
+        descr = [(k, probe[k].dtype, probe[k].shape[1:]) for k in names]
+        order = _rng(seed, _SHUFFLE).permutation(len(starts)) if shuffle else range(len(starts))
+
+        def batches():  # noqa: ANN202
+            for j in order:
+                s = starts[j]
+                md = make_metadata(min(batch_size, n - s), start=s, **kw)  # type: ignore[arg-type]
+                perm = _rng(seed, _SHUFFLE, s).permutation(len(md["uid"])) if shuffle else slice(None)
+                yield {k: md[k][perm] for k in names}
+
+        write_cs(path, n, descr, batches())
+
+    main_names = [k for k in probe if is_main_field(k) or not passthrough]
+    write(root / "J2" / "J2_particles.cs", main_names, False)
+    pt = None
+    if passthrough:
+        pt = root / "J2" / "J2_passthrough_particles.cs"
+        write(pt, ["uid"] + [k for k in probe if not is_main_field(k)], True)
+    stacks = _write_stacks(root, fmt, n, stack_size, psize_A, box=box, classes=classes, snr=snr, kind=kind,
+                           seed=seed, ctf=ctf) if images else []
+    sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr) if images else None
+    return SynthDataset(root, root / "J2" / "J2_particles.cs", pt, stacks, n, box, classes, kind, seed, psize_A,
+                        _truth_info(n, seed, kind, classes, snr, sigma))
+
+
+def _noise_sigma(seed: int, box: int, classes: int, psize_A: float, kind: str, ctf: bool, snr: float) -> float:
+    return 0.0 if np.isinf(snr) else float(np.sqrt(_signal_power(seed, box, classes, psize_A, kind, ctf) / snr))
+
+
+def write_star_dataset(
+    directory: str | os.PathLike[str],
+    n: int,
+    box: int = 64,
+    classes: int = 8,
+    snr: float = 0.05,
+    psize_A: float = 2.0,
+    kind: Kind = "3d",
+    seed: int = 0,
+    ctf: bool = True,
+    relion_version: Literal["3.0", "3.1"] = "3.1",
+    images: bool = True,
+    stack_size: int = 1000,
+    star_name: str = "particles.star",
+) -> SynthDataset:
+    """Write a RELION particle ``.star`` (+ ``Particles/stack_NNN.mrcs``) under ``directory``.
+
+    RELION 3.1: ``data_optics`` (one group per exposure group) + ``data_particles`` with
+    ``rlnOriginX/YAngst`` (Å); 3.0: one ``data_`` block with per-particle ``rlnVoltage``,
+    ``rlnMagnification`` (10000) and ``rlnDetectorPixelSize`` (= psize µm·1e-4) and
+    ``rlnOriginX/Y`` (px).  ``rlnImageName`` is ``NNNNNN@Particles/stack_NNN.mrcs`` (1-based,
+    relative to ``directory``); angles in degrees (3d: ZYZ rot/tilt/psi of the rotation vector;
+    2d: psi only); ``rlnClassNumber`` 1-based; ``rlnRandomSubset`` 1/2.  Same particles, poses
+    and images as :func:`write_cs_dataset` with the same arguments.
+    """
+    import pandas as pd
+    import starfile
+
+    _check(kind, classes, box, seed)
+    if relion_version not in ("3.0", "3.1"):
+        raise InputError(f"relion_version must be '3.0' or '3.1' (got {relion_version!r})")
+    if n < 1:
+        raise InputError(f"n must be >= 1 (got {n})")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    fmt = _stack_format("Particles/stack_", n, stack_size)
+    md = make_metadata(n, seed, 0, kind, classes, box, psize_A, stack_size, fmt)
+    idx = md["blob/idx"].astype(np.int64) + 1
+    df = pd.DataFrame({
+        "rlnImageName": [f"{i:06d}@{p.decode()}" for i, p in zip(idx, md["blob/path"], strict=True)],
+        "rlnMicrographName": np.char.decode(md["location/micrograph_path"]).astype(object),
+        "rlnCoordinateX": md["location/center_x_frac"].astype(np.float64) * MICROGRAPH_SHAPE[1],
+        "rlnCoordinateY": md["location/center_y_frac"].astype(np.float64) * MICROGRAPH_SHAPE[0],
+        "rlnDefocusU": md["ctf/df1_A"].astype(np.float64),
+        "rlnDefocusV": md["ctf/df2_A"].astype(np.float64),
+        "rlnDefocusAngle": np.rad2deg(md["ctf/df_angle_rad"].astype(np.float64)),
+        "rlnPhaseShift": np.rad2deg(md["ctf/phase_shift_rad"].astype(np.float64)),
+    })
+    g = "alignments3D" if kind == "3d" else "alignments2D"
+    if kind == "3d":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ang = Rotation.from_rotvec(md["alignments3D/pose"].astype(np.float64)).as_euler("ZYZ", degrees=True)
+        df["rlnAngleRot"], df["rlnAngleTilt"], df["rlnAnglePsi"] = ang[:, 0], ang[:, 1], ang[:, 2]
+    else:
+        df["rlnAnglePsi"] = np.rad2deg(md["alignments2D/pose"].astype(np.float64))
+    shift = md[f"{g}/shift"].astype(np.float64)
+    if relion_version == "3.1":
+        df["rlnOriginXAngst"], df["rlnOriginYAngst"] = shift[:, 0] * psize_A, shift[:, 1] * psize_A
+    else:
+        df["rlnOriginX"], df["rlnOriginY"] = shift[:, 0], shift[:, 1]
+    df["rlnClassNumber"] = md[f"{g}/class"].astype(np.int64) + 1
+    df["rlnMaxValueProbDistribution"] = md[f"{g}/class_posterior"].astype(np.float64)
+    df["rlnRandomSubset"] = md["alignments3D/split"].astype(np.int64) + 1
+    star = root / star_name
+    if relion_version == "3.1":
+        df["rlnOpticsGroup"] = md["ctf/exp_group_id"].astype(np.int64)
+        groups = sorted(set(df["rlnOpticsGroup"]))
+        optics = pd.DataFrame({
+            "rlnOpticsGroupName": [f"opticsGroup{k}" for k in groups], "rlnOpticsGroup": groups,
+            "rlnVoltage": OPTICS["accel_kv"], "rlnSphericalAberration": OPTICS["cs_mm"],
+            "rlnAmplitudeContrast": OPTICS["amp_contrast"], "rlnImagePixelSize": psize_A,
+            "rlnImageSize": box, "rlnImageDimensionality": 2,
+        })
+        starfile.write({"optics": optics, "particles": df}, star, overwrite=True)
+    else:
+        df["rlnVoltage"] = OPTICS["accel_kv"]
+        df["rlnSphericalAberration"] = OPTICS["cs_mm"]
+        df["rlnAmplitudeContrast"] = OPTICS["amp_contrast"]
+        df["rlnMagnification"] = 10000.0
+        df["rlnDetectorPixelSize"] = psize_A
+        starfile.write({"": df}, star, overwrite=True)
+    stacks = _write_stacks(root, fmt, n, stack_size, psize_A, box=box, classes=classes, snr=snr, kind=kind,
+                           seed=seed, ctf=ctf) if images else []
+    sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr) if images else None
+    return SynthDataset(root, star, None, stacks, n, box, classes, kind, seed, psize_A,
+                        _truth_info(n, seed, kind, classes, snr, sigma))
+
+
+def synth_store(
+    out: str | os.PathLike[str],
+    n: int,
+    box: int = 64,
+    classes: int = 8,
+    snr: float = 0.05,
+    seed: int = 0,
+    kind: Kind = "2d",
+    metadata_only: bool = False,
+    overwrite: bool = False,
+    psize_A: float = 2.0,
+    ctf: bool = True,
+    batch_size: int = BATCH,
+) -> Any:
+    """Write a synthetic ParticleStore at ``out`` directly (no intermediate files); returns it.
+
+    Metadata: every :func:`make_metadata` field except ``blob/path``/``blob/idx`` (images live in
+    the store), plus ``_image_row`` = row number when images are written.  Images: (n, box, box)
+    float32 from :func:`make_particles`, written chunk by chunk.  ``extras/truth.npz`` holds the
+    per-particle truth (``uid``, ``class``, ``junk``, ``defocus_group``) and ``extras/truth.json``
+    the mixtures and noise level.  Everything streams ``batch_size`` rows at a time.
+    """
+    import pyarrow as pa
+
+    from cryoframe.schema.types import arrow_field, numpy_to_arrow
+    from cryoframe.storage.store import IMAGE_ROW, StoreWriter
+
+    _check(kind, classes, box, seed)
+    if n < 1 or not snr > 0:
+        raise InputError(f"need n >= 1 and snr > 0 (got {n}, {snr})")
+    params = {"n": n, "box": box, "classes": classes, "snr": snr, "seed": seed, "kind": kind,
+              "metadata_only": metadata_only, "psize_A": psize_A, "ctf": ctf}
+    with StoreWriter(out, op="synth", params=params, overwrite=overwrite) as w:
+        extras = w.extras_dir()
+        truth_spec = {"uid": np.uint64, "class": np.uint32, "junk": np.bool_, "defocus_group": np.uint8}
+        tmp = {k: extras / f".truth-{k}.npy" for k in truth_spec}
+        mm = {k: np.lib.format.open_memmap(tmp[k], mode="w+", dtype=dt, shape=(n,)) for k, dt in truth_spec.items()}
+        schema = None
+        for s in range(0, n, batch_size):
+            m = min(batch_size, n - s)
+            md = make_metadata(m, seed, s, kind, classes, box, psize_A)
+            cols = {k: v for k, v in md.items() if k not in ("blob/path", "blob/idx")}
+            if not metadata_only:
+                cols[IMAGE_ROW] = np.arange(s, s + m, dtype=np.int64)
+            if schema is None:
+                schema = pa.schema([arrow_field(k, v.dtype, v.shape[1:]) for k, v in cols.items()])
+            w.write_metadata(pa.Table.from_arrays([numpy_to_arrow(v) for v in cols.values()], schema=schema))
+            t = make_truth(m, seed, s, kind, classes)
+            mm["uid"][s : s + m] = md["uid"]
+            for k in ("class", "junk", "defocus_group"):
+                mm[k][s : s + m] = t[k]
+        for a in mm.values():
+            a.flush()
+        del mm
+        with zipfile.ZipFile(extras / "truth.npz", "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for k, p in tmp.items():
+                zf.write(p, arcname=f"{k}.npy")
+                p.unlink()
+        sigma = None
+        if not metadata_only:
+            arr = w.create_images(n, box)
+            step = int(arr.chunks[0])
+            for s in range(0, n, step):
+                m = min(step, n - s)
+                arr[s : s + m] = make_particles(m, box, classes, snr, psize_A, kind, seed, ctf, batch_start=s)[0]
+            sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr)
+        info = _truth_info(n, seed, kind, classes, snr, sigma)
+        (extras / "truth.json").write_text(json.dumps(info, indent=1))
+        return w.commit(psize_A=psize_A, **({"box_px": box} if metadata_only else {}))
