@@ -31,8 +31,7 @@ from cryoframe.testing import (
     write_cs_dataset,
     write_star_dataset,
 )
-from cryoframe.testing.physics import project_blobs, render_blobs, rot2d
-from cryoframe.testing.synth import _model
+from cryoframe.testing.physics import blob_model, project_blobs, render_blobs, rot2d
 
 BOX = 32
 
@@ -81,6 +80,12 @@ def test_images_and_metadata_describe_the_same_particles() -> None:
     assert np.array_equal(md["ctf/exp_group_id"], t["defocus_group"] + 1)
 
 
+def _mixture_cdf(spec: dict, x: float) -> float:
+    from scipy.stats import norm
+
+    return float(sum(w * norm.cdf(x, m, sd) for w, m, sd in zip(spec["weights"], spec["means"], spec["sds"], strict=True)))
+
+
 # -- metadata: uids, dtypes, known statistics ------------------------------------------------------
 def test_uids_are_unique_uint64_over_the_full_range() -> None:
     md = make_metadata(60_000, seed=0)
@@ -116,18 +121,15 @@ def test_statistics_follow_the_recorded_mixtures() -> None:
                         ("error2d", "alignments2D/error"), ("ncc", "pick_stats/ncc_score"),
                         ("power", "pick_stats/power")):
         spec, v = MIXTURES[name], md[field].astype(np.float64)
-        cut = np.mean(spec["means"])
-        low = v < cut
-        assert abs(low.mean() - spec["weights"][0]) < 0.02, name
-        assert abs(v[low].mean() - spec["means"][0]) < 0.5 * spec["sds"][0], name
-        assert abs(v[~low].mean() - spec["means"][1]) < 0.5 * spec["sds"][1], name
+        for cut in spec["means"] + [np.mean(spec["means"])]:  # the mixture's CDF
+            assert abs((v < cut).mean() - _mixture_cdf(spec, cut)) < 0.015, name
         jc = spec["junk_component"]
         assert abs(v[junk].mean() - spec["means"][jc]) < 0.05 * spec["sds"][jc], name
         assert abs(v[junk].std() - spec["sds"][jc]) < 0.05 * spec["sds"][jc], name
     df = MIXTURES["defocus"]
     avg = (md["ctf/df1_A"].astype(np.float64) + md["ctf/df2_A"]) / 2
-    assert abs((avg < np.mean(df["means"])).mean() - df["weights"][0]) < 0.02
-    assert avg.min() >= df["range"][0] and avg.max() <= df["range"][1]
+    assert abs((avg < np.mean(df["means"])).mean() - _mixture_cdf(df, np.mean(df["means"]))) < 0.015
+    assert avg.min() >= df["range"][0] - 0.01 and avg.max() <= df["range"][1] + 0.01  # float32
     g = md["ctf/exp_group_id"] == 1
     assert abs(avg[g].mean() - df["means"][0]) < 50 and abs(avg[~g].std() - df["sds"][1]) < 60
     assert np.all(md["ctf/df1_A"] >= md["ctf/df2_A"])
@@ -152,8 +154,9 @@ def test_ctf_is_minus_amplitude_contrast_at_zero_frequency() -> None:
     assert np.allclose(h[:, 0, 0], -0.1, atol=1e-7)
     full = ctf_2d(64, 1.5, 15000.0, 14700.0, 1.0, 300, 2.7, 0.07, rfft=False)
     assert full.shape == (64, 64) and np.isclose(full[0, 0], -0.07)
-    assert np.allclose(full[:, :33], ctf_2d(64, 1.5, 15000.0, 14700.0, 1.0, 300, 2.7, 0.07))
-    assert np.allclose(full[1:, 1:], full[1:, 1:][::-1, ::-1], atol=1e-6)  # Friedel symmetric
+    assert np.allclose(full[:, :32], ctf_2d(64, 1.5, 15000.0, 14700.0, 1.0, 300, 2.7, 0.07)[:, :32])  # Nyquist sign differs
+    k = np.r_[1:32, 33:64]  # Friedel symmetric away from Nyquist: H(-s) = H(s)
+    assert np.allclose(full[np.ix_(k, k)], full[np.ix_(64 - k, 64 - k)], atol=1e-6)
 
 
 def test_ctf_first_zero_is_at_the_analytic_frequency() -> None:
@@ -177,22 +180,22 @@ def test_real_space_projection_matches_the_analytic_blob_images() -> None:
     vols = make_volumes(2, BOX, seed=2)
     assert vols.shape == (2, BOX, BOX, BOX) and np.allclose(np.sqrt((vols**2).mean((1, 2, 3))), 1, atol=0.02)
     rots = Rotation.random(3, random_state=4).as_matrix()
-    c, p, a = _model(2, BOX, 2, 3)
+    c, p, a = blob_model(2, BOX, 2, 3)
     for j in range(2):
-        proj = project(vols[j], rots)
+        proj = project(vols[j], rots, order=3)
         cc, pp, aa = project_blobs(np.repeat(c[j][None], 3, 0), np.repeat(p[j][None], 3, 0),
                                    np.repeat(a[j][None], 3, 0), rots)
         exact = render_blobs(cc, pp, aa, BOX)
-        assert np.abs(proj - exact).max() < 0.05 * np.abs(exact).max()
+        assert np.abs(proj - exact).max() < 0.005 * np.abs(exact).max()
 
 
 def test_3d_particles_are_shifted_scaled_projections() -> None:
     img, t = make_particles(4, BOX, classes=2, snr=np.inf, kind="3d", seed=2, ctf=False)
     vols = make_volumes(2, BOX, seed=2)
     for i in range(4):
-        ref = project(vols[t["class"][i]], Rotation.from_rotvec(t["pose"][i]).as_matrix())
+        ref = project(vols[t["class"][i]], Rotation.from_rotvec(t["pose"][i]).as_matrix(), order=3)
         ref = t["scale"][i] * ndimage.shift(ref, (t["shift"][i, 1], t["shift"][i, 0]), order=3)
-        assert np.abs(img[i] - ref).max() < 0.05 * np.abs(ref).max()
+        assert np.abs(img[i] - ref).max() < 0.02 * np.abs(ref).max()
 
 
 def test_2d_particles_are_rotated_shifted_templates_and_templates_are_distinct() -> None:

@@ -23,7 +23,7 @@ from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter, prefe
 __all__ = ["import_cs", "import_file", "import_mrcs", "import_star"]
 
 log = logging.getLogger(__name__)
-BATCH = 262_144
+BATCH = 250_000
 
 PathLike = str | os.PathLike[str]
 
@@ -45,8 +45,10 @@ class _Joined:
     def __init__(self, main: CsFile, passthroughs: Sequence[CsFile]) -> None:
         self.main = main
         self.n = main.n
-        uids = main.read(["uid"])["uid"]
-        _check_unique(uids, str(main.path))
+        self.checked = bool(passthroughs)  # else uids are checked while streaming (one read of the file)
+        if passthroughs:
+            uids = main.read(["uid"])["uid"]
+            _check_unique(uids, str(main.path))
         self.owner: dict[str, tuple[CsFile, np.ndarray | None]] = {}
         self.fields: list[tuple[str, np.dtype, tuple[int, ...]]] = []
         for name, dt, shape in main.fields:
@@ -160,8 +162,13 @@ def import_cs(
         def batch(a: int) -> pa.Table:
             return _table(schema, j.read(names, a, min(j.n, a + BATCH)), a, want_images)
 
+        seen = []
         for tbl in prefetch(batch, range(0, j.n, BATCH)):
+            if not j.checked:
+                seen.append(tbl.column("uid").to_numpy())
             w.write_metadata(tbl)
+        if seen:
+            _check_unique(np.concatenate(seen), str(path))
         if j.n == 0:
             w.write_metadata(schema.empty_table())
         psize = None

@@ -37,7 +37,7 @@ IMAGE_ROW = "_image_row"
 """Internal column: row of this particle in the (possibly shared) image array."""
 
 ROW_GROUP = 250_000
-ROWS_PER_FILE = 1_000_000
+ROWS_PER_FILE = 500_000
 CHUNK_BYTES = 8 << 20
 
 
@@ -106,6 +106,9 @@ class StoreWriter:
         self.lineage: list[dict[str, Any]] = list(parent.manifest.get("lineage", [])) if parent else []
         self._step = (op, params or {}, list(inputs))
         self._writer: pq.ParquetWriter | None = None
+        self._pool: Any = None
+        self._futures: list[Any] = []
+        self._inflight: list[tuple[Any, list[Any]]] = []
         self._file_rows = 0
         self._nfiles = 0
         self.schema: pa.Schema | None = None
@@ -131,18 +134,20 @@ class StoreWriter:
 
     def abort(self) -> None:
         self._hasher.shutdown(wait=False, cancel_futures=True)
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:
-                pass
-            self._writer = None
+        try:
+            self._finish_files()
+        except Exception:
+            pass
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._done = True
 
     # -- metadata --------------------------------------------------------------------------
     def write_metadata(self, table: pa.Table) -> None:
-        """Append rows; the first call fixes the schema (field metadata included)."""
+        """Append rows; the first call fixes the schema (field metadata included).
+
+        Files of ``ROWS_PER_FILE`` rows are encoded by background threads, two files at a time
+        (Parquet encoding releases the GIL), so conversion of the next batch overlaps writing.
+        """
         if self.schema is None:
             self.schema = table.schema
         elif table.schema != self.schema:
@@ -154,18 +159,48 @@ class StoreWriter:
         start = 0
         while start < table.num_rows:
             if self._writer is None:
-                name = self.tmp / "metadata" / f"part-{self._nfiles:05d}.parquet"
-                self._writer = pq.ParquetWriter(name, self.schema, **_parquet_kwargs(self.schema))
-                self._nfiles += 1
-                self._file_rows = 0
+                self._open_file()
             take = min(table.num_rows - start, ROWS_PER_FILE - self._file_rows)
-            self._writer.write_table(table.slice(start, take), row_group_size=ROW_GROUP)
+            chunk = table.slice(start, take)
+            self._futures.append(self._pool.submit(self._writer.write_table, chunk, row_group_size=ROW_GROUP))
             self._file_rows += take
             self.n += take
             start += take
             if self._file_rows >= ROWS_PER_FILE:
-                self._writer.close()
-                self._writer = None
+                self._close_file()
+
+    def _open_file(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        while len(self._inflight) >= 2:  # at most two files encoding at once
+            self._drain(self._inflight.pop(0))
+        name = self.tmp / "metadata" / f"part-{self._nfiles:05d}.parquet"
+        self._writer = pq.ParquetWriter(name, self.schema, **_parquet_kwargs(self.schema))
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one thread per file keeps its batches ordered
+        self._futures = []
+        self._nfiles += 1
+        self._file_rows = 0
+
+    def _close_file(self) -> None:
+        if self._writer is None:
+            return
+        self._futures.append(self._pool.submit(self._writer.close))
+        self._inflight.append((self._pool, self._futures))
+        self._writer = None
+
+    @staticmethod
+    def _drain(item: tuple[Any, list[Any]]) -> None:
+        pool, futures = item
+        try:
+            for f in futures:
+                f.result()
+        finally:
+            pool.shutdown(wait=True)
+
+    def _finish_files(self) -> None:
+        self._close_file()
+        while self._inflight:
+            self._drain(self._inflight.pop(0))
 
     # -- images ----------------------------------------------------------------------------
     def create_images(self, n: int, box: int, dtype: str = "float32") -> Any:
@@ -208,9 +243,7 @@ class StoreWriter:
     # -- commit ----------------------------------------------------------------------------
     def commit(self, **info: Any) -> ParticleStore:
         """Finish files, write the manifest, rename into place; returns the opened store."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._finish_files()
         if self.schema is None:
             raise StoreError("no metadata was written")
         if self._nfiles == 0:  # zero rows: still one (empty) Parquet file carrying the schema

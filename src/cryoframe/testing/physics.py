@@ -16,13 +16,17 @@ Conventions (shared by everything in :mod:`cryoframe.testing`):
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import scipy.fft
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 __all__ = [
     "apply_ctf",
+    "blob_model",
     "ctf_2d",
     "ctf_at",
     "electron_wavelength_A",
@@ -215,3 +219,67 @@ def project(volume: NDArray[np.floating], rotmats: ArrayLike, order: int = 1) ->
         vals = ndimage.map_coordinates(vol, [q[2], q[1], q[0]], order=order, mode="constant", cval=0.0)
         out[i] = vals.reshape(b, b, b).sum(axis=0)
     return out[0] if single else out
+
+
+# -- random blob objects ---------------------------------------------------------------------------
+def _random_blobs(g: np.random.Generator, box: int, dim: int, mmax: int) -> tuple[np.ndarray, ...]:
+    m = int(g.integers(3 if dim == 2 else 4, mmax + 1))
+    d = g.normal(size=(m, dim))
+    c = d / np.linalg.norm(d, axis=1, keepdims=True) * (0.2 * box * g.random((m, 1)) ** (1 / dim))
+    sig = g.uniform(0.03, 0.07, (m, dim)) * box
+    q = rot2d(g.uniform(0, np.pi, m)) if dim == 2 else Rotation.random(m, random_state=g).as_matrix()
+    p = np.einsum("mij,mj,mkj->mik", q, 1.0 / sig**2, q)
+    a = g.uniform(0.6, 1.0, m)
+    mass = a * np.prod(sig, axis=1)
+    c -= (mass[:, None] * c).sum(0) / mass.sum()  # centre of mass at the box centre
+    pad = mmax - m
+    return (np.concatenate([c, np.zeros((pad, dim))]), np.concatenate([p, np.tile(np.eye(dim), (pad, 1, 1))]),
+            np.concatenate([a, np.zeros(pad)]))
+
+
+def _rms(c: np.ndarray, p: np.ndarray, a: np.ndarray, box: int) -> float:
+    """Exact RMS over the box of a blob sum (blobs well inside the box)."""
+    dim = c.shape[1]
+    cov = np.linalg.inv(p)
+    s = cov[:, None] + cov[None, :]
+    delta = c[:, None] - c[None, :]
+    quad = np.einsum("ijk,ijkl,ijl->ij", delta, np.linalg.inv(s), delta)
+    dets = np.linalg.det(cov)
+    overlap = (2 * np.pi) ** (dim / 2) * np.sqrt(dets[:, None] * dets[None, :] / np.linalg.det(s)) * np.exp(-0.5 * quad)
+    return float(np.sqrt(a @ overlap @ a / box**dim))
+
+
+@lru_cache(maxsize=8)
+def blob_model(k: int, box: int, seed: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parameters of ``k`` random unit-RMS objects made of anisotropic Gaussian blobs (cached).
+
+    Returns read-only centres (k, m, dim) px (x, y[, z]) from the box centre, precisions
+    (k, m, dim, dim) 1/px^2 and amplitudes (k, m) (zero for padding).  2D objects (``dim=2``) have
+    3-6 blobs and no two correlate above 0.85 under any in-plane rotation; 3D ones have 4-8.
+    """
+    mmax = 6 if dim == 2 else 8
+    out: list[tuple[np.ndarray, ...]] = []
+    refs: list[np.ndarray] = []
+    angles = np.linspace(0, 2 * np.pi, 36, endpoint=False)
+    for j in range(k):
+        for attempt in range(50):
+            c, p, a = _random_blobs(np.random.default_rng(np.random.SeedSequence([seed, 3, dim, j, attempt])), box, dim, mmax)
+            if dim == 3 or not refs:
+                break
+            # 2D: reject a template within 0.85 correlation of a rotated earlier one
+            cc, pp, aa = project_blobs(np.repeat(c[None], 36, 0), np.repeat(p[None], 36, 0),
+                                       np.repeat(a[None], 36, 0), rot2d(angles))
+            rot = render_blobs(cc, pp, aa, box).reshape(36, -1)
+            rot = rot - rot.mean(1, keepdims=True)
+            rot /= np.linalg.norm(rot, axis=1, keepdims=True)
+            if max(float(np.max(rot @ r)) for r in refs) < 0.85:
+                break
+        a = a / _rms(c, p, a, box)
+        out.append((c, p, a))
+        if dim == 2:
+            r = render_blobs(c[None], p[None], a[None], box).ravel()
+            refs.append((r - r.mean()) / np.linalg.norm(r - r.mean()))
+    cs, ps, as_ = (np.stack(x) for x in zip(*out, strict=True))
+    for x in (cs, ps, as_):
+        x.flags.writeable = False
+    return cs, ps, as_

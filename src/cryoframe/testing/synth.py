@@ -20,29 +20,19 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+import cryoframe.testing.physics as ph
 from cryoframe.errors import InputError
-from cryoframe.testing.physics import apply_ctf, ctf_2d, project_blobs, render_blobs, render_blobs_3d, rot2d
 
-__all__ = [
-    "BLOCK",
-    "MIXTURES",
-    "OPTICS",
-    "SynthDataset",
-    "is_main_field",
-    "make_metadata",
-    "make_particles",
-    "make_templates",
-    "make_truth",
-    "make_volumes",
-    "synth_store",
-    "write_cs_dataset",
-    "write_star_dataset",
-]
+if TYPE_CHECKING:
+    from cryoframe.storage.store import ParticleStore
+
+__all__ = ["BLOCK", "MIXTURES", "OPTICS", "SynthDataset", "is_main_field", "make_metadata", "make_particles",
+           "make_templates", "make_truth", "make_volumes", "synth_store", "write_cs_dataset", "write_star_dataset"]
 
 Kind = Literal["2d", "3d"]
 
@@ -75,7 +65,7 @@ MIXTURES: dict[str, Any] = {
 }
 """The known distributions the metadata statistics are drawn from."""
 
-_PARAMS, _NOISE, _MODEL, _UID, _MIC, _SHUFFLE = 1, 2, 3, 4, 5, 6
+_PARAMS, _NOISE, _UID, _MIC, _SHUFFLE = 1, 2, 4, 5, 6  # 3: blob models (physics.blob_model)
 _MAIN_GROUPS = ("uid", "blob/", "alignments3D/", "alignments3D_multi/", "alignments2D/")
 
 
@@ -104,64 +94,6 @@ def _keyed_ids(seed: int, stream: int, idx: np.ndarray) -> np.ndarray:
 
 
 # -- objects: 2D templates and 3D volumes made of anisotropic Gaussian blobs -----------------------
-def _random_blobs(g: np.random.Generator, box: int, dim: int, mmax: int) -> tuple[np.ndarray, ...]:
-    m = int(g.integers(3 if dim == 2 else 4, mmax + 1))
-    d = g.normal(size=(m, dim))
-    c = d / np.linalg.norm(d, axis=1, keepdims=True) * (0.2 * box * g.random((m, 1)) ** (1 / dim))
-    sig = g.uniform(0.03, 0.07, (m, dim)) * box
-    q = rot2d(g.uniform(0, np.pi, m)) if dim == 2 else Rotation.random(m, random_state=g).as_matrix()
-    p = np.einsum("mij,mj,mkj->mik", q, 1.0 / sig**2, q)
-    a = g.uniform(0.6, 1.0, m)
-    mass = a * np.prod(sig, axis=1)
-    c -= (mass[:, None] * c).sum(0) / mass.sum()  # centre of mass at the box centre
-    pad = mmax - m
-    return (np.concatenate([c, np.zeros((pad, dim))]), np.concatenate([p, np.tile(np.eye(dim), (pad, 1, 1))]),
-            np.concatenate([a, np.zeros(pad)]))
-
-
-def _rms(c: np.ndarray, p: np.ndarray, a: np.ndarray, box: int) -> float:
-    """Exact RMS over the box of a blob sum (blobs well inside the box)."""
-    dim = c.shape[1]
-    cov = np.linalg.inv(p)
-    s = cov[:, None] + cov[None, :]
-    delta = c[:, None] - c[None, :]
-    quad = np.einsum("ijk,ijkl,ijl->ij", delta, np.linalg.inv(s), delta)
-    dets = np.linalg.det(cov)
-    overlap = (2 * np.pi) ** (dim / 2) * np.sqrt(dets[:, None] * dets[None, :] / np.linalg.det(s)) * np.exp(-0.5 * quad)
-    return float(np.sqrt(a @ overlap @ a / box**dim))
-
-
-@lru_cache(maxsize=8)
-def _model(k: int, box: int, seed: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Blob parameters (centres (k, m, dim) px, precisions, amplitudes) of k unit-RMS objects."""
-    mmax = 6 if dim == 2 else 8
-    out: list[tuple[np.ndarray, ...]] = []
-    refs: list[np.ndarray] = []
-    angles = np.linspace(0, 2 * np.pi, 36, endpoint=False)
-    for j in range(k):
-        for attempt in range(50):
-            c, p, a = _random_blobs(_rng(seed, _MODEL, dim, j, attempt), box, dim, mmax)
-            if dim == 3 or not refs:
-                break
-            # 2D: reject a template within 0.85 correlation of a rotated earlier one
-            cc, pp, aa = project_blobs(np.repeat(c[None], 36, 0), np.repeat(p[None], 36, 0),
-                                       np.repeat(a[None], 36, 0), rot2d(angles))
-            rot = render_blobs(cc, pp, aa, box).reshape(36, -1)
-            rot = rot - rot.mean(1, keepdims=True)
-            rot /= np.linalg.norm(rot, axis=1, keepdims=True)
-            if max(float(np.max(rot @ r)) for r in refs) < 0.85:
-                break
-        a = a / _rms(c, p, a, box)
-        out.append((c, p, a))
-        if dim == 2:
-            r = render_blobs(c[None], p[None], a[None], box).ravel()
-            refs.append((r - r.mean()) / np.linalg.norm(r - r.mean()))
-    cs, ps, as_ = (np.stack(x) for x in zip(*out, strict=True))
-    for x in (cs, ps, as_):
-        x.flags.writeable = False
-    return cs, ps, as_
-
-
 def make_templates(k: int, box: int, seed: int = 0) -> np.ndarray:
     """``k`` distinct 2D templates, (k, box, box) float32, unit RMS over the box.
 
@@ -169,15 +101,15 @@ def make_templates(k: int, box: int, seed: int = 0) -> np.ndarray:
     centre (extent about 0.35 box); no template correlates above 0.85 with a rotated other one.
     """
     _check("2d", k, box, seed)
-    c, p, a = _model(k, box, seed, 2)
-    return render_blobs(c, p, a, box)
+    c, p, a = ph.blob_model(k, box, seed, 2)
+    return ph.render_blobs(c, p, a, box)
 
 
 def make_volumes(k: int, box: int, seed: int = 0) -> np.ndarray:
     """``k`` 3D volumes (k, box, box, box) float32 indexed ``[z, y, x]``, 4-8 blobs each, unit RMS."""
     _check("3d", k, box, seed)
-    c, p, a = _model(k, box, seed, 3)
-    return np.stack([render_blobs_3d(c[j], p[j], a[j], box) for j in range(k)])
+    c, p, a = ph.blob_model(k, box, seed, 3)
+    return np.stack([ph.render_blobs_3d(c[j], p[j], a[j], box) for j in range(k)])
 
 
 # -- per-particle ground truth ---------------------------------------------------------------------
@@ -265,18 +197,18 @@ def make_truth(n: int, seed: int = 0, start: int = 0, kind: Kind = "2d", classes
 def _render(t: dict[str, np.ndarray], box: int, classes: int, psize_A: float, kind: str, seed: int,
             ctf: bool) -> np.ndarray:
     dim = 3 if kind == "3d" else 2
-    cm, pm, am = _model(classes, box, seed, dim)
+    cm, pm, am = ph.blob_model(classes, box, seed, dim)
     out = np.empty((len(t["class"]), box, box), dtype=np.float32)
     for s in range(0, len(out), 256):
         sl = slice(s, s + 256)
         cls = t["class"][sl]
-        rot = Rotation.from_rotvec(t["pose"][sl]).as_matrix() if dim == 3 else rot2d(t["pose"][sl])
-        c, p, a = project_blobs(cm[cls], pm[cls], am[cls] * t["scale"][sl, None], rot, t["shift"][sl])
-        img = render_blobs(c, p, a, box)
+        rot = Rotation.from_rotvec(t["pose"][sl]).as_matrix() if dim == 3 else ph.rot2d(t["pose"][sl])
+        c, p, a = ph.project_blobs(cm[cls], pm[cls], am[cls] * t["scale"][sl, None], rot, t["shift"][sl])
+        img = ph.render_blobs(c, p, a, box)
         if ctf:
-            h = ctf_2d(box, psize_A, t["df1_A"][sl], t["df2_A"][sl], t["df_angle_rad"][sl], OPTICS["accel_kv"],
+            h = ph.ctf_2d(box, psize_A, t["df1_A"][sl], t["df2_A"][sl], t["df_angle_rad"][sl], OPTICS["accel_kv"],
                        OPTICS["cs_mm"], OPTICS["amp_contrast"], OPTICS["phase_shift_rad"])
-            img = apply_ctf(img, h)
+            img = ph.apply_ctf(img, h)
         out[sl] = img
     return out
 
@@ -285,6 +217,10 @@ def _render(t: dict[str, np.ndarray], box: int, classes: int, psize_A: float, ki
 def _signal_power(seed: int, box: int, classes: int, psize_A: float, kind: str, ctf: bool) -> float:
     t = _truth_range(CALIBRATION, seed, 0, kind, classes)
     return float(np.mean(np.var(_render(t, box, classes, psize_A, kind, seed, ctf), axis=(1, 2), dtype=np.float64)))
+
+
+def _noise_sigma(seed: int, box: int, classes: int, psize_A: float, kind: str, ctf: bool, snr: float) -> float:
+    return 0.0 if np.isinf(snr) else float(np.sqrt(_signal_power(seed, box, classes, psize_A, kind, ctf) / snr))
 
 
 def _noise(seed: int, box: int, start: int, n: int) -> np.ndarray:
@@ -297,16 +233,8 @@ def _noise(seed: int, box: int, start: int, n: int) -> np.ndarray:
 
 
 def make_particles(
-    n: int,
-    box: int = 64,
-    classes: int = 8,
-    snr: float = 0.05,
-    psize_A: float = 2.0,
-    kind: Kind = "2d",
-    seed: int = 0,
-    ctf: bool = True,
-    batch_start: int = 0,
-    return_clean: bool = False,
+    n: int, box: int = 64, classes: int = 8, snr: float = 0.05, psize_A: float = 2.0, kind: Kind = "2d",
+    seed: int = 0, ctf: bool = True, batch_start: int = 0, return_clean: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Particle images ``batch_start .. batch_start + n - 1``: (n, box, box) float32 and their truth.
 
@@ -327,7 +255,7 @@ def make_particles(
     full = _truth_range(n, seed, batch_start, kind, classes)
     truth = {k: full[k] for k in _TRUTH_KEYS}
     clean = _render(full, box, classes, psize_A, kind, seed, ctf)
-    sigma = 0.0 if np.isinf(snr) else float(np.sqrt(_signal_power(seed, box, classes, psize_A, kind, ctf) / snr))
+    sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr)
     if sigma > 0:
         clean /= np.float32(sigma)
         images = clean + _noise(seed, box, batch_start, n)
@@ -339,17 +267,17 @@ def make_particles(
     return images, truth
 
 
+def _names(fmt: str, keys: np.ndarray) -> np.ndarray:
+    """``fmt.format(k)`` as fixed-width bytes for sorted integer ``keys`` (formatted once per value)."""
+    lo = int(keys[0]) if len(keys) else 0
+    u = np.array([fmt.format(k).encode() for k in range(lo, (int(keys[-1]) if len(keys) else lo) + 1)])
+    return u[keys - lo]
+
+
 # -- metadata --------------------------------------------------------------------------------------
 def make_metadata(
-    n: int,
-    seed: int = 0,
-    start: int = 0,
-    kind: Kind = "2d",
-    classes: int = 8,
-    box: int = 64,
-    psize_A: float = 2.0,
-    stack_size: int = 1000,
-    blob_path: str = "J1/imported/particles_{:06d}.mrcs",
+    n: int, seed: int = 0, start: int = 0, kind: Kind = "2d", classes: int = 8, box: int = 64,
+    psize_A: float = 2.0, stack_size: int = 1000, blob_path: str = "J1/imported/particles_{:06d}.mrcs",
 ) -> dict[str, np.ndarray]:
     """cryoSPARC fields (names and dtypes of ``schemas/fields.json``) of particles ``start..start+n-1``.
 
@@ -367,10 +295,7 @@ def make_metadata(
         return np.full(n, v, dtype=dt)
 
     out: dict[str, np.ndarray] = {"uid": _keyed_ids(seed, _UID, idx)}
-    stack = idx // stack_size
-    first = int(stack[0]) if n else 0
-    names = np.array([blob_path.format(k).encode() for k in range(first, (int(stack[-1]) if n else first) + 1)])
-    out["blob/path"] = names[stack - first] if n else names[:0]
+    out["blob/path"] = _names(blob_path, idx // stack_size)
     out["blob/idx"] = (idx % stack_size).astype("<u4")
     out["blob/shape"] = np.full((n, 2), box, dtype="<u4")
     out["blob/psize_A"] = full(psize_A, "<f4")
@@ -405,10 +330,7 @@ def make_metadata(
     out["alignments3D_multi/class_ess"] = out["alignments3D/class_ess"].copy()
     mic = idx // PARTICLES_PER_MICROGRAPH
     out["location/micrograph_uid"] = _keyed_ids(seed, _MIC, mic)
-    mfirst = int(mic[0]) if n else 0
-    mnames = np.array([f"J1/motioncorrected/mic_{k:08d}.mrc".encode()
-                       for k in range(mfirst, (int(mic[-1]) if n else mfirst) + 1)])
-    out["location/micrograph_path"] = mnames[mic - mfirst] if n else mnames[:0]
+    out["location/micrograph_path"] = _names("J1/motioncorrected/mic_{:08d}.mrc", mic)
     out["location/micrograph_shape"] = np.tile(np.asarray(MICROGRAPH_SHAPE, dtype="<u4"), (n, 1))
     out["location/center_x_frac"] = t["center_frac"][:, 0].astype("<f4")
     out["location/center_y_frac"] = t["center_frac"][:, 1].astype("<f4")
@@ -434,7 +356,7 @@ class SynthDataset:
     n: int
     box: int
     classes: int
-    kind: str
+    kind: Kind
     seed: int
     psize_A: float
     truth: dict[str, Any] = field(default_factory=dict)
@@ -442,28 +364,31 @@ class SynthDataset:
     def labels(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Per-particle ground truth (:func:`make_truth`) of particles ``start:stop``, regenerated."""
         stop = self.n if stop is None else min(stop, self.n)
-        return make_truth(stop - start, self.seed, start, self.kind, self.classes)  # type: ignore[arg-type]
+        return make_truth(stop - start, self.seed, start, self.kind, self.classes)
 
 
-def _truth_info(n: int, seed: int, kind: str, classes: int, snr: float, sigma: float | None) -> dict[str, Any]:
-    return {"n": n, "seed": seed, "kind": kind, "classes": classes, "snr": snr, "noise_sigma": sigma,
-            "mixtures": MIXTURES, "optics": OPTICS}
-
-
-def _write_stacks(root: Path, fmt: str, n: int, stack_size: int, psize_A: float, **kw: Any) -> list[Path]:
+def _finish(root: Path, main: Path, pt: Path | None, fmt: str, images: bool, stack_size: int, n: int, box: int,
+            classes: int, snr: float, psize_A: float, kind: Kind, seed: int, ctf: bool) -> SynthDataset:
+    """Write the image stacks (``fmt.format(k)`` under ``root``) and describe the data set."""
     import mrcfile
 
-    paths = []
-    for k, s in enumerate(range(0, n, stack_size)):
-        imgs, _ = make_particles(min(stack_size, n - s), batch_start=s, psize_A=psize_A, **kw)
-        path = root / fmt.format(k)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with mrcfile.new(path, overwrite=True) as m:
+    stacks = []
+    for k, s in enumerate(range(0, n if images else 0, stack_size)):
+        imgs, _ = make_particles(min(stack_size, n - s), box, classes, snr, psize_A, kind, seed, ctf, s)
+        stacks.append(root / fmt.format(k))
+        stacks[-1].parent.mkdir(parents=True, exist_ok=True)
+        with mrcfile.new(stacks[-1], overwrite=True) as m:
             m.set_data(imgs)
             m.set_image_stack()
             m.voxel_size = psize_A
-        paths.append(path)
-    return paths
+    sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr) if images else None
+    return SynthDataset(root, main, pt, stacks, n, box, classes, kind, seed, psize_A,
+                        _info(n, seed, kind, classes, snr, sigma))
+
+
+def _info(n: int, seed: int, kind: str, classes: int, snr: float, sigma: float | None) -> dict[str, Any]:
+    return {"n": n, "seed": seed, "kind": kind, "classes": classes, "snr": snr, "noise_sigma": sigma,
+            "mixtures": MIXTURES, "optics": OPTICS}
 
 
 def _stack_format(prefix: str, n: int, stack_size: int) -> str:
@@ -472,19 +397,9 @@ def _stack_format(prefix: str, n: int, stack_size: int) -> str:
 
 
 def write_cs_dataset(
-    directory: str | os.PathLike[str],
-    n: int,
-    box: int = 64,
-    classes: int = 8,
-    snr: float = 0.05,
-    psize_A: float = 2.0,
-    kind: Kind = "2d",
-    seed: int = 0,
-    ctf: bool = True,
-    passthrough: bool = True,
-    images: bool = True,
-    stack_size: int = 1000,
-    batch_size: int = BATCH,
+    directory: str | os.PathLike[str], n: int, box: int = 64, classes: int = 8, snr: float = 0.05,
+    psize_A: float = 2.0, kind: Kind = "2d", seed: int = 0, ctf: bool = True, passthrough: bool = True,
+    images: bool = True, stack_size: int = 1000, batch_size: int = BATCH,
 ) -> SynthDataset:
     """Write a cryoSPARC-like project under ``directory`` (created if needed).
 
@@ -526,30 +441,14 @@ def write_cs_dataset(
     if passthrough:
         pt = root / "J2" / "J2_passthrough_particles.cs"
         write(pt, ["uid"] + [k for k in probe if not is_main_field(k)], True)
-    stacks = _write_stacks(root, fmt, n, stack_size, psize_A, box=box, classes=classes, snr=snr, kind=kind,
-                           seed=seed, ctf=ctf) if images else []
-    sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr) if images else None
-    return SynthDataset(root, root / "J2" / "J2_particles.cs", pt, stacks, n, box, classes, kind, seed, psize_A,
-                        _truth_info(n, seed, kind, classes, snr, sigma))
-
-
-def _noise_sigma(seed: int, box: int, classes: int, psize_A: float, kind: str, ctf: bool, snr: float) -> float:
-    return 0.0 if np.isinf(snr) else float(np.sqrt(_signal_power(seed, box, classes, psize_A, kind, ctf) / snr))
+    return _finish(root, root / "J2" / "J2_particles.cs", pt, fmt, images, stack_size, n, box, classes, snr, psize_A,
+                   kind, seed, ctf)
 
 
 def write_star_dataset(
-    directory: str | os.PathLike[str],
-    n: int,
-    box: int = 64,
-    classes: int = 8,
-    snr: float = 0.05,
-    psize_A: float = 2.0,
-    kind: Kind = "3d",
-    seed: int = 0,
-    ctf: bool = True,
-    relion_version: Literal["3.0", "3.1"] = "3.1",
-    images: bool = True,
-    stack_size: int = 1000,
+    directory: str | os.PathLike[str], n: int, box: int = 64, classes: int = 8, snr: float = 0.05,
+    psize_A: float = 2.0, kind: Kind = "3d", seed: int = 0, ctf: bool = True,
+    relion_version: Literal["3.0", "3.1"] = "3.1", images: bool = True, stack_size: int = 1000,
     star_name: str = "particles.star",
 ) -> SynthDataset:
     """Write a RELION particle ``.star`` (+ ``Particles/stack_NNN.mrcs``) under ``directory``.
@@ -613,33 +512,17 @@ def write_star_dataset(
         })
         starfile.write({"optics": optics, "particles": df}, star, overwrite=True)
     else:
-        df["rlnVoltage"] = OPTICS["accel_kv"]
-        df["rlnSphericalAberration"] = OPTICS["cs_mm"]
-        df["rlnAmplitudeContrast"] = OPTICS["amp_contrast"]
-        df["rlnMagnification"] = 10000.0
-        df["rlnDetectorPixelSize"] = psize_A
+        df = df.assign(rlnVoltage=OPTICS["accel_kv"], rlnSphericalAberration=OPTICS["cs_mm"],
+                       rlnAmplitudeContrast=OPTICS["amp_contrast"], rlnMagnification=10000.0, rlnDetectorPixelSize=psize_A)
         starfile.write({"": df}, star, overwrite=True)
-    stacks = _write_stacks(root, fmt, n, stack_size, psize_A, box=box, classes=classes, snr=snr, kind=kind,
-                           seed=seed, ctf=ctf) if images else []
-    sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr) if images else None
-    return SynthDataset(root, star, None, stacks, n, box, classes, kind, seed, psize_A,
-                        _truth_info(n, seed, kind, classes, snr, sigma))
+    return _finish(root, star, None, fmt, images, stack_size, n, box, classes, snr, psize_A, kind, seed, ctf)
 
 
 def synth_store(
-    out: str | os.PathLike[str],
-    n: int,
-    box: int = 64,
-    classes: int = 8,
-    snr: float = 0.05,
-    seed: int = 0,
-    kind: Kind = "2d",
-    metadata_only: bool = False,
-    overwrite: bool = False,
-    psize_A: float = 2.0,
-    ctf: bool = True,
-    batch_size: int = BATCH,
-) -> Any:
+    out: str | os.PathLike[str], n: int, box: int = 64, classes: int = 8, snr: float = 0.05, seed: int = 0,
+    kind: Kind = "2d", metadata_only: bool = False, overwrite: bool = False, psize_A: float = 2.0,
+    ctf: bool = True, batch_size: int = BATCH,
+) -> ParticleStore:
     """Write a synthetic ParticleStore at ``out`` directly (no intermediate files); returns it.
 
     Metadata: every :func:`make_metadata` field except ``blob/path``/``blob/idx`` (images live in
@@ -656,8 +539,9 @@ def synth_store(
     _check(kind, classes, box, seed)
     if n < 1 or not snr > 0:
         raise InputError(f"need n >= 1 and snr > 0 (got {n}, {snr})")
-    params = {"n": n, "box": box, "classes": classes, "snr": snr, "seed": seed, "kind": kind,
-              "metadata_only": metadata_only, "psize_A": psize_A, "ctf": ctf}
+    params = {"out": str(out), "n": n, "box": box, "classes": classes, "snr": snr, "seed": seed, "kind": kind,
+              "metadata_only": metadata_only, "overwrite": overwrite, "psize_A": psize_A, "ctf": ctf,
+              "batch_size": batch_size}
     with StoreWriter(out, op="synth", params=params, overwrite=overwrite) as w:
         extras = w.extras_dir()
         truth_spec = {"uid": np.uint64, "class": np.uint32, "junk": np.bool_, "defocus_group": np.uint8}
@@ -692,6 +576,5 @@ def synth_store(
                 m = min(step, n - s)
                 arr[s : s + m] = make_particles(m, box, classes, snr, psize_A, kind, seed, ctf, batch_start=s)[0]
             sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr)
-        info = _truth_info(n, seed, kind, classes, snr, sigma)
-        (extras / "truth.json").write_text(json.dumps(info, indent=1))
+        (extras / "truth.json").write_text(json.dumps(_info(n, seed, kind, classes, snr, sigma), indent=1))
         return w.commit(psize_A=psize_A, **({"box_px": box} if metadata_only else {}))
