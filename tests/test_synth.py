@@ -147,13 +147,13 @@ def test_statistics_follow_the_recorded_mixtures() -> None:
 
 
 # -- physics ---------------------------------------------------------------------------------------
-def test_ctf_is_minus_amplitude_contrast_at_zero_frequency() -> None:
+def test_ctf_is_amplitude_contrast_at_zero_frequency_relion_sign() -> None:
     df1 = np.array([8000.0, 15000.0, 25000.0])
     h = ctf_2d(64, 1.5, df1, df1 - 300, [0.1, 1.0, 2.0], 300, 2.7, 0.1)
     assert h.shape == (3, 64, 33) and h.dtype == np.float32
-    assert np.allclose(h[:, 0, 0], -0.1, atol=1e-7)
+    assert np.allclose(h[:, 0, 0], 0.1, atol=1e-7)
     full = ctf_2d(64, 1.5, 15000.0, 14700.0, 1.0, 300, 2.7, 0.07, rfft=False)
-    assert full.shape == (64, 64) and np.isclose(full[0, 0], -0.07)
+    assert full.shape == (64, 64) and np.isclose(full[0, 0], 0.07)
     assert np.allclose(full[:, :32], ctf_2d(64, 1.5, 15000.0, 14700.0, 1.0, 300, 2.7, 0.07)[:, :32])  # Nyquist sign differs
     k = np.r_[1:32, 33:64]  # Friedel symmetric away from Nyquist: H(-s) = H(s)
     assert np.allclose(full[np.ix_(k, k)], full[np.ix_(64 - k, 64 - k)], atol=1e-6)
@@ -172,8 +172,8 @@ def test_ctf_first_zero_is_at_the_analytic_frequency() -> None:
             args = (df1, df2, ang, 300.0, 2.7, a)
             assert abs(ctf_at(sx, sy, *args)) < 1e-9
             before, after = ctf_at(0.99 * sx, 0.99 * sy, *args), ctf_at(1.01 * sx, 1.01 * sy, *args)
-            assert before < 0 < after
-            assert np.all(ctf_at(np.linspace(0, 0.98, 50) * sx, np.linspace(0, 0.98, 50) * sy, *args) < 0)
+            assert before > 0 > after
+            assert np.all(ctf_at(np.linspace(0, 0.98, 50) * sx, np.linspace(0, 0.98, 50) * sy, *args) > 0)
 
 
 def test_real_space_projection_matches_the_analytic_blob_images() -> None:

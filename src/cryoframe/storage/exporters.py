@@ -16,7 +16,14 @@ import numpy as np
 import pandas as pd
 
 from cryoframe.errors import InputError, StoreError
-from cryoframe.schema import arrow_to_numpy, field_spec, is_canonical, is_internal, numpy_dtype_of, optics_labels
+from cryoframe.schema import (
+    arrow_to_numpy,
+    field_spec,
+    is_canonical,
+    is_internal,
+    numpy_dtype_of,
+    optics_labels,
+)
 from cryoframe.storage.convert import canonical_to_relion, split_optics
 from cryoframe.storage.formats.cs import write_cs
 from cryoframe.storage.formats.mrc import write_stack

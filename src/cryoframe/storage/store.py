@@ -29,7 +29,13 @@ import pyarrow.parquet as pq
 
 from cryoframe.errors import StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
-from cryoframe.storage.manifest import FORMAT_VERSION, file_hash, lineage_step, read_manifest, write_json_atomic
+from cryoframe.storage.manifest import (
+    FORMAT_VERSION,
+    file_hash,
+    lineage_step,
+    read_manifest,
+    write_json_atomic,
+)
 
 __all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows", "prefetch"]
 

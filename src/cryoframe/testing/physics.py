@@ -77,8 +77,8 @@ def ctf_at(
     ``df_angle_rad`` measured from the x axis and perpendicular to it (RELION's DefocusU/V and
     DefocusAngle in radians): ``d(a) = (df1 + df2)/2 + (df1 - df2)/2 cos(2 (a - df_angle))``.
     ``chi = pi lambda d s^2 - pi/2 Cs lambda^3 s^4 + phase_shift`` and
-    ``CTF = -sqrt(1 - A^2) sin(chi) - A cos(chi)``, so ``CTF(0) = -A`` and positive density
-    images dark (the cryoSPARC / cryoDRGN sign; RELION's ``CTF::getCTF`` is the negative of this).
+    ``CTF = sqrt(1 - A^2) sin(chi) + A cos(chi)``, RELION's ``CTF::getCTF`` sign: ``CTF(0) = +A``,
+    so positive density images bright, as RELION expects of extracted (contrast-inverted) particles.
     """
     sx = np.asarray(sx, dtype=np.float64)
     sy = np.asarray(sy, dtype=np.float64)
@@ -91,7 +91,7 @@ def ctf_at(
     d = 0.5 * (df1 + df2) + 0.5 * (df1 - df2) * np.cos(2.0 * (ang - np.asarray(df_angle_rad, dtype=np.float64)))
     chi = np.pi * lam * d * s2 - 0.5 * np.pi * cs_A * lam**3 * s2 * s2 + np.asarray(phase_shift_rad, dtype=np.float64)
     a = np.asarray(amp_contrast, dtype=np.float64)
-    return -np.sqrt(1.0 - a * a) * np.sin(chi) - a * np.cos(chi)
+    return np.sqrt(1.0 - a * a) * np.sin(chi) + a * np.cos(chi)
 
 
 def ctf_2d(

@@ -66,7 +66,7 @@ MIXTURES: dict[str, Any] = {
 """The known distributions the metadata statistics are drawn from."""
 
 _PARAMS, _NOISE, _UID, _MIC, _SHUFFLE = 1, 2, 4, 5, 6  # 3: blob models (physics.blob_model)
-_MAIN_GROUPS = ("uid", "blob/", "alignments3D/", "alignments3D_multi/", "alignments2D/")
+_MAIN_PREFIXES = ("blob/", "alignments3D/", "alignments3D_multi/", "alignments2D/")
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -341,7 +341,7 @@ def make_metadata(
 
 def is_main_field(name: str) -> bool:
     """Fields of the main particles ``.cs`` (the rest go to the passthrough file)."""
-    return name == "uid" or name.startswith(_MAIN_GROUPS[1:])
+    return name == "uid" or name.startswith(_MAIN_PREFIXES)
 
 
 # -- files -----------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def write_cs_dataset(
 
 def write_star_dataset(
     directory: str | os.PathLike[str], n: int, box: int = 64, classes: int = 8, snr: float = 0.05,
-    psize_A: float = 2.0, kind: Kind = "3d", seed: int = 0, ctf: bool = True,
+    psize_A: float = 2.0, kind: Kind = "2d", seed: int = 0, ctf: bool = True,
     relion_version: Literal["3.0", "3.1"] = "3.1", images: bool = True, stack_size: int = 1000,
     star_name: str = "particles.star",
 ) -> SynthDataset:
@@ -546,7 +546,9 @@ def synth_store(
         extras = w.extras_dir()
         truth_spec = {"uid": np.uint64, "class": np.uint32, "junk": np.bool_, "defocus_group": np.uint8}
         tmp = {k: extras / f".truth-{k}.npy" for k in truth_spec}
-        mm = {k: np.lib.format.open_memmap(tmp[k], mode="w+", dtype=dt, shape=(n,)) for k, dt in truth_spec.items()}
+        fh = {k: tmp[k].open("wb") for k in truth_spec}  # streamed .npy files, zipped into truth.npz below
+        for k, dt in truth_spec.items():
+            np.lib.format.write_array_header_1_0(fh[k], {"descr": np.dtype(dt).str, "fortran_order": False, "shape": (n,)})
         schema = None
         for s in range(0, n, batch_size):
             m = min(batch_size, n - s)
@@ -558,12 +560,10 @@ def synth_store(
                 schema = pa.schema([arrow_field(k, v.dtype, v.shape[1:]) for k, v in cols.items()])
             w.write_metadata(pa.Table.from_arrays([numpy_to_arrow(v) for v in cols.values()], schema=schema))
             t = make_truth(m, seed, s, kind, classes)
-            mm["uid"][s : s + m] = md["uid"]
-            for k in ("class", "junk", "defocus_group"):
-                mm[k][s : s + m] = t[k]
-        for a in mm.values():
-            a.flush()
-        del mm
+            for k, dt in truth_spec.items():
+                fh[k].write(np.ascontiguousarray(md["uid"] if k == "uid" else t[k], dtype=dt).tobytes())
+        for f in fh.values():
+            f.close()
         with zipfile.ZipFile(extras / "truth.npz", "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for k, p in tmp.items():
                 zf.write(p, arcname=f"{k}.npy")
