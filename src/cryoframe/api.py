@@ -20,7 +20,7 @@ from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["demo", "export", "import_", "info", "open_store", "query", "synth"]
+__all__ = ["demo", "export", "import_", "info", "open_store", "query", "stats", "subset", "synth"]
 
 PathLike = str | os.PathLike[str]
 StoreLike = PathLike | ParticleStore
@@ -97,13 +97,21 @@ def query(
     head: int | None = None,
     overwrite: bool = False,
     scheduler: str | None = None,
+    join: Sequence[StoreLike] = (),
 ) -> Any:
     """Filter with a pandas ``query`` expression (backticks around ``group/field`` names).
+
+    ``join``: further stores joined on uid first (fields present in several stores are
+    suffixed ``@<store name>``), so one question can span a 2D job, a 3D job and the picks.
 
     With ``out`` a new store referencing the parent's images is written and returned; otherwise
     a pandas DataFrame of the first ``head`` matching rows (all when ``head`` is None).
     """
     s = open_store(store)
+    if join:
+        from cryoframe.query.join import join_stores
+
+        return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head, overwrite=overwrite)
     if out is not None:
         return filter_store(s, out, where, columns, overwrite=overwrite, scheduler=scheduler)
     ddf = query_frame(s, where, columns)
@@ -136,3 +144,44 @@ def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed:
     from cryoframe.demo import run_demo
 
     return run_demo(workdir, n=n, box=box, seed=seed)
+
+
+def stats(store: StoreLike, by: str | None = None, *, initial: StoreLike | None = None,
+          class_indices: Sequence[int] | None = None, class_agg: str = "sum",
+          project_dir: PathLike | None = None) -> dict[str, Any]:
+    """Summary of statistic ``by`` (count, missing, mean, std, quantiles) and the statistics this
+    store can provide."""
+    from cryoframe.query.stats import (
+        available_statistics,
+        describe_values,
+        resolve_statistic,
+        statistic_values,
+    )
+
+    s = open_store(store)
+    out: dict[str, Any] = {"store": str(s.path), "n_particles": s.n, "available": available_statistics(s)}
+    if by is not None:
+        st, fields = resolve_statistic(by, s)
+        frame = statistic_values(s, by, initial=open_store(initial) if initial is not None else None,
+                                 class_indices=class_indices, class_agg=class_agg,
+                                 project_dir=str(project_dir) if project_dir else None)
+        v = frame["value"].compute().to_numpy(dtype="float64")
+        out.update(statistic=by, fields=fields, unit=st.unit, description=st.description,
+                   summary=describe_values(v))
+    return out
+
+
+def subset(store: StoreLike, out: PathLike, *, by: str, mode: str = "gmm", components: int = 2,
+           min_prob: float | None = None, thresholds: Sequence[float] = (), initial: StoreLike | None = None,
+           class_indices: Sequence[int] | None = None, class_agg: str = "sum", on_missing: str = "error",
+           format: str | None = None, project_dir: PathLike | None = None, seed: int = 0, tol: float = 1e-3,
+           max_iter: int = 100, plots: bool = True, device: str = "cpu", overwrite: bool = False) -> Any:
+    """Subset particles by statistic (GMM or thresholds); returns a :class:`cryoframe.jobs.SubsetResult`
+    with ``sets`` (stores, low to high mean), ``dropped``, ``summary`` and the fitted ``model``."""
+    from cryoframe.jobs.subset import subset as _subset
+
+    return _subset(open_store(store), out, by=by, mode=mode, components=components, min_prob=min_prob,
+                   thresholds=thresholds, initial=open_store(initial) if initial is not None else None,
+                   class_indices=class_indices, class_agg=class_agg, on_missing=on_missing, export_format=format,
+                   project_dir=str(project_dir) if project_dir else None, seed=seed, tol=tol, max_iter=max_iter,
+                   plots=plots, device=device, overwrite=overwrite)

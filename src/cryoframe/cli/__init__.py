@@ -17,6 +17,8 @@ VERBS = {
     "info": ("info", "describe a store"),
     "query": ("query", "filter a store with a pandas query expression"),
     "export": ("export", "export a store to .cs or .star"),
+    "stats": ("stats", "summarise a per-particle statistic; list the statistics a store provides"),
+    "subset": ("subset", "split a store into sets by a statistic (GMM or thresholds)"),
     "synth": ("synth", "write a deterministic synthetic store with ground truth"),
 }
 

@@ -4,7 +4,6 @@ e.g. --where '`ctf/df1_A` < 15000 and `alignments3D/error` > 3'."""
 from __future__ import annotations
 
 import argparse
-import json
 
 from cryoframe import api
 
@@ -12,6 +11,8 @@ from cryoframe import api
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--where", help="pandas query expression; omit for all rows")
+    p.add_argument("--join", action="append", default=[], metavar="STORE",
+                   help="join another store on uid first (repeatable); shared field names get @<store> suffixes")
     p.add_argument("--columns", help="comma-separated fields to keep (uid always kept)")
     p.add_argument("--out", help="write matching rows as a new store (images referenced, not copied)")
     p.add_argument("--head", type=int, help="print the first N matching rows")
@@ -24,12 +25,12 @@ def main(args: argparse.Namespace) -> int:
     cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if args.out:
         s = api.query(args.store, args.where, columns=cols, out=args.out, overwrite=args.overwrite,
-                      scheduler=args.scheduler)
+                      scheduler=args.scheduler, join=args.join)
         parent = api.open_store(args.store)
         print(f"{s.n} of {parent.n} particles match -> {s.path}")
         return 0
     head = args.head if args.head is not None else (None if args.json else 10)
-    df = api.query(args.store, args.where, columns=cols, head=head, scheduler=args.scheduler)
+    df = api.query(args.store, args.where, columns=cols, head=head, scheduler=args.scheduler, join=args.join)
     if args.json:
         print(df.to_json(orient="records", default_handler=str))
     else:

@@ -1,0 +1,277 @@
+"""Subset particles by statistic (cryoSPARC "Subset Particles by Statistic", see shared seeds/000).
+
+One pass over the store's Parquet partitions computes the statistic (a lazy column expression);
+the GMM is fitted by distributed EM (one pass per iteration) or thresholds are applied; a second
+streamed pass routes every particle to exactly one set store (or the dropped store), each
+referencing the input's images.  Outputs land in ``--out DIR`` atomically (temp dir + rename):
+``summary.json``, ``set_NNN.cf`` (+ ``dropped.cf``, ``missing.cf``), optional ``set_NNN.cs|star``,
+and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoframe.errors import InputError, StoreError
+from cryoframe.query.stats import resolve_statistic, statistic_values
+from cryoframe.storage.store import ParticleStore, StoreWriter
+
+__all__ = ["SubsetResult", "subset"]
+
+log = logging.getLogger(__name__)
+
+DROPPED = -1
+MISSING = -2
+
+
+@dataclass
+class SubsetResult:
+    """What a subset run produced: per-set stores, the dropped/missing stores, the fitted model."""
+
+    out: Path
+    summary: dict[str, Any]
+    sets: list[ParticleStore] = field(default_factory=list)
+    dropped: ParticleStore | None = None
+    missing: ParticleStore | None = None
+    model: Any = None
+
+
+def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: int, tol: float,
+                max_iter: int, device: str) -> tuple[np.ndarray, Any, dict[str, Any], np.ndarray]:
+    from cryoframe.algorithms.gmm import GaussianMixture
+
+    if components < 1:
+        raise InputError("--components must be at least 1")
+    distinct = np.unique(v[: min(len(v), 2_000_000)])
+    if len(distinct) < components and len(np.unique(v)) < components:
+        raise InputError(f"--components {components} is more than the {len(np.unique(v))} distinct values "
+                         "of the statistic")
+    gmm = GaussianMixture(n_components=components, tol=tol, max_iter=max_iter, random_state=seed,
+                          device=device).fit(v)
+    order = np.argsort(gmm.means_.ravel())
+    rank = np.empty_like(order)
+    rank[order] = np.arange(components)
+    proba = gmm.predict_proba(v)
+    best = proba.argmax(axis=1)
+    labels = rank[best].astype(np.int64)
+    pbest = proba[np.arange(len(v)), best]
+    if min_prob is not None:
+        if not 0 <= min_prob <= 1:
+            raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
+        labels[pbest < min_prob] = DROPPED
+    info = {
+        "weights": gmm.weights_[order].tolist(),
+        "means": gmm.means_.ravel()[order].tolist(),
+        "variances": gmm.covariances_.reshape(components, -1)[:, 0][order].tolist(),
+        "log_likelihood": float(gmm.lower_bound_),
+        "n_iter": int(gmm.n_iter_),
+        "converged": bool(gmm.converged_),
+    }
+    return labels, gmm, info, pbest
+
+
+def _labels_thresholds(v: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    t = np.asarray(list(thresholds), dtype=np.float64)
+    if t.size == 0:
+        raise InputError("--mode thresholds needs --thresholds T1[,T2,...]")
+    if np.any(np.diff(t) <= 0):
+        raise InputError(f"--thresholds must be strictly increasing, got {t.tolist()}")
+    return np.searchsorted(t, v, side="right").astype(np.int64)
+
+
+def _set_stats(v: np.ndarray) -> dict[str, float | None]:
+    if v.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+
+
+def subset(
+    store: ParticleStore,
+    out: str | os.PathLike[str],
+    *,
+    by: str,
+    mode: str = "gmm",
+    components: int = 2,
+    min_prob: float | None = None,
+    thresholds: Sequence[float] = (),
+    initial: ParticleStore | None = None,
+    class_indices: Sequence[int] | None = None,
+    class_agg: str = "sum",
+    on_missing: str = "error",
+    export_format: str | None = None,
+    project_dir: str | None = None,
+    seed: int = 0,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    plots: bool = True,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> SubsetResult:
+    """Split ``store`` into sets by statistic ``by``; see the module docstring for outputs."""
+    out = Path(out).absolute()
+    if mode not in ("gmm", "thresholds"):
+        raise InputError(f"--mode must be gmm or thresholds, not {mode!r}")
+    if on_missing not in ("error", "drop", "separate"):
+        raise InputError(f"--on-missing must be error, drop or separate, not {on_missing!r}")
+    if export_format not in (None, "cs", "star"):
+        raise InputError(f"--format must be cs or star, not {export_format!r}")
+    if out.exists() and not overwrite:
+        raise StoreError(f"{out}: already exists (choose another --out or pass --overwrite)")
+    if not out.parent.is_dir():
+        raise StoreError(f"{out.parent}: output directory does not exist")
+    stat, fields = resolve_statistic(by, store)
+    if mode == "thresholds":
+        _labels_thresholds(np.zeros(1), thresholds)  # validate before any work
+    frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
+                             project_dir=project_dir)
+    values = frame["value"].compute().to_numpy(dtype=np.float64)
+    n = len(values)
+    finite = np.isfinite(values)
+    n_missing = int(n - finite.sum())
+    if n_missing and on_missing == "error":
+        raise InputError(f"{n_missing} of {n} particles have no finite value of {by} (field "
+                         f"{', '.join(fields)}); choose --on-missing drop or separate")
+    labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int64)
+    v = values[finite]
+    if v.size == 0:
+        raise InputError(f"no particle has a finite value of {by}")
+    gmm_info: dict[str, Any] | None = None
+    model = None
+    if mode == "gmm":
+        lab, model, gmm_info, _ = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
+        n_sets = components
+    else:
+        lab = _labels_thresholds(v, thresholds)
+        n_sets = len(thresholds) + 1
+    labels[finite] = lab
+    n_dropped = int((labels == DROPPED).sum())
+    n_dropped_prob = int((lab == DROPPED).sum())
+
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        summary = _write_outputs(store, tmp, out, labels, values, n_sets, by=by, stat_fields=fields, mode=mode,
+                                 initial=initial, params={
+                                     "statistic": by, "mode": mode, "components": components if mode == "gmm" else None,
+                                     "min_prob": min_prob, "thresholds": list(thresholds) if mode == "thresholds"
+                                     else None, "class_indices": list(class_indices) if class_indices else None,
+                                     "class_agg": class_agg, "on_missing": on_missing, "seed": seed, "tol": tol,
+                                     "max_iter": max_iter, "initial": str(initial.path) if initial else None},
+                                 export_format=export_format, plots=plots, gmm_info=gmm_info)
+        summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
+                       unit=stat.unit, description=stat.description)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    res = SubsetResult(out=out, summary=summary, model=model)
+    res.sets = [ParticleStore(out / s["path"]) for s in summary["sets"]]
+    if (out / "dropped.cf").exists():
+        res.dropped = ParticleStore(out / "dropped.cf")
+    if (out / "missing.cf").exists():
+        res.missing = ParticleStore(out / "missing.cf")
+    return res
+
+
+def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarray, values: np.ndarray, n_sets: int,
+                   *, by: str, stat_fields: list[str], mode: str, initial: ParticleStore | None,
+                   params: dict[str, Any], export_format: str | None, plots: bool,
+                   gmm_info: dict[str, Any] | None) -> dict[str, Any]:
+    names = {k: f"set_{k:03d}.cf" for k in range(n_sets)}
+    if (labels == DROPPED).any():
+        names[DROPPED] = "dropped.cf"
+    if (labels == MISSING).any():
+        names[MISSING] = "missing.cf"
+    inputs: list[Any] = [store] + ([initial] if initial is not None else [])
+    writers = {k: StoreWriter(tmp / nm, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
+                              inputs=inputs, parent=store) for k, nm in names.items()}
+    has_pose = "alignments3D/pose" in store.fields
+    poses: dict[int, list[np.ndarray]] = {k: [] for k in range(n_sets)}
+    try:
+        start = 0
+        for batch in store.iter_batches():
+            m = batch.num_rows
+            lab = labels[start : start + m]
+            for k, w in writers.items():
+                sel = np.nonzero(lab == k)[0]
+                w.write_metadata(batch.take(sel))
+                if has_pose and k >= 0 and sel.size and sum(len(p) for p in poses[k]) < 200_000:
+                    col = batch.column("alignments3D/pose").take(sel)
+                    poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
+            start += m
+        stores = {}
+        for k, w in writers.items():
+            if store.has_images:
+                w.link_images(store)
+            opt = store.optics()
+            if opt is not None:
+                w.write_optics(opt)
+            stores[k] = w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+    finally:
+        for w in writers.values():
+            if not w._done:
+                w.abort()
+    sets = []
+    for k in range(n_sets):
+        v = values[labels == k]
+        entry = {"index": k, "count": int(v.size), **_set_stats(v), "path": names[k]}
+        if export_format:
+            from cryoframe.storage.exporters import export_cs, export_star
+
+            target = tmp / f"set_{k:03d}.{export_format}"
+            (export_cs if export_format == "cs" else export_star)(stores[k], target)
+            entry["export"] = target.name
+        sets.append(entry)
+    summary: dict[str, Any] = {"statistic": by, "fields": stat_fields, "mode": mode, "input": str(store.path),
+                               "initial": str(initial.path) if initial else None, "parameters": params,
+                               "sets": sets, "dropped_path": names.get(DROPPED), "missing_path": names.get(MISSING)}
+    if gmm_info is not None:
+        summary["gmm"] = gmm_info
+    if plots:
+        summary["plots"] = _plots(tmp / "plots", values, labels, n_sets, by, params, gmm_info, poses)
+    return summary
+
+
+def _plots(pdir: Path, values: np.ndarray, labels: np.ndarray, n_sets: int, by: str, params: dict[str, Any],
+           gmm_info: dict[str, Any] | None, poses: dict[int, list[np.ndarray]]) -> list[str]:
+    from cryoframe import plot
+
+    pdir.mkdir()
+    v = values[np.isfinite(values)]
+    lo, hi = np.quantile(v, [0.0005, 0.9995]) if v.size > 100 else (v.min(), v.max())
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    counts, edges = np.histogram(np.clip(v, lo, hi), bins=100, range=(lo, hi))
+    bounds = []
+    for k in range(n_sets):
+        vk = values[labels == k]
+        if vk.size:
+            bounds.append((float(vk.min()), float(vk.max())))
+    fig = plot.histogram_figure(counts, edges, xlabel=by, title=f"{by}: {len(values)} particles",
+                                gmm=gmm_info, thresholds=params.get("thresholds"), set_bounds=bounds,
+                                n_total=int(v.size))
+    written = [p.name for p in plot.save_figure(fig, pdir / "histogram")]
+    for k, parts in poses.items():
+        if not parts:
+            continue
+        az, el = plot.viewing_directions_from_rotvec(np.concatenate(parts))
+        fig = plot.viewing_direction_figure(az, el, title=f"set {k}: viewing directions")
+        written += [p.name for p in plot.save_figure(fig, pdir / f"viewing_set_{k:03d}")]
+    return written
