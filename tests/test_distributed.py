@@ -154,6 +154,12 @@ def test_tcp_spec_connects_to_a_running_scheduler() -> None:
             assert int(da.arange(100, chunks=10).sum().compute()) == 4950
 
 
+def test_local_cluster_dashboard_is_opt_in() -> None:
+    with scheduler("local:1", dashboard=True, quiet=True) as info:
+        assert info.dashboard_link and info.dashboard_link.startswith("http://127.0.0.1:")
+        assert ":8787/" not in info.dashboard_link
+
+
 def test_killing_a_worker_mid_computation_still_gives_the_same_result() -> None:
     with scheduler("threads"):
         ref = seeded_graph(n_chunks=40).compute()
@@ -166,6 +172,7 @@ def test_killing_a_worker_mid_computation_still_gives_the_same_result() -> None:
         while not client.processing().get(victim_addr) and time.monotonic() < deadline:
             time.sleep(0.02)  # wait until the victim is busy with tasks
         time.sleep(0.3)
+        assert not future.done()
         os.kill(victim, signal.SIGKILL)
         result = future.result(timeout=40)
         assert victim not in client.run(os.getpid).values()  # the nanny replaced the process
@@ -231,6 +238,16 @@ def test_slurm_config_rejects_unknown_keys_and_missing_files(tmp_path: Path) -> 
         job_script("slurm", str(cfg))
     with pytest.raises(SchedulerError, match="not found"):
         job_script("slurm", str(tmp_path / "absent.yaml"))
+
+
+def test_slurm_cluster_with_zero_jobs_starts_and_closes_without_submitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")  # any sbatch call would fail
+    with scheduler("slurm", config=SLURM_YAML, workers=0, quiet=True) as info:
+        assert info.kind == "slurm" and info.n_workers == 0 and info.client is not None
+        assert "#SBATCH" in info.client.cluster.job_script()
+        assert not info.client.cluster.workers
+        cluster = info.client.cluster
+    assert cluster.status.name == "closed"
 
 
 def test_slurm_without_sbatch_refuses_to_submit(monkeypatch: pytest.MonkeyPatch) -> None:

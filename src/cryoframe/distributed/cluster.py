@@ -15,7 +15,6 @@ import inspect
 import logging
 import shutil
 import socket
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 
+from cryoframe.distributed.progress import current_client
 from cryoframe.errors import CryoframeError
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def scheduler(spec: str | None = "threads", *, dashboard: bool = False, quiet: b
     if workers is not None and kind not in ("slurm", "pbs"):
         raise SchedulerError(f"workers= applies to slurm and pbs only (for a local cluster write local:{workers})")
     if kind == "default":
-        client = _active_default_client()
+        client = current_client()
         if client is not None:
             yield SchedulerInfo("client", len(client.nthreads()), _dashboard(client), client, client.scheduler.address)
             return
@@ -156,19 +156,8 @@ def _local_pool_size() -> int:
     return int(dask.config.get("num_workers", None) or CPU_COUNT)
 
 
-def _active_default_client() -> Client | None:
-    if "distributed" not in sys.modules:  # no Client can exist without distributed imported
-        return None
-    from distributed import default_client
-
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
 def _dashboard(client: Client) -> str | None:
-    try:  # Client.dashboard_link formats a link even when no dashboard is served: ask the scheduler
+    try:  # Client.dashboard_link formats a link even when no HTTP server runs: ask the scheduler
         if "dashboard" not in client.scheduler_info(n_workers=0).get("services", {}):
             return None
         return client.dashboard_link or None
@@ -180,7 +169,10 @@ def _open_distributed(kind: str, arg: Any, stack: contextlib.ExitStack, *, dashb
                       config: str | None, workers: int | None) -> SchedulerInfo:
     """Start (or connect to) the scheduler; register every close on ``stack``; return its info."""
     silence = logging.ERROR if quiet else logging.WARNING
-    dash = ":0" if dashboard else None
+    # the scheduler always serves HTTP (health, metrics) and defaults to port 8787: take a free port
+    # on 127.0.0.1 for local clusters, and serve the bokeh dashboard only when asked
+    local_http = {"dashboard_address": "127.0.0.1:0" if dashboard else None,
+                  "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}
     if kind == "tcp":
         client = _connect(arg)
         stack.callback(client.close)
@@ -196,11 +188,11 @@ def _open_distributed(kind: str, arg: Any, stack: contextlib.ExitStack, *, dashb
 
         try:
             cluster = LocalCluster(n_workers=arg, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address=dash, silence_logs=silence)
+                                   silence_logs=silence, **local_http)
         except Exception as exc:
             raise SchedulerError(f"could not start a local:{arg} cluster on 127.0.0.1: {exc}") from exc
     elif kind == "cuda":
-        cluster = _cuda_cluster(dash, silence)
+        cluster = _cuda_cluster(local_http, silence)
     else:  # slurm / pbs
         cfg, path = load_jobqueue_config(kind, config)
         jobs = int(workers if workers is not None else cfg.get("n_workers", 1))
@@ -213,7 +205,7 @@ def _open_distributed(kind: str, arg: Any, stack: contextlib.ExitStack, *, dashb
                 f"login node (or print the job script with `cryoframe cluster {kind} --print-job-script`)")
         kw = _jobqueue_kwargs(kind, cfg, path)
         try:
-            cluster = cls(**kw, scheduler_options={"dashboard_address": dash})
+            cluster = cls(**kw, scheduler_options={"dashboard": dashboard, "dashboard_address": ":0"})
         except Exception as exc:
             raise SchedulerError(f"could not start the {kind} cluster from {path}: {exc}") from exc
     stack.callback(cluster.close)
@@ -225,7 +217,8 @@ def _open_distributed(kind: str, arg: Any, stack: contextlib.ExitStack, *, dashb
             log.info("submitted %d %s job(s); workers join as the jobs start", jobs, kind)
     client = Client(cluster)
     stack.callback(client.close)
-    return SchedulerInfo(kind, n_workers, _dashboard(client), client, cluster.scheduler_address)
+    link = (client.dashboard_link or None) if dashboard else None
+    return SchedulerInfo(kind, n_workers, link, client, cluster.scheduler_address)
 
 
 def _connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Client:
@@ -248,7 +241,7 @@ def _connect(address: str, timeout: float = CONNECT_TIMEOUT_S) -> Client:
             f"could not connect to the Dask scheduler at {address} within {timeout:g} s: {exc}; {hint}") from exc
 
 
-def _cuda_cluster(dash: str | None, silence: int) -> Any:
+def _cuda_cluster(http: dict[str, Any], silence: int) -> Any:
     if importlib.util.find_spec("dask_cuda") is None:
         raise SchedulerError("scheduler 'cuda' needs the [gpu] extra (pip install 'cryoframe[gpu]')")
     from cryoframe.backend import gpu_available
@@ -259,7 +252,7 @@ def _cuda_cluster(dash: str | None, silence: int) -> Any:
     from dask_cuda import LocalCUDACluster
 
     try:
-        return LocalCUDACluster(dashboard_address=dash, silence_logs=silence)
+        return LocalCUDACluster(silence_logs=silence, **http)
     except Exception as exc:
         raise SchedulerError(f"could not start a LocalCUDACluster: {exc}") from exc
 
@@ -359,12 +352,6 @@ def _jobqueue_kwargs(kind: str, cfg: dict[str, Any], path: Path) -> dict[str, An
     return kw
 
 
-def _local_interfaces() -> set[str]:
-    import psutil
-
-    return set(psutil.net_if_addrs())
-
-
 def job_script(kind: str, config: str | None = None) -> str:
     """The batch script dask-jobqueue would submit for one ``slurm``/``pbs`` worker job.
 
@@ -384,14 +371,14 @@ def job_script(kind: str, config: str | None = None) -> str:
 
 
 def _render_job_script(kind: str, cls: Any, kw: dict[str, Any], path: Path) -> str:
+    import psutil
+
     try:
-        if kw.get("interface") and kw["interface"] not in _local_interfaces():
+        if kw.get("interface") and kw["interface"] not in psutil.net_if_addrs():
             log.debug("interface %s is not on this machine: job script with a placeholder address", kw["interface"])
             job = cls.job_cls(_PLACEHOLDER_ADDRESS, name="dummy-name", protocol=None, security=None, **kw)
             return job.job_script()
-        cluster = cls(**kw, n_workers=0, scheduler_options={"dashboard_address": None})
-    except SchedulerError:
-        raise
+        cluster = cls(**kw, n_workers=0, scheduler_options={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
     except Exception as exc:
         raise SchedulerError(f"{path}: dask-jobqueue rejected the {kind} config: {exc}") from exc
     try:

@@ -69,9 +69,8 @@ def show_progress(collections: Any, *, quiet: bool = False) -> Any:
     if quiet:
         wait(persisted)
     else:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr):  # the text bar writes to stdout and erases itself
             progress(persisted, notebook=False)
-            print(file=sys.stderr)
     if single:
         return persisted[0]
     return type(collections)(persisted)

@@ -61,14 +61,20 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
     order = np.argsort(gmm.means_.ravel())
     rank = np.empty_like(order)
     rank[order] = np.arange(components)
-    proba = gmm.predict_proba(v)
-    best = proba.argmax(axis=1)
-    labels = rank[best].astype(np.int64)
-    pbest = proba[np.arange(len(v)), best]
-    if min_prob is not None:
-        if not 0 <= min_prob <= 1:
-            raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
-        labels[pbest < min_prob] = DROPPED
+    if min_prob is not None and not 0 <= min_prob <= 1:
+        raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
+    labels = np.empty(len(v), dtype=np.int16)
+    pbest = np.empty(len(v), dtype=np.float32)
+    step = 4_000_000  # bounded (n, K) probabilities
+    for a in range(0, len(v), step):
+        proba = gmm.predict_proba(v[a : a + step])
+        best = proba.argmax(axis=1)
+        pb = proba[np.arange(len(best)), best]
+        lab = rank[best].astype(np.int16)
+        if min_prob is not None:
+            lab[pb < min_prob] = DROPPED
+        labels[a : a + step] = lab
+        pbest[a : a + step] = pb
     info = {
         "weights": gmm.weights_[order].tolist(),
         "means": gmm.means_.ravel()[order].tolist(),
@@ -86,13 +92,56 @@ def _labels_thresholds(v: np.ndarray, thresholds: Sequence[float]) -> np.ndarray
         raise InputError("--mode thresholds needs --thresholds T1[,T2,...]")
     if np.any(np.diff(t) <= 0):
         raise InputError(f"--thresholds must be strictly increasing, got {t.tolist()}")
-    return np.searchsorted(t, v, side="right").astype(np.int64)
+    return np.searchsorted(t, v, side="right").astype(np.int16)
 
 
-def _set_stats(v: np.ndarray) -> dict[str, float | None]:
-    if v.size == 0:
-        return {"mean": None, "std": None, "min": None, "max": None}
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+def _collect(frame: Any, n: int) -> np.ndarray:
+    """The ``value`` column as one float64 array, filled a few partitions at a time (no 2x copy)."""
+    import dask
+
+    out = np.empty(n, dtype=np.float64)
+    parts = frame["value"].to_delayed()
+    pos = 0
+    group = 4
+    for i in range(0, len(parts), group):
+        for p in dask.compute(*parts[i : i + group]):
+            a = p.to_numpy(dtype=np.float64)
+            out[pos : pos + len(a)] = a
+            pos += len(a)
+    if pos != n:
+        raise StoreError(f"statistic has {pos} values for {n} particles (store metadata changed?)")
+    return out
+
+
+def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 4_000_000) -> list[dict[str, Any]]:
+    """count/mean/std/min/max of the statistic per set, accumulated in chunks (float64, centred)."""
+    cnt = np.zeros(n_sets, np.int64)
+    s1 = np.zeros(n_sets)
+    mn = np.full(n_sets, np.inf)
+    mx = np.full(n_sets, -np.inf)
+    for a in range(0, len(values), step):
+        v, lab = values[a : a + step], labels[a : a + step]
+        ok = lab >= 0
+        v, lab = v[ok], lab[ok].astype(np.int64)
+        cnt += np.bincount(lab, minlength=n_sets)
+        s1 += np.bincount(lab, weights=v, minlength=n_sets)
+        np.minimum.at(mn, lab, v)
+        np.maximum.at(mx, lab, v)
+    mean = np.where(cnt > 0, s1 / np.maximum(cnt, 1), 0.0)
+    s2 = np.zeros(n_sets)
+    for a in range(0, len(values), step):
+        v, lab = values[a : a + step], labels[a : a + step]
+        ok = lab >= 0
+        lab = lab[ok].astype(np.int64)
+        s2 += np.bincount(lab, weights=(v[ok] - mean[lab]) ** 2, minlength=n_sets)
+    out = []
+    for k in range(n_sets):
+        if cnt[k] == 0:
+            out.append({"count": 0, "mean": None, "std": None, "min": None, "max": None})
+        else:
+            out.append({"count": int(cnt[k]), "mean": float(mean[k]), "std": float(np.sqrt(s2[k] / cnt[k])),
+                        "min": float(mn[k]), "max": float(mx[k])})
+    return out
 
 
 def subset(
@@ -134,15 +183,15 @@ def subset(
         _labels_thresholds(np.zeros(1), thresholds)  # validate before any work
     frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
                              project_dir=project_dir)
-    values = frame["value"].compute().to_numpy(dtype=np.float64)
+    values = _collect(frame, store.n)
     n = len(values)
     finite = np.isfinite(values)
     n_missing = int(n - finite.sum())
     if n_missing and on_missing == "error":
         raise InputError(f"{n_missing} of {n} particles have no finite value of {by} (field "
                          f"{', '.join(fields)}); choose --on-missing drop or separate")
-    labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int64)
-    v = values[finite]
+    labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
+    v = values if not n_missing else values[finite]
     if v.size == 0:
         raise InputError(f"no particle has a finite value of {by}")
     gmm_info: dict[str, Any] | None = None
@@ -153,7 +202,10 @@ def subset(
     else:
         lab = _labels_thresholds(v, thresholds)
         n_sets = len(thresholds) + 1
-    labels[finite] = lab
+    if n_missing:
+        labels[finite] = lab
+    else:
+        labels = lab
     n_dropped = int((labels == DROPPED).sum())
     n_dropped_prob = int((lab == DROPPED).sum())
 
@@ -229,9 +281,9 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
             if not w._done:
                 w.abort()
     sets = []
+    per_set = _set_stats(values, labels, n_sets)
     for k in range(n_sets):
-        v = values[labels == k]
-        entry = {"index": k, "count": int(v.size), **_set_stats(v), "path": names[k]}
+        entry = {"index": k, **per_set[k], "path": names[k]}
         if export_format:
             from cryoframe.storage.exporters import export_cs, export_star
 
@@ -245,28 +297,36 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
     if gmm_info is not None:
         summary["gmm"] = gmm_info
     if plots:
-        summary["plots"] = _plots(tmp / "plots", values, labels, n_sets, by, params, gmm_info, poses)
+        summary["plots"] = _plots(tmp / "plots", values, sets, by, params, gmm_info, poses)
     return summary
 
 
-def _plots(pdir: Path, values: np.ndarray, labels: np.ndarray, n_sets: int, by: str, params: dict[str, Any],
+def _plots(pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], by: str, params: dict[str, Any],
            gmm_info: dict[str, Any] | None, poses: dict[int, list[np.ndarray]]) -> list[str]:
     from cryoframe import plot
 
     pdir.mkdir()
-    v = values[np.isfinite(values)]
-    lo, hi = np.quantile(v, [0.0005, 0.9995]) if v.size > 100 else (v.min(), v.max())
+    fin = np.isfinite(values)
+    n_fin = int(fin.sum())
+    rng = np.random.default_rng(0)
+    sample = values[rng.integers(0, len(values), min(len(values), 2_000_000))] if len(values) > 2_000_000 else values
+    sample = sample[np.isfinite(sample)]
+    lo, hi = np.quantile(sample, [0.0005, 0.9995]) if sample.size > 100 else (sample.min(), sample.max())
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
-    counts, edges = np.histogram(np.clip(v, lo, hi), bins=100, range=(lo, hi))
+    counts = np.zeros(100, dtype=np.int64)
+    edges = np.linspace(lo, hi, 101)
+    for a in range(0, len(values), 4_000_000):
+        c = values[a : a + 4_000_000]
+        c = np.clip(c[np.isfinite(c)], lo, hi)
+        counts += np.histogram(c, bins=100, range=(lo, hi))[0]
     bounds = []
-    for k in range(n_sets):
-        vk = values[labels == k]
-        if vk.size:
-            bounds.append((float(vk.min()), float(vk.max())))
+    for e in set_summaries:
+        if e["count"]:
+            bounds.append((e["min"], e["max"]))
     fig = plot.histogram_figure(counts, edges, xlabel=by, title=f"{by}: {len(values)} particles",
                                 gmm=gmm_info, thresholds=params.get("thresholds"), set_bounds=bounds,
-                                n_total=int(v.size))
+                                n_total=n_fin)
     written = [p.name for p in plot.save_figure(fig, pdir / "histogram")]
     for k, parts in poses.items():
         if not parts:

@@ -1,0 +1,140 @@
+"""Initial class averages for Class2D: random subsets, or EMAN2-style MSA of invariants; re-seeding.
+
+* ``random`` (RELION): particles are split into ``K`` random subsets; each initial average is the
+  CTF-corrected (Wiener-like, no alignment) mean of its subset.
+* ``msa`` (EMAN2 ``e2refine2d``-like): per particle a rotation- and translation-invariant feature
+  vector (the angular power spectrum of the CTF-weighted Fourier amplitude in polar coordinates),
+  PCA to ``nbasis`` components and seeded k-means into ``K`` groups; initial averages are the means
+  of the members (CTF-corrected as above).
+* :func:`aligned_average` averages particles aligned by their best pose (re-seeding of empty
+  classes from the worst-fitting particles).
+
+The per-partition functions take ``xp`` (NumPy or CuPy) and return host arrays.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from cryoframe.algorithms.class2d.estep import bilinear_table, cfft2, ctf_half
+
+__all__ = ["aligned_average", "init_partition", "init_task", "msa_features", "msa_labels", "msa_task",
+           "MSA_SAMPLE"]
+
+MSA_SAMPLE = 20_000
+"""At most this many particles (a seeded random sample) enter the MSA and k-means."""
+
+_WIENER = 0.1  # constant added to CTF^2 when correcting the unaligned initial averages
+
+
+def init_partition(images: Any, ctf_params: dict[str, Any] | None, groups: np.ndarray, n_groups: int,
+                   mask: np.ndarray, psize_A: float, xp: ModuleType = np) -> dict[str, np.ndarray]:
+    """Group sums of one partition: ``num`` (G, b, bh) = sum CTF X, ``den`` (G, b, bh) = sum CTF^2,
+    ``count`` (G,) (``groups`` < 0: in no group), and ``pow`` (b, bh) = sum |X|^2, ``sum`` = sum X
+    over every particle (for the initial noise spectrum).  X: masked images, centred-origin FFT.
+    """
+    from cryoframe.backend import to_host
+
+    b = images.shape[-1]
+    x = cfft2(xp, xp.asarray(images, dtype=xp.float32) * xp.asarray(mask, dtype=xp.float32))
+    c = x.shape[0]
+    nf = b * (b // 2 + 1)
+    g = np.asarray(groups)
+    onehot = np.zeros((n_groups, c), dtype=np.float32)
+    ok = g >= 0
+    onehot[g[ok], np.nonzero(ok)[0]] = 1.0
+    oh = xp.asarray(onehot)
+    if ctf_params is not None:
+        ctf = ctf_half(xp, b, psize_A, ctf_params)
+        cx, c2 = x * ctf, (ctf * ctf).reshape(c, nf)
+    else:
+        cx, c2 = x, xp.ones((c, nf), dtype=xp.float32)
+    return {
+        "num": to_host(oh.astype(xp.complex64) @ cx.reshape(c, nf)).astype(np.complex128).reshape(n_groups, b, -1),
+        "den": to_host(oh @ c2).astype(np.float64).reshape(n_groups, b, -1),
+        "count": onehot.sum(1).astype(np.float64),
+        "pow": to_host((x.real**2 + x.imag**2).astype(xp.float64).sum(0)),
+        "sum": to_host(x.astype(xp.complex128).sum(0)),
+    }
+
+
+def init_task(images: Any, ctf_params: dict[str, Any] | None, groups: np.ndarray, n_groups: int,
+              mask: np.ndarray, psize_A: float, device: str) -> dict[str, np.ndarray]:
+    from cryoframe.backend import get_array_module
+
+    return init_partition(images, ctf_params, groups, n_groups, mask, psize_A, get_array_module(device))
+
+
+def wiener_init(num: np.ndarray, den: np.ndarray, count: np.ndarray, ctf: bool) -> np.ndarray:
+    """Unaligned CTF-corrected group means (G, b, bh) from :func:`init_partition` sums."""
+    reg = _WIENER * count[:, None, None] if ctf else 0.0
+    return num / np.maximum(den + reg, 1e-12)
+
+
+def msa_features(images: Any, ctf_params: dict[str, Any] | None, mask: np.ndarray, psize_A: float,
+                 max_shell: int, n_angles: int = 32, xp: ModuleType = np) -> np.ndarray:
+    """Rotation/translation-invariant features (c, max_shell * (n_angles // 2 + 1)) float32.
+
+    ``|X| |CTF| / (CTF^2 + 0.1)`` (translation invariant; roughly CTF-corrected) is sampled on a
+    polar grid of radii 1..``max_shell`` px^-1 and ``n_angles`` angles over [0, pi) (the amplitude
+    is centrosymmetric); the magnitudes of its Fourier series along the angle are invariant to
+    in-plane rotation.  ``log1p`` compresses the dynamic range.
+    """
+    from cryoframe.backend import to_host
+
+    b = images.shape[-1]
+    x = cfft2(xp, xp.asarray(images, dtype=xp.float32) * xp.asarray(mask, dtype=xp.float32))
+    amp = xp.abs(x)
+    if ctf_params is not None:
+        ctf = ctf_half(xp, b, psize_A, ctf_params)
+        amp = amp * xp.abs(ctf) / (ctf * ctf + _WIENER)
+    r = np.arange(1, max_shell + 1, dtype=np.float64)[:, None]
+    a = np.pi * np.arange(n_angles) / n_angles
+    idx, w, _ = bilinear_table(xp, xp.asarray(r * np.cos(a)[None]), xp.asarray(r * np.sin(a)[None]), b)
+    polar = (amp.reshape(amp.shape[0], -1)[:, idx] * w).sum(-1)  # (c, radii, angles); |X| is even
+    harm = xp.abs(xp.fft.rfft(polar, axis=-1))
+    return to_host(xp.log1p(harm).reshape(amp.shape[0], -1)).astype(np.float32)
+
+
+def msa_task(images: Any, ctf_params: dict[str, Any] | None, mask: np.ndarray, psize_A: float,
+             max_shell: int, device: str) -> np.ndarray:
+    from cryoframe.backend import get_array_module
+
+    return msa_features(images, ctf_params, mask, psize_A, max_shell, xp=get_array_module(device))
+
+
+def msa_labels(features: np.ndarray, n_classes: int, nbasis: int, seed: int | None) -> np.ndarray:
+    """Standardise, PCA to ``nbasis`` components, seeded k-means into ``n_classes`` groups."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    z = StandardScaler().fit_transform(features.astype(np.float64))
+    nb = max(1, min(nbasis, z.shape[1], z.shape[0] - 1))
+    y = PCA(n_components=nb, svd_solver="full").fit_transform(z)
+    km = KMeans(n_clusters=n_classes, n_init=10, random_state=seed)
+    return km.fit_predict(y).astype(np.int64)
+
+
+def aligned_average(images: np.ndarray, psi_deg: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
+    """Mean of particles brought into the class frame: ``A(y) = I(R(psi)^T y + t)`` (host, bilinear).
+
+    Inverts the model ``I(p) = A(R(psi) (p - t))``; ``shifts_px`` (m, 2) are (x, y) px.
+    """
+    from scipy import ndimage
+
+    m, b = images.shape[0], images.shape[-1]
+    g = np.arange(b, dtype=np.float64) - b // 2
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+    out = np.zeros((b, b), dtype=np.float64)
+    for i in range(m):
+        th = np.deg2rad(float(psi_deg[i]))
+        c, s = np.cos(th), np.sin(th)
+        px = c * xx + s * yy + shifts_px[i, 0]  # R^T y + t
+        py = -s * xx + c * yy + shifts_px[i, 1]
+        out += ndimage.map_coordinates(images[i].astype(np.float64), [py + b // 2, px + b // 2], order=1,
+                                       mode="constant", cval=0.0)
+    return (out / max(m, 1)).astype(np.float32)
