@@ -23,6 +23,7 @@ from cryoframe.cli import cluster as cluster_cli
 from cryoframe.distributed import (
     VALID_SPECS,
     SchedulerError,
+    current_client,
     job_script,
     progress_context,
     scheduler,
@@ -152,6 +153,10 @@ def test_tcp_spec_connects_to_a_running_scheduler() -> None:
         with scheduler(outer.address) as info:
             assert info.kind == "tcp" and info.n_workers == 1 and info.address == outer.address
             assert int(da.arange(100, chunks=10).sum().compute()) == 4950
+        with scheduler(None) as reused:  # None keeps the active Client
+            assert reused.kind == "client" and reused.client is outer.client
+        with scheduler("threads"):  # an explicit local spec wins over the Client
+            assert current_client() is None
 
 
 def test_local_cluster_dashboard_is_opt_in() -> None:

@@ -78,3 +78,22 @@ def test_join_errors(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     assert code == 2 and "nope/x" in err
     code, out, _ = run_cli("query", c2.path, "--join", c3.path, "--head", "3", "--columns", "alignments3D/error")
     assert code == 0 and "alignments3D/error" in out
+
+
+def test_join_carries_vector_fields(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    a = np.zeros(20, dtype=[("uid", "<u8"), ("alignments3D/pose", "<f4", (3,))])
+    a["uid"] = np.arange(20) + 7
+    a["alignments3D/pose"] = rng.normal(size=(20, 3))
+    b = np.zeros(10, dtype=[("uid", "<u8"), ("alignments2D/shift", "<f4", (2,))])
+    b["uid"] = a["uid"][::2][::-1]
+    b["alignments2D/shift"] = rng.normal(size=(10, 2))
+    save_cs(tmp_path / "a.cs", a)
+    save_cs(tmp_path / "b.cs", b)
+    sa = api.import_(tmp_path / "a.cs", tmp_path / "a.cf", metadata_only=True)
+    sb = api.import_(tmp_path / "b.cs", tmp_path / "b.cf", metadata_only=True)
+    j = api.query(sa, None, join=[sb], out=tmp_path / "j.cf")
+    rec = np.load(api.export(j, tmp_path / "j.cs"))
+    np.testing.assert_array_equal(rec["uid"], a["uid"][::2])
+    np.testing.assert_array_equal(rec["alignments3D/pose"], a["alignments3D/pose"][::2])
+    np.testing.assert_array_equal(rec["alignments2D/shift"], b["alignments2D/shift"][::-1])

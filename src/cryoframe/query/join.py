@@ -39,22 +39,32 @@ def joined_table(stores: Sequence[ParticleStore]) -> pa.Table:
     for s in stores:
         for f in s.fields:
             counts[f] = counts.get(f, 0) + 1
-    result: pa.Table | None = None
+    tables = []
+    keys: pa.Table | None = None
     for i, (s, nm) in enumerate(zip(stores, names, strict=True)):
         t = s.table()
         if i > 0:
             t = t.select([c for c in t.column_names if not c.startswith("_")])
-        else:
-            t = t.append_column(_ORDER, pa.array(np.arange(t.num_rows, dtype=np.int64)))
-        ren = [c if (c == "uid" or c.startswith("_") or counts.get(c, 0) < 2) else f"{c}@{nm}" for c in t.column_names]
-        t = t.rename_columns(ren)
-        if t.column("uid").null_count or len(np.unique(t.column("uid").to_numpy())) != t.num_rows:
+        u = t.column("uid")
+        if u.null_count or len(np.unique(u.to_numpy())) != t.num_rows:
             raise InputError(f"{s.path}: duplicate uids; cannot join")
-        result = t if result is None else result.join(t, keys="uid", join_type="inner", use_threads=True)
-    assert result is not None
-    if result.num_rows == 0:
+        ren = [c if (c == "uid" or c.startswith("_") or counts.get(c, 0) < 2) else f"{c}@{nm}" for c in t.column_names]
+        tables.append(t.rename_columns(ren))
+        # join only (uid, row) pairs: pyarrow's join cannot carry FixedSizeList columns, and it is faster
+        k = pa.table({"uid": u, f"{_ORDER}{i}": pa.array(np.arange(t.num_rows, dtype=np.int64))})
+        keys = k if keys is None else keys.join(k, keys="uid", join_type="inner", use_threads=True)
+    assert keys is not None
+    if keys.num_rows == 0:
         raise InputError(f"stores {', '.join(s.path.name for s in stores)} have no uids in common")
-    result = result.sort_by(_ORDER).drop_columns([_ORDER])
+    keys = keys.sort_by(f"{_ORDER}0")
+    cols: dict[str, pa.ChunkedArray] = {}
+    for i, t in enumerate(tables):
+        taken = t.take(keys.column(f"{_ORDER}{i}"))
+        for c in taken.column_names:
+            if c == "uid" and i > 0:
+                continue
+            cols[c] = taken.column(c)
+    result = pa.table(cols)
     # restore field metadata (numpy dtypes) lost by the join
     fields = []
     for c in result.column_names:
