@@ -26,6 +26,17 @@ PathLike = str | os.PathLike[str]
 StoreLike = PathLike | ParticleStore
 
 
+def _scheduler(spec: str | None) -> Any:
+    """The scheduler context for ``spec`` (None: whatever is active, else threads)."""
+    if spec is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    from cryoframe.distributed import scheduler
+
+    return scheduler(spec)
+
+
 def open_store(store: StoreLike) -> ParticleStore:
     """A :class:`ParticleStore` from a path (or the store itself)."""
     return store if isinstance(store, ParticleStore) else ParticleStore(store)
@@ -112,12 +123,13 @@ def query(
         from cryoframe.query.join import join_stores
 
         return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head, overwrite=overwrite)
-    if out is not None:
-        return filter_store(s, out, where, columns, overwrite=overwrite, scheduler=scheduler)
-    ddf = query_frame(s, where, columns)
-    if head is not None:
-        return ddf.head(head, npartitions=-1)
-    return ddf.compute(scheduler=scheduler) if scheduler else ddf.compute()
+    with _scheduler(scheduler):
+        if out is not None:
+            return filter_store(s, out, where, columns, overwrite=overwrite)
+        ddf = query_frame(s, where, columns)
+        if head is not None:
+            return ddf.head(head, npartitions=-1)
+        return ddf.compute()
 
 
 def export(store: StoreLike, out: PathLike, *, format: str | None = None, images: bool = False,
@@ -148,7 +160,7 @@ def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed:
 
 def stats(store: StoreLike, by: str | None = None, *, initial: StoreLike | None = None,
           class_indices: Sequence[int] | None = None, class_agg: str = "sum",
-          project_dir: PathLike | None = None) -> dict[str, Any]:
+          project_dir: PathLike | None = None, scheduler: str | None = None) -> dict[str, Any]:
     """Summary of statistic ``by`` (count, missing, mean, std, quantiles) and the statistics this
     store can provide."""
     from cryoframe.query.stats import (
@@ -165,7 +177,8 @@ def stats(store: StoreLike, by: str | None = None, *, initial: StoreLike | None 
         frame = statistic_values(s, by, initial=open_store(initial) if initial is not None else None,
                                  class_indices=class_indices, class_agg=class_agg,
                                  project_dir=str(project_dir) if project_dir else None)
-        v = frame["value"].compute().to_numpy(dtype="float64")
+        with _scheduler(scheduler):
+            v = frame["value"].compute().to_numpy(dtype="float64")
         out.update(statistic=by, fields=fields, unit=st.unit, description=st.description,
                    summary=describe_values(v))
     return out
@@ -175,13 +188,15 @@ def subset(store: StoreLike, out: PathLike, *, by: str, mode: str = "gmm", compo
            min_prob: float | None = None, thresholds: Sequence[float] = (), initial: StoreLike | None = None,
            class_indices: Sequence[int] | None = None, class_agg: str = "sum", on_missing: str = "error",
            format: str | None = None, project_dir: PathLike | None = None, seed: int = 0, tol: float = 1e-3,
-           max_iter: int = 100, plots: bool = True, device: str = "cpu", overwrite: bool = False) -> Any:
+           max_iter: int = 100, plots: bool = True, device: str = "cpu", overwrite: bool = False,
+           scheduler: str | None = None) -> Any:
     """Subset particles by statistic (GMM or thresholds); returns a :class:`cryoframe.jobs.SubsetResult`
     with ``sets`` (stores, low to high mean), ``dropped``, ``summary`` and the fitted ``model``."""
     from cryoframe.jobs.subset import subset as _subset
 
-    return _subset(open_store(store), out, by=by, mode=mode, components=components, min_prob=min_prob,
-                   thresholds=thresholds, initial=open_store(initial) if initial is not None else None,
-                   class_indices=class_indices, class_agg=class_agg, on_missing=on_missing, export_format=format,
-                   project_dir=str(project_dir) if project_dir else None, seed=seed, tol=tol, max_iter=max_iter,
-                   plots=plots, device=device, overwrite=overwrite)
+    with _scheduler(scheduler):
+        return _subset(open_store(store), out, by=by, mode=mode, components=components, min_prob=min_prob,
+                       thresholds=thresholds, initial=open_store(initial) if initial is not None else None,
+                       class_indices=class_indices, class_agg=class_agg, on_missing=on_missing,
+                       export_format=format, project_dir=str(project_dir) if project_dir else None, seed=seed,
+                       tol=tol, max_iter=max_iter, plots=plots, device=device, overwrite=overwrite)

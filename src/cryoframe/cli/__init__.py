@@ -13,6 +13,7 @@ from cryoframe.errors import CryoframeError
 
 VERBS = {
     "demo": ("demo", "synthesize, import, query, export and re-import a small dataset"),
+    "cluster": ("cluster", "start a Dask cluster (local/cuda/slurm/pbs) or print its job script"),
     "import": ("import_", "import a .cs (+ passthroughs), .star or .mrcs into a store"),
     "info": ("info", "describe a store"),
     "query": ("query", "filter a store with a pandas query expression"),
@@ -21,6 +22,13 @@ VERBS = {
     "subset": ("subset", "split a store into sets by a statistic (GMM or thresholds)"),
     "synth": ("synth", "write a deterministic synthetic store with ground truth"),
 }
+
+
+def add_scheduler_args(p: argparse.ArgumentParser) -> None:
+    """``--scheduler``/``--dashboard`` for verbs that run Dask graphs."""
+    p.add_argument("--scheduler", default=None, metavar="SPEC",
+                   help="threads (default), processes, synchronous, local:N, tcp://HOST:PORT, cuda, slurm, pbs")
+    p.add_argument("--dashboard", action="store_true", help="start/print the Dask dashboard address")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
+        if getattr(args, "scheduler", False) is not False:  # compute verbs: run inside the chosen scheduler
+            from cryoframe.distributed import progress_context, scheduler
+
+            with scheduler(args.scheduler, dashboard=args.dashboard, quiet=args.quiet) as info:
+                if args.dashboard:
+                    print(f"dashboard: {info.dashboard_link or 'none (local scheduler without a dashboard)'}",
+                          file=sys.stderr)
+                with progress_context(args.quiet):
+                    return int(args._main(args) or 0)
         return int(args._main(args) or 0)
     except CryoframeError as exc:
         print(f"cryoframe {args.verb}: error: {exc}", file=sys.stderr)

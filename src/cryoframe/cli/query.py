@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
+from cryoframe.cli import add_scheduler_args
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -18,19 +19,18 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head", type=int, help="print the first N matching rows")
     p.add_argument("--json", action="store_true", help="print rows as JSON records")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--scheduler", default=None, help="dask scheduler: threads (default), processes, synchronous")
+    add_scheduler_args(p)
 
 
 def main(args: argparse.Namespace) -> int:
     cols = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if args.out:
-        s = api.query(args.store, args.where, columns=cols, out=args.out, overwrite=args.overwrite,
-                      scheduler=args.scheduler, join=args.join)
+        s = api.query(args.store, args.where, columns=cols, out=args.out, overwrite=args.overwrite, join=args.join)
         parent = api.open_store(args.store)
         print(f"{s.n} of {parent.n} particles match -> {s.path}")
         return 0
     head = args.head if args.head is not None else (None if args.json else 10)
-    df = api.query(args.store, args.where, columns=cols, head=head, scheduler=args.scheduler, join=args.join)
+    df = api.query(args.store, args.where, columns=cols, head=head, join=args.join)
     if args.json:
         print(df.to_json(orient="records", default_handler=str))
     else:

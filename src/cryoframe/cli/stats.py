@@ -7,10 +7,12 @@ import argparse
 import json
 
 from cryoframe import api
+from cryoframe.cli import add_scheduler_args
 from cryoframe.cli.subset import _ints
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    add_scheduler_args(p)
     p.add_argument("store")
     p.add_argument("--by", help="statistic name (omit to list what this store provides)")
     p.add_argument("--initial", help="initial store for difference statistics")

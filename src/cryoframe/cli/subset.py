@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
+from cryoframe.cli import add_scheduler_args
 from cryoframe.errors import InputError
 
 
@@ -29,6 +30,7 @@ def _ints(s: str | None) -> list[int] | None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    add_scheduler_args(p)
     p.add_argument("store", help="input store (the *final* particles for difference statistics)")
     p.add_argument("--by", required=True, help="statistic: scale, ncc, power, defocus, error2d, error3d, class_prob2d, "
                    "class_prob3d, ess2d, ess3d, motion, location_x, location_y, helical_tilt, 3dva:N, pose3d_diff, "

@@ -252,7 +252,7 @@ def _cuda_cluster(http: dict[str, Any], silence: int) -> Any:
     from dask_cuda import LocalCUDACluster
 
     try:
-        return LocalCUDACluster(silence_logs=silence, **http)
+        return LocalCUDACluster(host="127.0.0.1", silence_logs=silence, **http)
     except Exception as exc:
         raise SchedulerError(f"could not start a LocalCUDACluster: {exc}") from exc
 

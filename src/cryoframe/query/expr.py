@@ -90,7 +90,6 @@ def filter_store(
     columns: Sequence[str] | None = None,
     *,
     overwrite: bool = False,
-    scheduler: str | None = None,
 ) -> ParticleStore:
     """Write the rows of ``store`` matching ``where`` as a new store referencing its images."""
     import dask
@@ -104,7 +103,7 @@ def filter_store(
         wrote = False
         for part in ddf.to_delayed():
             try:
-                pdf = dask.compute(part, scheduler=scheduler)[0] if scheduler else part.compute()
+                pdf = dask.compute(part)[0]
             except Exception as exc:
                 raise _explain(store, where or "", exc) from exc
             tbl = pa.Table.from_pandas(pdf, preserve_index=False)

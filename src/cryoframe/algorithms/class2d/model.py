@@ -1,0 +1,442 @@
+"""Reference-free 2D classification (RELION-like regularised likelihood) as a scikit-learn estimator.
+
+One iteration = one pass over the particle partitions (a dask graph): each partition runs the
+E-step of :mod:`.estep` (posterior over class x in-plane angle x translation, translations by
+batched FFT cross-correlation) and returns M-step sufficient statistics, which dask tree-reduces;
+the driver then updates class averages (Wiener-like, regularised by ``tau_fudge``), class priors
+and the noise spectrum.  Memory is bounded by the partition size, not by the number of particles.
+``algorithm="vdam"`` processes growing random minibatches and keeps running averages of the
+statistics (stochastic EM, i.e. preconditioned gradient steps on the references).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from cryoframe.algorithms.class2d import estep as es
+from cryoframe.algorithms.class2d import init as ini
+from cryoframe.errors import InputError
+
+__all__ = ["Class2D"]
+
+CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast")
+_BUDGET = 128 << 20  # bytes of E-step work arrays per partition (sets the automatic chunk size)
+_FAN_IN = 8
+_EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
+_RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size"}
+
+
+def _tree(parts: list[Any]) -> Any:
+    import dask
+
+    while len(parts) > 1:
+        parts = [dask.delayed(es.combine, pure=True)(*parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
+    return parts[0]
+
+
+def _shell_avg(arr: np.ndarray, box: int) -> np.ndarray:
+    """h-weighted mean over each shell 0 .. box//2 - 1 of half-plane arrays (..., b, bh)."""
+    sh, h = es.shell_map(box), es.half_weights(box)
+    nsh = box // 2
+    ok = sh < nsh
+    m = np.zeros((sh.size, nsh))
+    m[np.nonzero(ok.ravel())[0], sh[ok]] = h[ok]
+    flat = arr.reshape(*arr.shape[:-2], -1)
+    return (flat @ m) / m.sum(0)
+
+
+class Class2D(BaseEstimator):
+    """Reference-free 2D classification of particle images (RELION 2D / EMAN2 e2refine2d-like).
+
+    Parameters: ``n_classes``; ``n_iter``; ``tau_fudge`` (RELION's T); ``psi_step_deg`` (deg,
+    in-plane rotation grid); ``offset_range_px`` / ``offset_step_px`` (px, translation disc and
+    step; the step must be a whole number or 1/2, 1/3, 1/4); ``mask_diameter_A`` (Å, soft circular
+    mask on particles and references, default 0.9 box); ``psize_A`` (Å/px; None: the store's,
+    else 1.0); ``ctf``; ``limit_e_step_resolution_A`` (Å); ``center`` (re-centre averages on their
+    centre of mass); ``algorithm`` ``"em"`` | ``"vdam"``; ``init`` ``"random"`` | ``"msa"``;
+    ``nbasis`` (MSA components); ``random_state``; ``device`` ``"cpu"`` | ``"gpu"`` | ``"auto"``;
+    ``batch_size`` (vdam first minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction``
+    (classes below this fraction of n/K are re-seeded from the worst-fitting particles);
+    ``chunk_size`` (particles per E-step partition; None: from a 128 MiB budget);
+    ``checkpoint_dir`` (model state after each iteration; ``fit(..., resume=True)`` continues).
+
+    Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
+    ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
+    ``shifts_px_`` (n, 2) (x, y) px, ``ess_`` (1/sum p^2 over samples), ``log_likelihood_`` (per
+    particle), ``noise_spectrum_`` (per shell, unnormalised-FFT units of the masked images),
+    ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.  Pose convention:
+    particle ``I(p) = A(R(psi) (p - t))`` with ``t = shifts_px_``.
+    """
+
+    def __init__(self, n_classes: int = 50, n_iter: int = 25, tau_fudge: float = 2.0, psi_step_deg: float = 6.0,
+                 offset_range_px: float = 5, offset_step_px: float = 1, mask_diameter_A: float | None = None,
+                 psize_A: float | None = None, ctf: bool = True, limit_e_step_resolution_A: float | None = None,
+                 center: bool = True, algorithm: str = "em", init: str = "random", nbasis: int = 10,
+                 random_state: int | None = 0, device: str = "cpu", batch_size: int | None = None,
+                 reseed_min_fraction: float = 0.05, chunk_size: int | None = None,
+                 checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+        self.n_classes = n_classes
+        self.n_iter = n_iter
+        self.tau_fudge = tau_fudge
+        self.psi_step_deg = psi_step_deg
+        self.offset_range_px = offset_range_px
+        self.offset_step_px = offset_step_px
+        self.mask_diameter_A = mask_diameter_A
+        self.psize_A = psize_A
+        self.ctf = ctf
+        self.limit_e_step_resolution_A = limit_e_step_resolution_A
+        self.center = center
+        self.algorithm = algorithm
+        self.init = init
+        self.nbasis = nbasis
+        self.random_state = random_state
+        self.device = device
+        self.batch_size = batch_size
+        self.reseed_min_fraction = reseed_min_fraction
+        self.chunk_size = chunk_size
+        self.checkpoint_dir = checkpoint_dir
+
+    # -- inputs and geometry -------------------------------------------------------------------
+    def _data(self, X: Any, ctf_params: dict[str, Any] | None) -> tuple[Any, dict[str, np.ndarray] | None, float]:
+        import dask.array as da
+
+        from cryoframe.storage.store import ParticleStore
+
+        psize = self.psize_A
+        if isinstance(X, ParticleStore):
+            if psize is None:
+                psize = X.psize_A
+            if self.ctf and ctf_params is None:
+                tab = X.table([f"ctf/{k}" for k in CTF_KEYS])
+                ctf_params = {k: tab.column(f"ctf/{k}").to_numpy() for k in CTF_KEYS}
+            X = X.images()
+        elif not isinstance(X, da.Array):
+            X = da.from_array(np.asarray(X, dtype=np.float32), chunks=(-1, -1, -1))
+        if X.ndim != 3 or X.shape[1] != X.shape[2] or X.shape[0] < 1:
+            raise InputError(f"images must have shape (n, box, box), got {X.shape}")
+        n = X.shape[0]
+        ctf = None
+        if self.ctf:
+            if ctf_params is None:
+                raise InputError("ctf=True needs ctf_params (per-particle df1_A, df2_A, df_angle_rad, accel_kv, "
+                                 "cs_mm, amp_contrast) or a ParticleStore with ctf/ fields; or pass ctf=False")
+            ctf = {}
+            for k in (*CTF_KEYS, "phase_shift_rad"):
+                v = ctf_params.get(k, ctf_params.get(f"ctf/{k}"))
+                if v is None and k == "phase_shift_rad":
+                    continue
+                if v is None:
+                    raise InputError(f"ctf_params lacks {k!r}")
+                ctf[k] = np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
+        return X, ctf, float(psize if psize is not None else 1.0)
+
+    def _setup(self, n: int, box: int, psize: float) -> dict[str, Any]:
+        k = int(self.n_classes)
+        if k < 1 or k > n:
+            raise InputError(f"n_classes must be between 1 and the number of particles ({n}), got {self.n_classes}")
+        if self.algorithm not in ("em", "vdam"):
+            raise InputError(f"algorithm must be 'em' or 'vdam', got {self.algorithm!r}")
+        if self.init not in ("random", "msa"):
+            raise InputError(f"init must be 'random' or 'msa', got {self.init!r}")
+        if not (self.tau_fudge > 0 and 0 < self.psi_step_deg <= 360 and self.n_iter >= 1 and psize > 0):
+            raise InputError("need tau_fudge > 0, 0 < psi_step_deg <= 360, n_iter >= 1 and psize_A > 0")
+        diam = 0.9 * box * psize if self.mask_diameter_A is None else float(self.mask_diameter_A)
+        if not 0 < diam <= box * psize:
+            raise InputError(f"mask_diameter_A={diam:g} Å must be in (0, box * psize_A = {box * psize:g} Å]")
+        step, rng_px = float(self.offset_step_px), float(self.offset_range_px)
+        up = 1 if step >= 1 else int(round(1 / step))
+        if step <= 0 or (step >= 1 and step != round(step)) or (step < 1 and (up > 4 or abs(up * step - 1) > 1e-6)):
+            raise InputError(f"offset_step_px must be a whole number or 1/2, 1/3, 1/4 px, got {self.offset_step_px}")
+        if not 0 <= rng_px < box / 2 - 1:
+            raise InputError(f"offset_range_px must be in [0, box/2 - 1) = [0, {box / 2 - 1:g}), got {rng_px:g}")
+        g = np.arange(-math.floor(rng_px / step), math.floor(rng_px / step) + 1) * step
+        gx, gy = np.meshgrid(g, g)
+        keep = gx**2 + gy**2 <= rng_px**2 + 1e-9
+        e_shell = box // 2 - 1
+        if self.limit_e_step_resolution_A is not None and self.limit_e_step_resolution_A > 0:
+            e_shell = min(e_shell, int(box * psize / float(self.limit_e_step_resolution_A)))
+            if e_shell < 1:
+                raise InputError(f"limit_e_step_resolution_A={self.limit_e_step_resolution_A} Å is coarser than the box")
+        nr = max(1, int(round(360.0 / float(self.psi_step_deg))))
+        psi = np.arange(nr) * (360.0 / nr)
+        ns = int(keep.sum())
+        per = nr * (up * box) ** 2 * 16 + 8 * k * nr * ns
+        chunk = int(self.chunk_size) if self.chunk_size else int(np.clip(_BUDGET // per, 8, 4096))
+        return {"K": k, "box": box, "psize_A": psize, "psi_deg": psi, "offsets": np.c_[gx[keep], gy[keep]],
+                "up": up, "e_shell": e_shell, "chunk": chunk,
+                "mask": es.soft_mask(box, diam / (2 * psize), _EDGE_PX)}
+
+    def _model(self, st: dict[str, Any], geo: dict[str, Any]) -> dict[str, Any]:
+        with np.errstate(divide="ignore"):
+            lp = np.log(st["priors"])
+        return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
+                "offsets": geo["offsets"], "up": geo["up"], "e_shell": geo["e_shell"], "mask": geo["mask"],
+                "psize_A": geo["psize_A"]}
+
+    def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
+             per_rows: list[np.ndarray] | None = None, reduce: bool = True) -> Any:
+        """Map ``fn(block, ctf_rows, *args)`` over row chunks of X; tree-``combine`` or list."""
+        import dask
+
+        X = X.rechunk({0: chunk, 1: -1, 2: -1})
+        tasks, s = [], 0
+        for blk, m in zip(X.to_delayed().ravel(), X.chunks[0], strict=True):
+            c = None if ctf is None else {k: v[s : s + m] for k, v in ctf.items()}
+            extra = [r[s : s + m] for r in per_rows or []]
+            tasks.append(dask.delayed(fn, pure=True)(blk, c, *extra, *args))
+            s += m
+        if reduce:
+            return dask.compute(_tree(tasks))[0]
+        return list(dask.compute(*tasks))
+
+    # -- M-step ----------------------------------------------------------------------------------
+    def _mstep(self, st: dict[str, Any], stats: dict[str, np.ndarray], n: float, geo: dict[str, Any]) -> None:
+        box, k = geo["box"], geo["K"]
+        sh = np.minimum(es.shell_map(box), box // 2 - 1)
+        rec = es.shell_map(box) <= box // 2 - 1
+        sigma2 = np.maximum(_shell_avg(stats["noise"], box) / (2.0 * n), 1e-30)
+        sigma2 = np.where(np.isfinite(sigma2), sigma2, st["sigma2"])
+        tau = st["tau2"][:, sh]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reg = np.where(tau > 0, sigma2[sh] / (self.tau_fudge * tau), np.inf)
+            a = np.where(rec, stats["num"] / (stats["den"] + reg), 0.0)
+        a = np.nan_to_num(a)
+        st["refs"] = self._finish_refs(a, geo)
+        st["priors"] = np.maximum(stats["wsum"], 0) / max(float(stats["wsum"].sum()), 1e-300)
+        st["sigma2"] = sigma2
+        st["tau2"] = self._tau2(st["refs"], box)
+        ssnr = st["tau2"] * _shell_avg(stats["den"], box) / sigma2
+        res = np.zeros(k, dtype=np.int64)
+        for j in range(k):
+            low = np.nonzero(ssnr[j, 1:] < 1.0)[0]
+            res[j] = (low[0] if len(low) else box // 2 - 1)
+        st["res_shell"] = res
+        st["wsum"] = stats["wsum"] * (n / max(float(stats["wsum"].sum()), 1e-300))
+
+    def _finish_refs(self, a_f: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
+        box = geo["box"]
+        if self.center:
+            img = es.icfft2(np, a_f, box) * geo["mask"]
+            pos = np.maximum(img, 0)
+            g = np.arange(box) - box // 2
+            tot = pos.sum((1, 2))
+            ok = tot > 0
+            cx = np.where(ok, (pos * g[None, None, :]).sum((1, 2)) / np.where(ok, tot, 1), 0.0)
+            cy = np.where(ok, (pos * g[None, :, None]).sum((1, 2)) / np.where(ok, tot, 1), 0.0)
+            fy, fx = es.freq_yx(box)
+            a_f = a_f * np.exp(2j * np.pi * (fx[None] * cx[:, None, None] + fy[None] * cy[:, None, None]) / box)
+        return (es.icfft2(np, a_f, box) * geo["mask"]).astype(np.float32)
+
+    @staticmethod
+    def _tau2(refs: np.ndarray, box: int) -> np.ndarray:
+        f = es.cfft2(np, refs.astype(np.float64))
+        return _shell_avg(f.real**2 + f.imag**2, box) / 2.0
+
+    # -- initialisation ----------------------------------------------------------------------------
+    def _initial(self, X: Any, ctf: dict[str, np.ndarray] | None, geo: dict[str, Any],
+                 rng: np.random.Generator) -> dict[str, Any]:
+        n, box, k = X.shape[0], geo["box"], geo["K"]
+        if self.init == "msa":
+            ns = min(n, ini.MSA_SAMPLE)
+            idx = np.sort(rng.choice(n, ns, replace=False)) if ns < n else np.arange(n)
+            sub_ctf = None if ctf is None else {c: v[idx] for c, v in ctf.items()}
+            max_shell = min(box // 2 - 1, geo["e_shell"])
+            feats = self._map(ini.msa_task, X[idx] if ns < n else X, sub_ctf, geo["chunk"], geo["mask"],
+                              geo["psize_A"], max_shell, self.device, reduce=False)
+            lab = ini.msa_labels(np.concatenate(feats), k, int(self.nbasis), self._seed())
+            groups = np.full(n, -1, dtype=np.int64)
+            groups[idx] = lab
+        else:
+            groups = rng.permutation(n) % k
+        parts = self._map(ini.init_task, X, ctf, geo["chunk"], k, geo["mask"], geo["psize_A"], self.device,
+                          per_rows=[groups], reduce=False)
+        tot = {key: sum(p[key] for p in parts) for key in parts[0]}
+        a = ini.wiener_init(tot["num"], tot["den"], tot["count"], ctf is not None)
+        refs = (es.icfft2(np, np.where(es.shell_map(box) <= box // 2 - 1, a, 0), box) * geo["mask"]).astype(np.float32)
+        mean = tot["sum"] / n
+        sigma2 = np.maximum(_shell_avg(tot["pow"] / n - (mean.real**2 + mean.imag**2), box) / 2.0, 1e-30)
+        cnt = np.maximum(tot["count"], 1.0)
+        return {"refs": refs, "priors": cnt / cnt.sum(), "sigma2": sigma2, "tau2": self._tau2(refs, box),
+                "res_shell": np.zeros(k, dtype=np.int64), "wsum": tot["count"] * 1.0,
+                "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
+                "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
+                "ess": np.zeros(n, np.float32), "loglik": np.full(n, np.nan), "run": None, "history": [],
+                "iteration": 0}
+
+    def _seed(self) -> int | None:
+        return None if self.random_state is None else int(self.random_state)
+
+    def _reseed(self, X: Any, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
+        n, k = X.shape[0], geo["K"]
+        small = np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0]
+        seen = np.nonzero(np.isfinite(st["loglik"]))[0]
+        m = max(1, n // (2 * k))
+        if len(small) == 0 or len(seen) < m * len(small):
+            return []
+        worst = seen[np.argsort(st["loglik"][seen], kind="stable")]
+        for j, cls in enumerate(small):
+            idx = np.sort(worst[j * m : (j + 1) * m])
+            imgs = np.asarray(X[idx].compute(), dtype=np.float32) * geo["mask"]
+            avg = ini.aligned_average(imgs, st["psi_deg"][idx], st["shift"][idx]) * geo["mask"]
+            st["refs"][cls] = avg
+            st["priors"][cls] = 1.0 / k
+            st["tau2"][cls] = self._tau2(avg[None], geo["box"])[0]
+            st["wsum"][cls] = n / k
+            if st["run"] is not None:
+                for key in ("num", "den"):
+                    st["run"][key][cls] = 0
+        st["priors"] = st["priors"] / st["priors"].sum()
+        return [int(c) for c in small]
+
+    def _batch_size(self, t: int, n: int, k: int) -> int:
+        if self.algorithm == "em":
+            return n
+        b0 = min(n, int(self.batch_size) if self.batch_size else max(200, 20 * k))
+        ramp = self.n_iter - max(1, self.n_iter // 5)
+        if t >= ramp:
+            return n
+        return int(min(n, round(b0 * (n / b0) ** (t / ramp))))
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def _params_json(self) -> str:
+        p = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.get_params().items()
+             if k not in _RESUME_FREE}
+        return json.dumps(p, sort_keys=True)
+
+    def _save(self, st: dict[str, Any], rng: np.random.Generator, n: int, box: int) -> None:
+        d = Path(self.checkpoint_dir)
+        it = st["iteration"]
+        model = {key: st[key] for key in ("refs", "priors", "sigma2", "tau2", "res_shell", "wsum")}
+        meta = {"iteration": it, "n": n, "box": box, "params": self._params_json(), "history": st["history"],
+                "rng": rng.bit_generator.state}
+        run = {f"run_{key}": v for key, v in (st["run"] or {}).items()}
+        parts = {key: st[key] for key in ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik")}
+        pfile = d / f"class2d_it{it:03d}_particles.npz"
+        for path, arrays in ((pfile, parts), (d / f"class2d_it{it:03d}.npz", {**model, **run})):
+            tmp = path.with_name(path.name + ".tmp.npz")
+            np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+            os.replace(tmp, path)
+        for old in d.glob("class2d_it*_particles.npz"):
+            if old != pfile:
+                old.unlink()
+
+    def _load(self, n: int, box: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        d = Path(self.checkpoint_dir)
+        for f in sorted(d.glob("class2d_it[0-9][0-9][0-9].npz"), reverse=True):
+            pf = f.with_name(f.stem + "_particles.npz")
+            if not pf.exists():
+                continue
+            with np.load(f, allow_pickle=False) as z, np.load(pf, allow_pickle=False) as zp:
+                meta = json.loads(str(z["meta"]))
+                if meta["n"] != n or meta["box"] != box or meta["params"] != self._params_json():
+                    raise InputError(f"{f}: checkpoint was written for other data or parameters; cannot resume")
+                st = {key: z[key] for key in z.files if key != "meta" and not key.startswith("run_")}
+                run = {key[4:]: z[key] for key in z.files if key.startswith("run_")}
+                st.update({key: zp[key] for key in zp.files if key != "meta"})
+            st.update(run=run or None, history=meta["history"], iteration=meta["iteration"])
+            return st, meta["rng"]
+        return None
+
+    # -- public API ---------------------------------------------------------------------------------
+    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, resume: bool = False) -> Class2D:
+        """Classify ``X``: a ParticleStore, a dask array or an array (n, box, box) of images.
+
+        ``ctf_params``: per-particle arrays (or scalars) ``df1_A``, ``df2_A`` (Å), ``df_angle_rad``,
+        ``accel_kv`` (kV), ``cs_mm`` (mm), ``amp_contrast`` (optionally ``phase_shift_rad``; keys may
+        carry the ``ctf/`` prefix); read from the store when X is one.  ``resume``: continue from the
+        last completed iteration in ``checkpoint_dir`` (same data and parameters; ``n_iter`` may grow).
+        """
+        from cryoframe.backend import get_array_module
+
+        Xd, ctf, psize = self._data(X, ctf_params)
+        n, box = int(Xd.shape[0]), int(Xd.shape[1])
+        geo = self._setup(n, box, psize)
+        get_array_module(self.device)  # fail early on a missing GPU
+        rng = np.random.default_rng(self.random_state)
+        st = None
+        if self.checkpoint_dir is not None:
+            d = Path(self.checkpoint_dir)
+            d.mkdir(parents=True, exist_ok=True)
+            if resume:
+                loaded = self._load(n, box)
+                if loaded is not None:
+                    st, rng.bit_generator.state = loaded
+            else:
+                for f in d.glob("class2d_it*.npz"):
+                    f.unlink()
+        elif resume:
+            raise InputError("resume=True needs checkpoint_dir")
+        if st is None:
+            st = self._initial(Xd, ctf, geo, rng)
+        for t in range(int(st["iteration"]), int(self.n_iter)):
+            t0 = time.perf_counter()
+            reseeded = self._reseed(Xd, st, geo) if t > 0 else []
+            b = self._batch_size(t, n, geo["K"])
+            rows: Any = slice(None)
+            xb, cb = Xd, ctf
+            if b < n:
+                rows = np.sort(rng.choice(n, b, replace=False))
+                xb, cb = Xd[rows], None if ctf is None else {c: v[rows] for c, v in ctf.items()}
+            res = self._map(es.estep_task, xb, cb, geo["chunk"], self._model(st, geo), self.device, True)
+            stats, part = res["stats"], res["particles"]
+            prev = st["labels"][rows]
+            seen = prev >= 0
+            changes = float(np.mean(prev[seen] != part["label"][seen])) if seen.any() else 1.0
+            for key, pk in (("labels", "label"), ("posterior_max", "posterior_max"), ("psi_deg", "psi_deg"),
+                            ("shift", "shift"), ("ess", "ess"), ("loglik", "loglik")):
+                st[key][rows] = part[pk]
+            if self.algorithm == "vdam":
+                eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
+                new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "noise")}
+                st["run"] = new if eta >= 1 else {key: (1 - eta) * st["run"][key] + eta * new[key] for key in new}
+                self._mstep(st, st["run"], n, geo)
+            else:
+                self._mstep(st, stats, n, geo)
+            st["iteration"] = t + 1
+            st["history"].append({"iteration": t + 1, "log_likelihood": float(stats["loglik"]), "n_particles": b,
+                                  "class_changes": changes, "reseeded": reseeded,
+                                  "seconds": time.perf_counter() - t0})
+            if self.checkpoint_dir is not None:
+                self._save(st, rng, n, box)
+        self._set_attrs(st, geo)
+        return self
+
+    def _set_attrs(self, st: dict[str, Any], geo: dict[str, Any]) -> None:
+        box, k = geo["box"], geo["K"]
+        self.class_averages_ = np.asarray(st["refs"], dtype=np.float32)
+        self.class_priors_ = np.asarray(st["priors"], dtype=np.float64)
+        self.labels_ = np.asarray(st["labels"]).astype(np.int64)
+        self.class_sizes_ = np.bincount(self.labels_[self.labels_ >= 0], minlength=k)
+        self.posterior_max_ = np.asarray(st["posterior_max"])
+        self.psi_deg_ = np.asarray(st["psi_deg"])
+        self.shifts_px_ = np.asarray(st["shift"])
+        self.ess_ = np.asarray(st["ess"])
+        self.log_likelihood_ = np.asarray(st["loglik"])
+        self.noise_spectrum_ = np.asarray(st["sigma2"])
+        res = np.asarray(st["res_shell"])
+        with np.errstate(divide="ignore"):
+            self.resolution_A_ = np.where(res > 0, box * geo["psize_A"] / np.maximum(res, 1), np.inf)
+        self.history_ = list(st["history"])
+        self.n_iter_ = int(st["iteration"])
+        self.psize_A_ = geo["psize_A"]
+        self._geo = geo
+
+    def predict(self, X: Any, ctf_params: dict[str, Any] | None = None) -> np.ndarray:
+        """Most probable class (n,) of each image under the fitted model (one E-step pass)."""
+        check_is_fitted(self, "class_averages_")
+        Xd, ctf, _ = self._data(X, ctf_params)
+        geo = self._geo
+        if Xd.shape[1] != geo["box"]:
+            raise InputError(f"images are {Xd.shape[1]} px; the model was fitted on {geo['box']} px")
+        st = {"refs": self.class_averages_, "priors": self.class_priors_, "sigma2": self.noise_spectrum_}
+        res = self._map(es.estep_task, Xd, ctf, geo["chunk"], self._model(st, geo), self.device, False)
+        return res["particles"]["label"].astype(np.int64)
