@@ -105,3 +105,46 @@ def test_query_on_distributed_local_cluster(store, tmp_path: Path) -> None:  # n
         sub = api.query(store, "`alignments3D/error` > 3", out=tmp_path / "lc.cf")
     ref = api.query(store, "`alignments3D/error` > 3", out=tmp_path / "th.cf", scheduler="threads")
     assert sub.table().equals(ref.table())
+
+
+EXPRESSIONS = [
+    "`ctf/df1_A` < 15000",
+    "`ctf/df1_A` < 15000 and `alignments3D/error` > 3",
+    "`ctf/df1_A` < 15000 & (`alignments3D/error` > 3 | `alignments3D/class` == 2)",
+    "not (`alignments3D/class` == 1)",
+    "~(`alignments3D/class` != 0)",
+    "1 < `alignments3D/error` <= 6",
+    "`alignments3D/class` in [0, 2]",
+    "`alignments3D/class` not in (1,)",
+    "abs(`alignments3D/alpha` - 1) < 0.1",
+    "(`ctf/df1_A` + `ctf/df2_A`) / 2 > 16000",
+    "`ctf/df2_A` - `ctf/df1_A` > 250",
+    "`ctf/type` == 'spline'",
+    "`alignments3D/error` * 2 >= 7.5 or `blob/idx` == 3",
+    "uid > 9223372036854775807",
+    "uid == 18446744073709551615",
+    "`alignments3D/error` != `alignments3D/error`",
+]
+
+
+@pytest.mark.parametrize("where", EXPRESSIONS)
+def test_arrow_kernels_agree_with_pandas_query(store, where: str) -> None:  # noqa: ANN001
+    from cryoframe.query.arrow_expr import to_arrow_expression
+    from cryoframe.query.expr import _uint64_literals, filter_table, query_frame
+
+    expr, local = _uint64_literals(where)
+    to_arrow_expression(expr, set(store.fields), local)  # translatable: the fast path is what runs
+    got = filter_table(store, where).column("uid").to_pylist()
+    ref = query_frame(store, where).compute()["uid"].astype("uint64").tolist()
+    assert got == ref
+
+
+def test_untranslatable_expressions_fall_back_to_pandas(store) -> None:  # noqa: ANN001
+    from cryoframe.query.arrow_expr import Unsupported, to_arrow_expression
+    from cryoframe.query.expr import filter_table, query_frame
+
+    where = "`alignments3D/error`.abs() < 2 and `ctf/type`.str.startswith(\"spl\")"
+    with pytest.raises(Unsupported):
+        to_arrow_expression(where.replace("`alignments3D/error`", "x"), {"x"})
+    got = filter_table(store, where).column("uid").to_pylist()
+    assert got == query_frame(store, where).compute()["uid"].astype("uint64").tolist()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cryoframe.errors import InputError
-from cryoframe.query.expr import filter_store, query_frame
+from cryoframe.query.expr import filter_store, filter_table, query_frame
 from cryoframe.schema import field_spec
 from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
@@ -126,10 +126,13 @@ def query(
     with _scheduler(scheduler):
         if out is not None:
             return filter_store(s, out, where, columns, overwrite=overwrite)
-        ddf = query_frame(s, where, columns)
+        import pandas as pd
+
+        query_frame(s, where, columns)  # validates field names and syntax with pandas' rules
+        t = filter_table(s, where, columns)
         if head is not None:
-            return ddf.head(head, npartitions=-1)
-        return ddf.compute()
+            t = t.slice(0, head)
+        return t.to_pandas(types_mapper=pd.ArrowDtype)
 
 
 def export(store: StoreLike, out: PathLike, *, format: str | None = None, images: bool = False,

@@ -17,7 +17,7 @@ import pyarrow as pa
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
 
-__all__ = ["filter_store", "query_frame"]
+__all__ = ["arrow_filter", "filter_store", "filter_table", "query_frame"]
 
 
 def _columns(store: ParticleStore, columns: Sequence[str] | None, internal: bool) -> list[str] | None:
@@ -83,6 +83,42 @@ def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:
     return "`".join(parts), local
 
 
+def arrow_filter(store: ParticleStore, where: str | None) -> Any:
+    """The Arrow expression for ``where`` (None: all rows), or raise Unsupported."""
+    from cryoframe.query.arrow_expr import to_arrow_expression
+
+    if not where:
+        return None
+    expr, local = _uint64_literals(where)
+    fields = {f["name"] for f in store.manifest["fields"]}
+    return to_arrow_expression(expr, fields, local)[0]
+
+
+def filter_table(store: ParticleStore, where: str | None = None, columns: Sequence[str] | None = None,
+                 *, include_internal: bool = False) -> pa.Table:
+    """Matching rows as one Arrow table, in store order.
+
+    Evaluated by Arrow's kernels while Parquet is read when the expression translates (see
+    :mod:`cryoframe.query.arrow_expr`), else by pandas over the dask dataframe.
+    """
+    import pyarrow.parquet as pq
+
+    from cryoframe.query.arrow_expr import Unsupported
+
+    cols = _columns(store, columns, include_internal)
+    if cols is not None:
+        store._check_columns(cols)
+    elif not include_internal:
+        cols = store.fields
+    try:
+        expr = arrow_filter(store, where)
+        parts = [pq.read_table(f, columns=cols, filters=expr) for f in store._files]
+        return pa.concat_tables(parts)
+    except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        pdf = query_frame(store, where, columns, include_internal=include_internal).compute()
+        return pa.Table.from_pandas(pdf, preserve_index=False)
+
+
 def filter_store(
     store: ParticleStore,
     out: str | os.PathLike[str],
@@ -93,20 +129,31 @@ def filter_store(
 ) -> ParticleStore:
     """Write the rows of ``store`` matching ``where`` as a new store referencing its images."""
     import dask
+    import pyarrow.parquet as pq
 
-    ddf = query_frame(store, where, columns, include_internal=True)
+    from cryoframe.query.arrow_expr import Unsupported
+
+    ddf = query_frame(store, where, columns, include_internal=True)  # validates names and syntax
     schema = store.schema
     keep = [schema.field(c) for c in ddf.columns]
     out_schema = pa.schema(keep, metadata=schema.metadata)
     params = {"where": where, "columns": list(columns) if columns else None}
+    try:
+        expr = arrow_filter(store, where)
+        arrow_parts = [(lambda f=f: pq.read_table(f, columns=[k.name for k in keep], filters=expr))
+                       for f in store._files]
+        arrow_parts[0]()  # evaluation errors surface here, before anything is written
+    except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        arrow_parts = None
     with StoreWriter(out, op="query", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
         wrote = False
-        for part in ddf.to_delayed():
+        parts = arrow_parts if arrow_parts is not None else ddf.to_delayed()
+        for part in parts:
             try:
-                pdf = dask.compute(part)[0]
+                tbl = part() if arrow_parts is not None else pa.Table.from_pandas(dask.compute(part)[0],
+                                                                                 preserve_index=False)
             except Exception as exc:
                 raise _explain(store, where or "", exc) from exc
-            tbl = pa.Table.from_pandas(pdf, preserve_index=False)
             tbl = pa.Table.from_arrays([tbl.column(f.name).cast(f.type) for f in keep], schema=out_schema)
             w.write_metadata(tbl)
             wrote = True

@@ -45,26 +45,34 @@ def joined_table(stores: Sequence[ParticleStore]) -> pa.Table:
         t = s.table()
         if i > 0:
             t = t.select([c for c in t.column_names if not c.startswith("_")])
-        u = t.column("uid")
-        if u.null_count or len(np.unique(u.to_numpy())) != t.num_rows:
-            raise InputError(f"{s.path}: duplicate uids; cannot join")
+        # uids are unique in every store (checked at import, kept by every operation)
         ren = [c if (c == "uid" or c.startswith("_") or counts.get(c, 0) < 2) else f"{c}@{nm}" for c in t.column_names]
         tables.append(t.rename_columns(ren))
-        # join only (uid, row) pairs: pyarrow's join cannot carry FixedSizeList columns, and it is faster
-        k = pa.table({"uid": u, f"{_ORDER}{i}": pa.array(np.arange(t.num_rows, dtype=np.int64))})
-        keys = k if keys is None else keys.join(k, keys="uid", join_type="inner", use_threads=True)
-    assert keys is not None
-    if keys.num_rows == 0:
-        raise InputError(f"stores {', '.join(s.path.name for s in stores)} have no uids in common")
-    keys = keys.sort_by(f"{_ORDER}0")
-    cols: dict[str, pa.ChunkedArray] = {}
-    for i, t in enumerate(tables):
-        taken = t.take(keys.column(f"{_ORDER}{i}"))
-        for c in taken.column_names:
-            if c == "uid" and i > 0:
-                continue
-            cols[c] = taken.column(c)
-    result = pa.table(cols)
+    tables[0] = tables[0].append_column(_ORDER, pa.array(np.arange(tables[0].num_rows, dtype=np.int64)))
+    if not any(pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type) for t in tables for f in t.schema):
+        result = tables[0]
+        for t in tables[1:]:
+            result = result.join(t, keys="uid", join_type="inner", use_threads=True)
+        if result.num_rows == 0:
+            raise InputError(f"stores {', '.join(s.path.name for s in stores)} have no uids in common")
+        result = result.sort_by(_ORDER).drop_columns([_ORDER])
+    else:
+        # pyarrow's join cannot carry FixedSizeList columns: join (uid, row) pairs, then take
+        for i, t in enumerate(tables):
+            k = pa.table({"uid": t.column("uid"), f"{_ORDER}{i}": pa.array(np.arange(t.num_rows, dtype=np.int64))})
+            keys = k if keys is None else keys.join(k, keys="uid", join_type="inner", use_threads=True)
+        assert keys is not None
+        if keys.num_rows == 0:
+            raise InputError(f"stores {', '.join(s.path.name for s in stores)} have no uids in common")
+        keys = keys.sort_by(f"{_ORDER}0")
+        cols: dict[str, pa.ChunkedArray] = {}
+        for i, t in enumerate(tables):
+            taken = t.take(keys.column(f"{_ORDER}{i}"))
+            for c in taken.column_names:
+                if (c == "uid" and i > 0) or c == _ORDER:
+                    continue
+                cols[c] = taken.column(c)
+        result = pa.table(cols)
     # restore field metadata (numpy dtypes) lost by the join
     fields = []
     for c in result.column_names:

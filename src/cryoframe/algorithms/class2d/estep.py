@@ -249,6 +249,9 @@ def estep_partition(
         logl[:, k] = corr[..., iy, ix] * np.float32(0.5 * ub * ub) - quad[..., None].astype(xp.float32)
     lp = xp.asarray(np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns), dtype=xp.float32)
     logl += lp[None, :, None, None]
+    beta = float(model.get("beta", 1.0))
+    if beta != 1.0:
+        logl *= np.float32(beta)
     top = logl.reshape(c, -1).max(1)
     p = xp.exp(logl - top[:, None, None, None])
     del logl

@@ -179,8 +179,27 @@ class Class2D(BaseEstimator):
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
-                "offsets": geo["offsets"], "up": geo["up"], "e_shell": geo["e_shell"], "mask": geo["mask"],
+                "offsets": geo["offsets"], "up": geo["up"], "e_shell": self._e_shell(st, geo), "mask": geo["mask"],
+                "beta": self._beta(st),
                 "psize_A": geo["psize_A"]}
+
+    def _e_shell(self, st: dict[str, Any], geo: dict[str, Any]) -> int:
+        import os as _o
+        mode = _o.environ.get("C2D_ESHELL", "")
+        if not mode or "res_shell" not in st:
+            return geo["e_shell"]
+        a, b = (int(v) for v in mode.split(","))
+        cur = a if st.get("iteration", 0) == 0 else int(np.max(st["res_shell"])) + b
+        return int(min(geo["e_shell"], max(cur, 1)))
+
+    def _beta(self, st):
+        import os as _o
+        mode = _o.environ.get("C2D_BETA", "")
+        if not mode or "iteration" not in st:
+            return 1.0
+        b0, nt = (float(v) for v in mode.split(","))
+        t = st["iteration"]
+        return float(min(1.0, b0 * (1 / b0) ** (t / nt)))
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
              per_rows: list[np.ndarray] | None = None, reduce: bool = True) -> Any:
@@ -276,26 +295,35 @@ class Class2D(BaseEstimator):
         return None if self.random_state is None else int(self.random_state)
 
     def _reseed(self, X: Any, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
+        """Re-seed tiny classes: each takes the worse-fitting half (lowest log-likelihood) of the
+        members of the currently largest class, averaged in their current alignment (a split)."""
         n, k = X.shape[0], geo["K"]
         small = np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0]
-        seen = np.nonzero(np.isfinite(st["loglik"]))[0]
-        m = max(1, n // (2 * k))
-        if len(small) == 0 or len(seen) < m * len(small):
+        if len(small) == 0 or len(small) == k:
             return []
-        worst = seen[np.argsort(st["loglik"][seen], kind="stable")]
-        for j, cls in enumerate(small):
-            idx = np.sort(worst[j * m : (j + 1) * m])
+        done = []
+        lab = st["labels"].copy()
+        for cls in small:
+            big = int(np.argmax(st["wsum"]))
+            members = np.nonzero((lab == big) & np.isfinite(st["loglik"]))[0]
+            if len(members) < 4:
+                break
+            worst = members[np.argsort(st["loglik"][members], kind="stable")[: len(members) // 2]]
+            idx = np.sort(worst)
+            lab[idx] = cls
+            st["wsum"][big] -= len(idx) * st["wsum"][big] / len(members)
             imgs = np.asarray(X[idx].compute(), dtype=np.float32) * geo["mask"]
             avg = ini.aligned_average(imgs, st["psi_deg"][idx], st["shift"][idx]) * geo["mask"]
             st["refs"][cls] = avg
-            st["priors"][cls] = 1.0 / k
+            st["priors"][cls] = st["priors"][big] = 0.5 * st["priors"][big]
             st["tau2"][cls] = self._tau2(avg[None], geo["box"])[0]
-            st["wsum"][cls] = n / k
+            st["wsum"][cls] = len(idx)
             if st["run"] is not None:
                 for key in ("num", "den"):
                     st["run"][key][cls] = 0
+            done.append(int(cls))
         st["priors"] = st["priors"] / st["priors"].sum()
-        return [int(c) for c in small]
+        return done
 
     def _batch_size(self, t: int, n: int, k: int) -> int:
         if self.algorithm == "em":
