@@ -62,7 +62,7 @@ def main() -> None:
         files = [str(f) for f in s._files]
         cols = s.fields
 
-        def peer_filter() -> pa.Table:
+        def peer_filter(files: list = files, cols: list = cols) -> pa.Table:
             t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
             mask = pc.and_(pc.less(t["ctf/df1_A"], 15000), pc.greater(t["alignments3D/error"], 9600))
             return t.filter(mask)
@@ -77,7 +77,7 @@ def main() -> None:
                       columns=["pick_stats/ncc_score", "pick_stats/power"], out=WORK / f"join_b_{rows}.cf",
                       overwrite=True)
 
-        def peer_join() -> pa.Table:
+        def peer_join(a=a, b=b, a_cols: list = a_cols) -> pa.Table:  # noqa: ANN001
             ta = pa.concat_tables([pq.read_table(f, columns=a_cols) for f in a._files])
             tb = pa.concat_tables([pq.read_table(f, columns=["uid", "pick_stats/ncc_score", "pick_stats/power"])
                                    for f in b._files])

@@ -13,6 +13,7 @@ from cryoframe.errors import CryoframeError
 
 VERBS = {
     "demo": ("demo", "synthesize, import, query, export and re-import a small dataset"),
+    "bench": ("bench", "run the ratio benchmarks in bench/ and record them in bench/RESULTS.md"),
     "cluster": ("cluster", "start a Dask cluster (local/cuda/slurm/pbs) or print its job script"),
     "import": ("import_", "import a .cs (+ passthroughs), .star or .mrcs into a store"),
     "info": ("info", "describe a store"),

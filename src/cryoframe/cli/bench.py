@@ -1,0 +1,55 @@
+"""Run the ratio benchmarks in bench/ (each prints its ratio against a peer run in the same
+session: cryosparc-tools, scikit-learn, pyarrow) and append the results to bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from cryoframe.errors import CryoframeError
+
+SCRIPTS = {
+    "import": "bench_import.py",
+    "gmm": "bench_gmm.py",
+    "query": "bench_query.py",
+    "subset": "bench_subset.py",
+    "scale": "bench_scale.py",
+}
+
+
+def bench_dir() -> Path:
+    import cryoframe
+
+    for cand in (Path.cwd() / "bench", Path(cryoframe.__file__).resolve().parents[2] / "bench"):
+        if (cand / "bench_import.py").is_file():
+            return cand
+    raise CryoframeError("bench/ scripts not found: run from a checkout of the cryoframe repository")
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run: {', '.join(SCRIPTS)} (default: import gmm query subset)")
+    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="sizes (default 1e6)")
+    p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+
+
+def main(args: argparse.Namespace) -> int:
+    d = bench_dir()
+    unknown = [w for w in args.which if w not in SCRIPTS]
+    if unknown:
+        raise CryoframeError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
+    failed = []
+    for name in args.which or ["import", "gmm", "query", "subset"]:
+        cmd = [sys.executable, str(d / SCRIPTS[name]), "--rows", *map(str, args.rows)]
+        if args.no_record:
+            cmd.append("--no-record")
+        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd, cwd=d.parent).returncode != 0:
+            failed.append(name)
+    if failed:
+        raise CryoframeError(f"benchmark(s) failed: {', '.join(failed)}")
+    if not args.no_record:
+        print(f"results appended to {d / 'RESULTS.md'}")
+    return 0
