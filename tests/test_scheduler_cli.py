@@ -63,7 +63,7 @@ def test_cluster_verb_prints_slurm_job_script(run_cli) -> None:  # noqa: ANN001
     assert "#SBATCH" in out and "--cpus-per-task=8" in out
 
 
-def test_bench_verb_runs_a_ratio_benchmark(run_cli, capfd) -> None:  # noqa: ANN001
+def test_bench_verb_runs_a_ratio_benchmark(run_cli) -> None:  # noqa: ANN001
     code, _, err = run_cli("bench", "nope")
     assert code == 2 and "unknown benchmark" in err
     from cryoframe.cli.bench import bench_dir
