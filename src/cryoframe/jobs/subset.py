@@ -24,6 +24,7 @@ import numpy as np
 
 from cryoframe.errors import InputError, StoreError
 from cryoframe.query.stats import resolve_statistic, statistic_values
+from cryoframe.storage.manifest import temp_path
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
 __all__ = ["SubsetResult", "subset"]
@@ -209,7 +210,7 @@ def subset(
     n_dropped = int((labels == DROPPED).sum())
     n_dropped_prob = int((lab == DROPPED).sum())
 
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_path(out)
     tmp.mkdir()
     try:
         summary = _write_outputs(store, tmp, out, labels, values, n_sets, by=by, stat_fields=fields, mode=mode,

@@ -11,7 +11,7 @@ from typing import Any
 
 from cryoframe.errors import StoreError
 
-__all__ = ["FORMAT_VERSION", "file_hash", "lineage_step", "read_manifest", "write_json_atomic"]
+__all__ = ["FORMAT_VERSION", "file_hash", "lineage_step", "read_manifest", "temp_path", "write_json_atomic"]
 
 FORMAT_VERSION = 1
 _FULL_HASH_LIMIT = 64 << 20  # files above 64 MiB are hashed by size + 64 sampled 256 KiB blocks
@@ -91,3 +91,32 @@ def read_manifest(store_path: Path) -> dict[str, Any]:
     if int(man.get("format_version", 0)) > FORMAT_VERSION:
         raise StoreError(f"{mpath}: store format {man['format_version']} is newer than this cryoframe")
     return man
+
+
+def temp_path(final: Path) -> Path:
+    """A hidden temporary sibling of ``final`` (``.NAME.tmp-PID-RAND``) to write and then rename.
+
+    Leftovers of processes that died mid-write (killed, power loss) are removed here, so an
+    interrupted operation leaves the old state or the new one, and eventually no debris.
+    """
+    import shutil
+    import uuid
+
+    for old in final.parent.glob(f".{final.name}.tmp-*"):
+        parts = old.name.rsplit(".tmp-", 1)[-1].split("-")
+        if len(parts) == 2 and parts[0].isdigit() and not _alive(int(parts[0])):
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    return final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -34,6 +34,7 @@ from cryoframe.storage.manifest import (
     file_hash,
     lineage_step,
     read_manifest,
+    temp_path,
     write_json_atomic,
 )
 
@@ -105,7 +106,7 @@ class StoreWriter:
         if not self.final.parent.is_dir():
             raise StoreError(f"{self.final.parent}: output directory does not exist")
         self.overwrite = overwrite
-        self.tmp = self.final.parent / f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = temp_path(self.final)
         (self.tmp / "metadata").mkdir(parents=True)
         (self.tmp / "extras").mkdir()
         self.parent = parent

@@ -275,7 +275,11 @@ class Class2D(BaseEstimator):
             groups = np.full(n, -1, dtype=np.int64)
             groups[idx] = lab
         else:
-            groups = rng.permutation(n) % k
+            import os as _o
+            ss = int(_o.environ.get("C2D_SUB", "0")) or n
+            groups = np.full(n, -1, dtype=np.int64)
+            pick = rng.permutation(n)[: min(n, ss * k)]
+            groups[pick] = np.arange(len(pick)) % k
         parts = self._map(ini.init_task, X, ctf, geo["chunk"], k, geo["mask"], geo["psize_A"], self.device,
                           per_rows=[groups], reduce=False)
         tot = {key: sum(p[key] for p in parts) for key in parts[0]}

@@ -8,13 +8,13 @@ record batches, so exports of 1e7 rows also run in bounded memory.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cryoframe.errors import FormatError
+from cryoframe.storage.manifest import temp_path
 
 __all__ = ["CsFile", "write_cs"]
 
@@ -154,7 +154,7 @@ def write_cs(
     """
     path = Path(path)
     dtype = np.dtype([(name, dt, shape) if shape else (name, dt) for name, dt, shape in descr])
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(path)
     written = 0
     try:
         with tmp.open("wb") as fh:

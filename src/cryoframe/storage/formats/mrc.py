@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoframe.errors import FormatError
+from cryoframe.storage.manifest import temp_path
 
 __all__ = ["StackReader", "stack_header", "write_stack"]
 
@@ -94,7 +94,7 @@ def write_stack(
     import mrcfile
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(path)
     try:
         with mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
             m.set_image_stack()

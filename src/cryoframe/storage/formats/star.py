@@ -9,13 +9,13 @@ files atomically.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cryoframe.errors import FormatError
+from cryoframe.storage.manifest import temp_path
 
 __all__ = ["StarParticles", "read_particles_star", "write_particles_star"]
 
@@ -83,7 +83,7 @@ def write_particles_star(path: str | os.PathLike[str], particles: pd.DataFrame, 
     import starfile
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(path)
     data = {}
     if optics is not None:
         data["optics"] = optics
