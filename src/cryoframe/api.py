@@ -20,7 +20,7 @@ from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["demo", "export", "import_", "info", "open_store", "query", "stats", "subset", "synth"]
+__all__ = ["class2d", "demo", "export", "import_", "info", "open_store", "query", "select2d", "stats", "subset", "synth"]
 
 PathLike = str | os.PathLike[str]
 StoreLike = PathLike | ParticleStore
@@ -203,3 +203,20 @@ def subset(store: StoreLike, out: PathLike, *, by: str, mode: str = "gmm", compo
                        class_indices=class_indices, class_agg=class_agg, on_missing=on_missing,
                        export_format=format, project_dir=str(project_dir) if project_dir else None, seed=seed,
                        tol=tol, max_iter=max_iter, plots=plots, device=device, overwrite=overwrite)
+
+
+def class2d(store: StoreLike, out: PathLike, *, scheduler: str | None = None, **kwargs: Any) -> ParticleStore:
+    """2D classification (see :func:`cryoframe.jobs.class2d.class2d` for the parameters)."""
+    from cryoframe.jobs.class2d import class2d as _class2d
+
+    with _scheduler(scheduler):
+        return _class2d(open_store(store), out, **kwargs)
+
+
+def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None = None, auto: bool = False,
+             threshold: float = 0.25, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
+    """Keep the particles of chosen or auto-selected 2D classes (a store referencing the images)."""
+    from cryoframe.jobs.class2d import select2d as _select2d
+
+    return _select2d(open_store(store), out, classes=list(classes) if classes else None, auto=auto,
+                     threshold=threshold, regroup=regroup, overwrite=overwrite)

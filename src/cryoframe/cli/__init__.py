@@ -14,6 +14,8 @@ from cryoframe.errors import CryoframeError
 VERBS = {
     "demo": ("demo", "synthesize, import, query, export and re-import a small dataset"),
     "bench": ("bench", "run the ratio benchmarks in bench/ and record them in bench/RESULTS.md"),
+    "class2d": ("class2d", "reference-free 2D classification (EM or VDAM) of a store's images"),
+    "select2d": ("select2d", "keep particles of chosen (or auto-selected) 2D classes"),
     "cluster": ("cluster", "start a Dask cluster (local/cuda/slurm/pbs) or print its job script"),
     "import": ("import_", "import a .cs (+ passthroughs), .star or .mrcs into a store"),
     "info": ("info", "describe a store"),

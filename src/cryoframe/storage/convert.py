@@ -157,6 +157,9 @@ def star_to_canonical(particles: pd.DataFrame, optics: pd.DataFrame | None, sour
         out[f"{g}/psize_A"] = psize.astype("<f4")
     if "rlnClassNumber" in df.columns:
         out[f"{g}/class"] = (col("rlnClassNumber").astype(np.int64) - 1).clip(0).astype("<u4")
+    for fld, lbl in (("n_significant", "rlnNrOfSignificantSamples"), ("log_likelihood", "rlnLogLikeliContribution")):
+        if lbl in df.columns:
+            out[f"{g}/{fld}"] = col(lbl).astype("<f4")
     if "rlnMaxValueProbDistribution" in df.columns:
         out[f"{g}/class_posterior"] = col("rlnMaxValueProbDistribution").astype("<f4")
     if "rlnRandomSubset" in df.columns:
@@ -201,11 +204,14 @@ def _f32_short(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bool = True) -> dict[str, np.ndarray]:
+def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bool = True,
+                        prefer: str | None = None) -> dict[str, np.ndarray]:
     """RELION label -> values computed from canonical fields (optics labels included, per particle).
 
     With ``extra_fields`` the canonical fields RELION has no label for (and ``uid``) are added as
     ``_field`` columns (``_field.i`` per vector element) so ``.cs -> .star -> .cs`` is lossless.
+    ``prefer="alignments2D"`` writes the 2D alignment (class, psi, origin) even when 3D poses exist
+    (stores produced by 2D classification).
     """
     out: dict[str, np.ndarray] = {}
     used: set[str] = set()
@@ -259,7 +265,11 @@ def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bo
         out["rlnOpticsGroup"] = e + 1 if (e.size and e.min() == 0) else e
 
     g = None
-    if has("alignments3D/pose"):
+    if prefer == "alignments2D" and has("alignments2D/pose"):
+        g = "alignments2D"
+        out["rlnAnglePsi"] = np.round(np.rad2deg(cols["alignments2D/pose"].astype(np.float64)), 6)
+        used.add("alignments2D/pose")
+    elif has("alignments3D/pose"):
         g = "alignments3D"
         ang = np.round(rotvec_to_euler(cols["alignments3D/pose"]), 6)
         out["rlnAngleRot"], out["rlnAngleTilt"], out["rlnAnglePsi"] = ang[:, 0], ang[:, 1], ang[:, 2]
@@ -280,6 +290,10 @@ def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bo
     if has(f"{g}/class"):
         out["rlnClassNumber"] = cols[f"{g}/class"].astype(np.int64) + 1
         used.add(f"{g}/class")
+    for fld, lbl in (("n_significant", "rlnNrOfSignificantSamples"), ("log_likelihood", "rlnLogLikeliContribution")):
+        if has(f"{g}/{fld}"):
+            out[lbl] = _f32_short(cols[f"{g}/{fld}"])
+            used.add(f"{g}/{fld}")
     if has(f"{g}/class_posterior") and cols[f"{g}/class_posterior"].ndim == 1:
         out["rlnMaxValueProbDistribution"] = _f32_short(cols[f"{g}/class_posterior"])
         used.add(f"{g}/class_posterior")

@@ -52,6 +52,16 @@ def _write_images(store: ParticleStore, stack: Path) -> None:
     write_stack(stack, store.n, int(z.shape[1]), blocks, store.psize_A)
 
 
+def primary_alignment(store: ParticleStore) -> str | None:
+    """``alignments2D`` when the newest alignment-producing step was a 2D classification."""
+    for step in reversed(store.lineage):
+        if step["op"] == "class2d":
+            return "alignments2D"
+        if step["op"] in ("class3d", "refine3d", "abinitio"):
+            return "alignments3D"
+    return None
+
+
 def export_cs(store: ParticleStore, out: PathLike, *, images: bool = False, overwrite: bool = False) -> Path:
     """Write ``store`` as a NumPy-format ``.cs`` (loads with cryosparc-tools ``Dataset.load``).
 
@@ -144,7 +154,7 @@ def export_star(
             canon[f.name] = arrow_to_numpy(t.column(f.name), dt, shape)
         else:
             verbatim.append(f.name)
-    labels = canonical_to_relion(canon, n, extra_fields=extra_fields)
+    labels = canonical_to_relion(canon, n, extra_fields=extra_fields, prefer=primary_alignment(store))
     stack = out.with_name(out.stem + ".mrcs")
     if images:
         labels["rlnImageName"] = np.array([f"{i + 1:06d}@{stack.name}" for i in range(n)], dtype=object)

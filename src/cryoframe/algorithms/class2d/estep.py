@@ -237,6 +237,8 @@ def estep_partition(
         return gather(xp, refs_f[k], t_ref).astype(xp.complex64)  # (R, b, bh)
 
     logl = xp.empty((c, nk, nr, ns), dtype=xp.float32)
+    srange = model.get("scale_range")
+    alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None else None
     for k in range(nk):
         ar = rotated(k)
         quad = 0.5 * (c2w @ (ar.real**2 + ar.imag**2).reshape(nr, nf).T)  # (c | 1, R)
@@ -246,7 +248,14 @@ def estep_partition(
             zf[:, :, rows, :bh] = z
             z = zf
         corr = fft.irfft2(z, s=(ub, ub), axes=(-2, -1))
-        logl[:, k] = corr[..., iy, ix] * np.float32(0.5 * ub * ub) - quad[..., None].astype(xp.float32)
+        cross = corr[..., iy, ix] * np.float32(0.5 * ub * ub)
+        q = quad[..., None].astype(xp.float32)
+        if alpha is None:
+            logl[:, k] = cross - q
+        else:  # per-sample contrast scale a maximising a cross - a^2 q, within scale_range
+            a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
+            alpha[:, k] = a
+            logl[:, k] = a * cross - a * a * q
     lp = xp.asarray(np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns), dtype=xp.float32)
     logl += lp[None, :, None, None]
     beta = float(model.get("beta", 1.0))
@@ -271,6 +280,8 @@ def estep_partition(
         "posterior_max": to_host(flat.max(1)).astype(np.float32),
         "psi_deg": psi[best_h // ns].astype(np.float32),
         "shift": offs[best_h % ns].reshape(-1, 2),
+        "scale": (np.ones(c, np.float32) if alpha is None else
+                  to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
         "ess": to_host(1.0 / (flat.astype(xp.float64) ** 2).sum(1)).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
     }
@@ -280,6 +291,7 @@ def estep_partition(
     num = xp.zeros((nk, b, bh), dtype=xp.complex128)
     den = xp.zeros((nk, b, bh), dtype=xp.float64)
     noise = absx2.sum(0)
+    asum = xp.zeros(nk, dtype=xp.float64)
     t_num = rotation_table(xp, b, -psi, 2)
     t_den = rotation_table(xp, b, -psi, 1)
     wk_h = to_host(wk)
@@ -289,14 +301,17 @@ def estep_partition(
             continue
         sel_x = xp.asarray(sel)
         pk = p[sel_x, k]  # (m, R, S)
+        ak = alpha[sel_x, k] if alpha is not None else None
+        pa = pk * ak if ak is not None else pk
         m = len(sel)
         wmap = xp.zeros((m, nr, ub, ub), dtype=xp.float32)
-        wmap[..., iy, ix] = pk
+        wmap[..., iy, ix] = pa
         wf = fft.rfft2(wmap, axes=(-2, -1))
         if up > 1:
             wf = wf[:, :, rows, :bh]
         numr = (cx[sel_x][:, None] * xp.conj(wf)).sum(0)  # (R, b, bh): Σ w CTF X shifted back
-        denr = (pk.sum(-1).T @ c2[sel_x if c2.shape[0] > 1 else xp.zeros(m, dtype=xp.int64)].reshape(m, nf))
+        asum[k] = pa.astype(xp.float64).sum()
+        denr = ((pa * ak if ak is not None else pk).sum(-1).T @ c2[sel_x if c2.shape[0] > 1 else xp.zeros(m, dtype=xp.int64)].reshape(m, nf))
         denr = denr.reshape(nr, b, bh)
         ar = rotated(k)
         noise += (denr * (ar.real**2 + ar.imag**2) - 2.0 * (xp.conj(ar) * numr).real).sum(0)
@@ -305,6 +320,7 @@ def estep_partition(
         den[k] = gather(xp, denr, t_den, paired=True).sum(0)
     stats = {
         "num": to_host(num * rec), "den": to_host(den * rec), "wsum": to_host(wk.astype(xp.float64).sum(0)),
+        "asum": to_host(asum),
         "noise": to_host(noise), "loglik": np.asarray(float(to_host(loglik.sum()))), "n": np.asarray(c),
     }
     return {"particles": part, "stats": stats}

@@ -6,8 +6,7 @@
   vector (the angular power spectrum of the CTF-weighted Fourier amplitude in polar coordinates),
   PCA to ``nbasis`` components and seeded k-means into ``K`` groups; initial averages are the means
   of the members (CTF-corrected as above).
-* :func:`aligned_average` averages particles aligned by their best pose (re-seeding of empty
-  classes from the worst-fitting particles).
+* :func:`split_class` splits a class in two (MSA of its aligned members), to re-seed empty classes.
 
 The per-partition functions take ``xp`` (NumPy or CuPy) and return host arrays.
 """
@@ -21,7 +20,7 @@ import numpy as np
 
 from cryoframe.algorithms.class2d.estep import bilinear_table, cfft2, ctf_half
 
-__all__ = ["aligned_average", "init_partition", "init_task", "msa_features", "msa_labels", "msa_task",
+__all__ = ["align_images", "split_class", "init_partition", "init_task", "msa_features", "msa_labels", "msa_task",
            "MSA_SAMPLE"]
 
 MSA_SAMPLE = 20_000
@@ -119,8 +118,8 @@ def msa_labels(features: np.ndarray, n_classes: int, nbasis: int, seed: int | No
     return km.fit_predict(y).astype(np.int64)
 
 
-def aligned_average(images: np.ndarray, psi_deg: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
-    """Mean of particles brought into the class frame: ``A(y) = I(R(psi)^T y + t)`` (host, bilinear).
+def align_images(images: np.ndarray, psi_deg: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
+    """Particles brought into the class frame: ``A(y) = I(R(psi)^T y + t)`` (host, bilinear).
 
     Inverts the model ``I(p) = A(R(psi) (p - t))``; ``shifts_px`` (m, 2) are (x, y) px.
     """
@@ -129,12 +128,45 @@ def aligned_average(images: np.ndarray, psi_deg: np.ndarray, shifts_px: np.ndarr
     m, b = images.shape[0], images.shape[-1]
     g = np.arange(b, dtype=np.float64) - b // 2
     yy, xx = np.meshgrid(g, g, indexing="ij")
-    out = np.zeros((b, b), dtype=np.float64)
+    out = np.empty((m, b, b), dtype=np.float32)
     for i in range(m):
         th = np.deg2rad(float(psi_deg[i]))
         c, s = np.cos(th), np.sin(th)
         px = c * xx + s * yy + shifts_px[i, 0]  # R^T y + t
         py = -s * xx + c * yy + shifts_px[i, 1]
-        out += ndimage.map_coordinates(images[i].astype(np.float64), [py + b // 2, px + b // 2], order=1,
-                                       mode="constant", cval=0.0)
-    return (out / max(m, 1)).astype(np.float32)
+        out[i] = ndimage.map_coordinates(images[i].astype(np.float64), [py + b // 2, px + b // 2], order=1,
+                                         mode="constant", cval=0.0)
+    return out
+
+
+def split_class(images: np.ndarray, ctf_params: dict[str, Any] | None, psi_deg: np.ndarray, shifts_px: np.ndarray,
+                mask: np.ndarray, psize_A: float, nbasis: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Split the members of one class in two (bisecting, EMAN2-like MSA of aligned particles).
+
+    Members are CTF-multiplied (phase-consistent), aligned by their current pose, reduced by PCA
+    to ``nbasis`` components and split by seeded 2-means.  Returns the side of every member (m,)
+    and the two CTF-corrected (Wiener-like) aligned averages (2, b, b // 2 + 1), centred-origin FFT.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    from cryoframe.algorithms.class2d.estep import icfft2
+
+    b = images.shape[-1]
+    x = cfft2(np, images.astype(np.float32) * mask)
+    if ctf_params is not None:
+        ctf = ctf_half(np, b, psize_A, ctf_params)
+        x, c2 = x * ctf, (ctf * ctf).astype(np.float64)
+    else:
+        c2 = np.ones((len(images), b, b // 2 + 1))
+    al = align_images(icfft2(np, x, b), psi_deg, shifts_px) * mask
+    feats = al.reshape(len(al), -1).astype(np.float64)
+    feats -= feats.mean(0)
+    y = PCA(n_components=max(1, min(nbasis, len(al) - 1)), svd_solver="full").fit_transform(feats)
+    side = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(y)
+    fa = cfft2(np, al.astype(np.float64))
+    avg = np.zeros((2, b, b // 2 + 1), dtype=np.complex128)
+    for j in (0, 1):
+        sel = side == j
+        avg[j] = fa[sel].sum(0) / (c2[sel].sum(0) + (_WIENER * sel.sum() if ctf_params is not None else 0.0) + 1e-12)
+    return side, avg

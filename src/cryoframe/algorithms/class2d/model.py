@@ -32,6 +32,8 @@ CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast
 _BUDGET = 128 << 20  # bytes of E-step work arrays per partition (sets the automatic chunk size)
 _FAN_IN = 8
 _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
+_SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correction)
+_SPLIT_MAX = 2000  # at most this many members of a class enter a split
 _RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size"}
 
 
@@ -82,7 +84,7 @@ class Class2D(BaseEstimator):
                  psize_A: float | None = None, ctf: bool = True, limit_e_step_resolution_A: float | None = None,
                  center: bool = True, algorithm: str = "em", init: str = "random", nbasis: int = 10,
                  random_state: int | None = 0, device: str = "cpu", batch_size: int | None = None,
-                 reseed_min_fraction: float = 0.05, chunk_size: int | None = None,
+                 reseed_min_fraction: float = 0.05, scale_correction: bool = True, chunk_size: int | None = None,
                  checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
@@ -102,6 +104,7 @@ class Class2D(BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.reseed_min_fraction = reseed_min_fraction
+        self.scale_correction = scale_correction
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
 
@@ -180,7 +183,7 @@ class Class2D(BaseEstimator):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
                 "offsets": geo["offsets"], "up": geo["up"], "e_shell": self._e_shell(st, geo), "mask": geo["mask"],
-                "beta": self._beta(st),
+                "beta": self._beta(st), "scale_range": _SCALE_RANGE if self.scale_correction else None,
                 "psize_A": geo["psize_A"]}
 
     def _e_shell(self, st: dict[str, Any], geo: dict[str, Any]) -> int:
@@ -229,6 +232,10 @@ class Class2D(BaseEstimator):
             reg = np.where(tau > 0, sigma2[sh] / (self.tau_fudge * tau), np.inf)
             a = np.where(rec, stats["num"] / (stats["den"] + reg), 0.0)
         a = np.nan_to_num(a)
+        if self.scale_correction:  # fix the scale degeneracy A <-> a: mean particle scale 1 per class
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean_a = np.where(stats["wsum"] > 0, stats["asum"] / stats["wsum"], 1.0)
+            a = a * np.where(mean_a > 0, mean_a, 1.0)[:, None, None]
         st["refs"] = self._finish_refs(a, geo)
         st["priors"] = np.maximum(stats["wsum"], 0) / max(float(stats["wsum"].sum()), 1e-300)
         st["sigma2"] = sigma2
@@ -292,39 +299,45 @@ class Class2D(BaseEstimator):
                 "res_shell": np.zeros(k, dtype=np.int64), "wsum": tot["count"] * 1.0,
                 "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
                 "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
-                "ess": np.zeros(n, np.float32), "loglik": np.full(n, np.nan), "run": None, "history": [],
+                "ess": np.zeros(n, np.float32), "scale": np.ones(n, np.float32), "loglik": np.full(n, np.nan), "run": None, "history": [],
                 "iteration": 0}
 
     def _seed(self) -> int | None:
         return None if self.random_state is None else int(self.random_state)
 
-    def _reseed(self, X: Any, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
-        """Re-seed tiny classes: each takes the worse-fitting half (lowest log-likelihood) of the
-        members of the currently largest class, averaged in their current alignment (a split)."""
-        n, k = X.shape[0], geo["K"]
+    def _reseed(self, X: Any, ctf: dict[str, np.ndarray] | None, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
+        """Re-seed tiny classes by splitting the currently largest class in two (see init.split_class):
+        its members are aligned, PCA + 2-means splits them, the worse-fitting side seeds the tiny class."""
+        n, k, box = X.shape[0], geo["K"], geo["box"]
         small = np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0]
         if len(small) == 0 or len(small) == k:
             return []
         done = []
         lab = st["labels"].copy()
+        rec = es.shell_map(box) <= box // 2 - 1
         for cls in small:
             big = int(np.argmax(st["wsum"]))
             members = np.nonzero((lab == big) & np.isfinite(st["loglik"]))[0]
-            if len(members) < 4:
+            if len(members) < 8:
                 break
-            worst = members[np.argsort(st["loglik"][members], kind="stable")[: len(members) // 2]]
-            idx = np.sort(worst)
-            lab[idx] = cls
-            st["wsum"][big] -= len(idx) * st["wsum"][big] / len(members)
-            imgs = np.asarray(X[idx].compute(), dtype=np.float32) * geo["mask"]
-            avg = ini.aligned_average(imgs, st["psi_deg"][idx], st["shift"][idx]) * geo["mask"]
-            st["refs"][cls] = avg
-            st["priors"][cls] = st["priors"][big] = 0.5 * st["priors"][big]
-            st["tau2"][cls] = self._tau2(avg[None], geo["box"])[0]
-            st["wsum"][cls] = len(idx)
+            members = members[:: -(-len(members) // _SPLIT_MAX)]
+            cm = None if ctf is None else {c: v[members] for c, v in ctf.items()}
+            imgs = np.asarray(X[members].compute(), dtype=np.float32)
+            side, avg = ini.split_class(imgs, cm, st["psi_deg"][members], st["shift"][members], geo["mask"],
+                                        geo["psize_A"], int(self.nbasis), self._seed())
+            worse = int(np.argmin([st["loglik"][members][side == j].mean() for j in (0, 1)]))
+            frac = float(np.mean(side == worse))
+            refs = self._finish_refs(np.where(rec, avg, 0), geo)
+            st["refs"][cls], st["refs"][big] = refs[worse], refs[1 - worse]
+            tot = st["priors"][big]
+            st["priors"][cls], st["priors"][big] = tot * frac, tot * (1 - frac)
+            st["tau2"][[cls, big]] = self._tau2(st["refs"][[cls, big]], box)
+            wb = st["wsum"][big]
+            st["wsum"][cls], st["wsum"][big] = wb * frac, wb * (1 - frac)
+            lab[members[side == worse]] = cls
             if st["run"] is not None:
                 for key in ("num", "den"):
-                    st["run"][key][cls] = 0
+                    st["run"][key][[cls, big]] = 0
             done.append(int(cls))
         st["priors"] = st["priors"] / st["priors"].sum()
         return done
@@ -351,7 +364,7 @@ class Class2D(BaseEstimator):
         meta = {"iteration": it, "n": n, "box": box, "params": self._params_json(), "history": st["history"],
                 "rng": rng.bit_generator.state}
         run = {f"run_{key}": v for key, v in (st["run"] or {}).items()}
-        parts = {key: st[key] for key in ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik")}
+        parts = {key: st[key] for key in ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "scale")}
         pfile = d / f"class2d_it{it:03d}_particles.npz"
         for path, arrays in ((pfile, parts), (d / f"class2d_it{it:03d}.npz", {**model, **run})):
             tmp = path.with_name(path.name + ".tmp.npz")
@@ -411,7 +424,7 @@ class Class2D(BaseEstimator):
             st = self._initial(Xd, ctf, geo, rng)
         for t in range(int(st["iteration"]), int(self.n_iter)):
             t0 = time.perf_counter()
-            reseeded = self._reseed(Xd, st, geo) if t > 0 else []
+            reseeded = self._reseed(Xd, ctf, st, geo) if t > 0 else []
             b = self._batch_size(t, n, geo["K"])
             rows: Any = slice(None)
             xb, cb = Xd, ctf
@@ -424,11 +437,11 @@ class Class2D(BaseEstimator):
             seen = prev >= 0
             changes = float(np.mean(prev[seen] != part["label"][seen])) if seen.any() else 1.0
             for key, pk in (("labels", "label"), ("posterior_max", "posterior_max"), ("psi_deg", "psi_deg"),
-                            ("shift", "shift"), ("ess", "ess"), ("loglik", "loglik")):
+                            ("shift", "shift"), ("ess", "ess"), ("loglik", "loglik"), ("scale", "scale")):
                 st[key][rows] = part[pk]
             if self.algorithm == "vdam":
                 eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
-                new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "noise")}
+                new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "asum", "noise")}
                 st["run"] = new if eta >= 1 else {key: (1 - eta) * st["run"][key] + eta * new[key] for key in new}
                 self._mstep(st, st["run"], n, geo)
             else:
@@ -452,6 +465,7 @@ class Class2D(BaseEstimator):
         self.psi_deg_ = np.asarray(st["psi_deg"])
         self.shifts_px_ = np.asarray(st["shift"])
         self.ess_ = np.asarray(st["ess"])
+        self.scales_ = np.asarray(st["scale"])
         self.log_likelihood_ = np.asarray(st["loglik"])
         self.noise_spectrum_ = np.asarray(st["sigma2"])
         res = np.asarray(st["res_shell"])

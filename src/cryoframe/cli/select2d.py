@@ -1,0 +1,26 @@
+"""Select particles of 2D classes: by class indices, or --auto with a 0-1 class score
+(mean of normalised resolution, class size and assignment confidence) and --threshold."""
+
+from __future__ import annotations
+
+import argparse
+
+from cryoframe import api
+from cryoframe.cli.subset import _ints
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store", help="a store written by class2d")
+    p.add_argument("--classes", help="comma-separated 0-based class indices to keep")
+    p.add_argument("--auto", action="store_true", help="keep classes whose score >= --threshold")
+    p.add_argument("--threshold", type=float, default=0.25)
+    p.add_argument("--regroup", type=int, help="re-assign noise groups into ~N groups (not yet implemented)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    s = api.select2d(args.store, args.out, classes=_ints(args.classes), auto=args.auto, threshold=args.threshold,
+                     regroup=args.regroup, overwrite=args.overwrite)
+    print(f"selected {s.n} particles -> {s.path}")
+    return 0

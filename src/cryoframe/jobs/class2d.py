@@ -1,0 +1,212 @@
+"""2D classification job: Class2D over a store's images -> a new store with per-particle 2D
+alignments plus class averages, model.json, gallery and convergence plots in ``extras/``.
+
+``--continue`` resumes from the input store's checkpoint (written after every iteration).
+Outputs follow cryoSPARC's 2D-job field names; the ``.star`` export gives RELION's ``_data.star``
+labels (rlnClassNumber 1-based, rlnAnglePsi, rlnOriginX/YAngst, rlnMaxValueProbDistribution,
+rlnNrOfSignificantSamples, rlnLogLikeliContribution).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cryoframe.errors import InputError, StoreError
+from cryoframe.schema import arrow_field, numpy_to_arrow
+from cryoframe.storage.store import ParticleStore, StoreWriter
+
+__all__ = ["class2d", "select2d"]
+
+CTF_FIELDS = {"df1_A": "ctf/df1_A", "df2_A": "ctf/df2_A", "df_angle_rad": "ctf/df_angle_rad",
+              "accel_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm", "amp_contrast": "ctf/amp_contrast"}
+OUT_FIELDS = {  # field -> (numpy dtype, shape)
+    "alignments2D/class": ("<u4", ()), "alignments2D/class_posterior": ("<f4", ()), "alignments2D/pose": ("<f4", ()),
+    "alignments2D/shift": ("<f4", (2,)), "alignments2D/psize_A": ("<f4", ()), "alignments2D/error": ("<f4", ()),
+    "alignments2D/class_ess": ("<f4", ()), "alignments2D/alpha": ("<f4", ()),
+    "alignments2D/n_significant": ("<f4", ()), "alignments2D/log_likelihood": ("<f4", ()),
+}
+STALE_RELION = ("rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginX", "rlnOriginY",
+                "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution",
+                "rlnNormCorrection")
+CKPT = "class2d_checkpoint"
+
+
+def _ctf_params(store: ParticleStore) -> dict[str, np.ndarray]:
+    missing = [f for f in CTF_FIELDS.values() if f not in store.fields]
+    if missing:
+        raise InputError(f"{store.path}: --ctf needs field(s) {', '.join(missing)}; use --no-ctf")
+    t = store.table(list(CTF_FIELDS.values()))
+    return {k: t.column(f).to_numpy().astype(np.float64) for k, f in CTF_FIELDS.items()}
+
+
+def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 50, iters: int = 25,
+            tau_fudge: float = 2.0, mask_diameter_A: float | None = None, psi_step_deg: float = 6.0,
+            offset_range_px: float = 5, offset_step_px: float = 1, ctf: bool = True,
+            limit_e_step_resolution_A: float | None = None, center: bool = True, algorithm: str = "em",
+            init: str = "random", nbasis: int = 10, seed: int = 0, device: str = "cpu",
+            resume: bool = False, plots: bool = True, overwrite: bool = False) -> ParticleStore:
+    """Classify ``store``'s particle images into ``classes`` 2D classes; returns the output store."""
+    from cryoframe.algorithms.class2d import Class2D
+
+    if not store.has_images:
+        raise InputError(f"{store.path}: 2D classification needs particle images (store is metadata-only)")
+    if classes > store.n:
+        raise InputError(f"--classes {classes} is larger than the number of particles ({store.n})")
+    psize = store.psize_A or 1.0
+    if mask_diameter_A is not None and mask_diameter_A > store.box * psize:
+        raise InputError(f"--mask-diameter {mask_diameter_A} Å is larger than the box "
+                         f"({store.box} px x {psize} Å/px = {store.box * psize:.1f} Å)")
+    ckpt_src = store.extras_dir() / CKPT
+    if resume and not (ckpt_src / "state.npz").exists() and not any(ckpt_src.glob("*.npz")):
+        raise InputError(f"{store.path}: --continue needs a 2D classification checkpoint in {ckpt_src}")
+    if resume and "class2d" not in [s["op"] for s in store.lineage]:
+        raise InputError(f"{store.path}: --continue needs a store written by class2d")
+    ctfp = _ctf_params(store) if ctf else None
+    params = {"classes": classes, "iters": iters, "tau_fudge": tau_fudge, "mask_diameter_A": mask_diameter_A,
+              "psi_step_deg": psi_step_deg, "offset_range_px": offset_range_px, "offset_step_px": offset_step_px,
+              "ctf": ctf, "limit_e_step_resolution_A": limit_e_step_resolution_A, "center": center,
+              "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed, "resume": resume}
+    overwrite = overwrite or (resume and Path(out).absolute() == store.path)
+    with StoreWriter(out, op="class2d", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
+        ckpt = w.extras_dir() / CKPT
+        if resume:
+            shutil.copytree(ckpt_src, ckpt)
+        model = Class2D(n_classes=classes, n_iter=iters, tau_fudge=tau_fudge, psi_step_deg=psi_step_deg,
+                        offset_range_px=offset_range_px, offset_step_px=offset_step_px,
+                        mask_diameter_A=mask_diameter_A, psize_A=psize, ctf=ctf,
+                        limit_e_step_resolution_A=limit_e_step_resolution_A, center=center, algorithm=algorithm,
+                        init=init, nbasis=nbasis, random_state=seed, device=device, checkpoint_dir=str(ckpt))
+        try:
+            model.fit(store.images(), ctf_params=ctfp, resume=resume)
+        except (ValueError, FileNotFoundError) as exc:
+            if resume:
+                raise InputError(f"{store.path}: cannot continue from its checkpoint ({exc})") from exc
+            raise
+        _write_metadata(w, store, model, psize)
+        w.link_images(store)
+        opt = store.optics()
+        if opt is not None:
+            w.write_optics(opt)
+        _write_extras(w.extras_dir(), model, psize, plots)
+        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+
+
+def _write_metadata(w: StoreWriter, store: ParticleStore, model: Any, psize: float) -> None:
+    n = store.n
+    cols: dict[str, np.ndarray] = {
+        "alignments2D/class": model.labels_.astype("<u4"),
+        "alignments2D/class_posterior": model.posterior_max_.astype("<f4"),
+        "alignments2D/pose": np.deg2rad(model.psi_deg_).astype("<f4"),
+        "alignments2D/shift": model.shifts_px_.astype("<f4"),
+        "alignments2D/psize_A": np.full(n, psize, "<f4"),
+        "alignments2D/error": (-model.log_likelihood_).astype("<f4"),
+        "alignments2D/class_ess": model.ess_.astype("<f4"),
+        "alignments2D/alpha": getattr(model, "scales_", np.ones(n)).astype("<f4"),
+        "alignments2D/n_significant": np.maximum(1.0, np.round(model.ess_)).astype("<f4"),
+        "alignments2D/log_likelihood": model.log_likelihood_.astype("<f4"),
+    }
+    start = 0
+    schema = None
+    for batch in store.iter_batches():
+        m = batch.num_rows
+        keep = [c for c in batch.column_names if c not in OUT_FIELDS and c not in STALE_RELION]
+        t = batch.select(keep)
+        for name, (dt, shape) in OUT_FIELDS.items():
+            t = t.append_column(arrow_field(name, np.dtype(dt), shape), numpy_to_arrow(cols[name][start : start + m]))
+        if schema is None:
+            schema = t.schema
+        w.write_metadata(pa.Table.from_arrays(t.columns, schema=schema))
+        start += m
+
+
+def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
+    import zarr
+
+    from cryoframe.storage.formats.mrc import write_stack
+
+    avgs = model.class_averages_.astype(np.float32)
+    k, box = avgs.shape[0], avgs.shape[-1]
+    z = zarr.create_array(store=str(d / "class_averages.zarr"), shape=avgs.shape, chunks=(min(k, 64), box, box),
+                          dtype="float32")
+    z[:] = avgs
+    write_stack(d / "class_averages.mrcs", k, box, [avgs], psize)
+    sizes = np.asarray(model.class_sizes_)
+    n = int(sizes.sum()) or 1
+    res = np.asarray(getattr(model, "resolution_A_", np.full(k, np.nan)), dtype=float)
+    ess = model.ess_
+    per_class = []
+    for c in range(k):
+        sel = model.labels_ == c
+        per_class.append({"class": c, "count": int(sizes[c]), "fraction": float(sizes[c] / n),
+                          "resolution_A": None if not np.isfinite(res[c]) else float(res[c]),
+                          "mean_ess": float(ess[sel].mean()) if sel.any() else None})
+    (d / "model.json").write_text(json.dumps({
+        "n_classes": k, "box_px": box, "psize_A": psize, "n_iter": int(model.n_iter_),
+        "classes": per_class, "history": model.history_}, indent=1, default=float))
+    if plots:
+        from cryoframe import plot
+
+        order = np.argsort(-sizes)
+        fig = plot.gallery_figure(avgs[order], [f"{c}: {sizes[c]}" for c in order], title="class averages by size")
+        plot.save_figure(fig, d / "class_gallery")
+        _convergence(d, model.history_)
+
+
+def _convergence(d: Path, history: list[dict[str, Any]]) -> None:
+    import holoviews as hv
+
+    from cryoframe import plot
+
+    it = np.arange(1, len(history) + 1)
+    ll = [h.get("log_likelihood", np.nan) for h in history]
+    ch = [h.get("class_changes", h.get("fraction_changed", np.nan)) for h in history]
+    fig = (hv.Curve((it, ll), "iteration", "log-likelihood").opts(title="log-likelihood")
+           + hv.Curve((it, ch), "iteration", "class changes").opts(title="fraction of class changes"))
+    plot.save_figure(fig, d / "convergence")
+
+
+def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list[int] | None = None,
+             auto: bool = False, threshold: float = 0.25, regroup: int | None = None,
+             overwrite: bool = False) -> ParticleStore:
+    """Keep particles of chosen 2D classes (``classes``) or of classes scoring ≥ ``threshold``
+    (``auto``; score = mean over classes of normalised resolution, size and mean posterior)."""
+    if "alignments2D/class" not in store.fields or not (store.extras_dir() / "model.json").exists():
+        raise InputError(f"{store.path}: no 2D classification (run cryoframe class2d first)")
+    model = json.loads((store.extras_dir() / "model.json").read_text())
+    k = model["n_classes"]
+    if auto:
+        scores = class_scores(model)
+        chosen = [c for c in range(k) if scores[c] >= threshold]
+    elif classes:
+        bad = [c for c in classes if c < 0 or c >= k]
+        if bad:
+            raise InputError(f"--classes {bad} out of range 0..{k - 1}")
+        chosen = sorted(set(classes))
+    else:
+        raise InputError("select2d needs --classes I,J,... or --auto")
+    from cryoframe.query.expr import filter_store
+
+    where = f"`alignments2D/class` in {chosen}" if chosen else "`alignments2D/class` < 0"
+    if regroup:
+        raise StoreError("--regroup is not implemented yet")
+    return filter_store(store, out, where, overwrite=overwrite)
+
+
+def class_scores(model: dict[str, Any]) -> list[float]:
+    """0-1 class score: mean of (best resolution / class resolution), size / largest size, and
+    (1 / mean ESS) — high for sharp, populated, confidently assigned classes."""
+    cl = model["classes"]
+    res = np.array([c["resolution_A"] or np.inf for c in cl], dtype=float)
+    cnt = np.array([c["count"] for c in cl], dtype=float)
+    ess = np.array([c["mean_ess"] or np.inf for c in cl], dtype=float)
+    s_res = np.where(np.isfinite(res), np.nanmin(res[np.isfinite(res)]) / res if np.isfinite(res).any() else 0, 0.0)
+    s_cnt = cnt / cnt.max() if cnt.max() > 0 else cnt
+    s_ess = np.where(np.isfinite(ess), 1.0 / np.maximum(ess, 1.0), 0.0)
+    return ((s_res + s_cnt + s_ess) / 3).tolist()
