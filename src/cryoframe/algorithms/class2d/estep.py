@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["bilinear_table", "cfft2", "combine", "ctf_half", "estep_partition", "gather", "half_weights",
-           "icfft2", "pad_real", "rotation_table", "shell_map", "soft_mask"]
+           "icfft2", "pad_real", "rotation_table", "shell_average", "shell_map", "soft_mask"]
 
 _MASS_EPS = 1e-6  # a particle contributes to a class's M-step sums when its class posterior exceeds this
 
@@ -71,6 +71,17 @@ def half_weights(box: int) -> np.ndarray:
     if box % 2 == 0:
         h[:, -1] = 0.5
     return h
+
+
+def shell_average(arr: np.ndarray, box: int) -> np.ndarray:
+    """h-weighted mean over each shell 0 .. box//2 - 1 of half-plane arrays (..., b, bh)."""
+    sh, h = shell_map(box), half_weights(box)
+    nsh = box // 2
+    ok = sh < nsh
+    m = np.zeros((sh.size, nsh))
+    m[np.nonzero(ok.ravel())[0], sh[ok]] = h[ok]
+    flat = arr.reshape(*arr.shape[:-2], -1)
+    return (flat @ m) / m.sum(0)
 
 
 def soft_mask(box: int, radius_px: float, edge_px: float = 5.0) -> np.ndarray:
@@ -191,13 +202,19 @@ def estep_partition(
     None (no CTF); ``model`` (host arrays): ``refs`` (K, b, b) float32 masked class averages,
     ``log_prior`` (K,), ``sigma2`` (b // 2,) noise spectrum per shell, ``psi_deg`` (R,),
     ``offsets`` (S, 2) px, ``up`` (correlation upsampling), ``e_shell`` (last shell used in the
-    likelihood), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px).
+    likelihood), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px), ``scale_range`` (lo, hi) or
+    None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
+    maximiser of its log-likelihood clipped to the range.
 
-    Returns host arrays: ``particles`` (per particle: ``label``, ``posterior_max``, ``psi_deg``,
-    ``shift`` (c, 2) px, ``ess`` = 1/sum p^2 over all samples, ``loglik``) and, with
-    ``need_stats``, ``stats``: ``num`` (K, b, bh) = sum w CTF X aligned back to the class frame,
-    ``den`` (K, b, bh) = sum w CTF^2 (same frame), ``wsum`` (K,) class posterior mass, ``noise``
-    (b, bh) = sum E|X - CTF A|^2 per frequency, ``loglik`` and ``n``.
+    Returns host arrays: ``particles`` (per particle: ``label`` = most probable class (marginal),
+    ``posterior_max`` = largest posterior of any sample, ``psi_deg``, ``shift`` (c, 2) px and
+    ``scale`` of the best sample of that class, ``ess`` = 1/sum p^2 over all samples, ``loglik``
+    = log of the evidence) and, with ``need_stats``, ``stats``: ``num`` (K, b, bh) = sum w a CTF X
+    aligned back to the class frame, ``den`` (K, b, bh) = sum w a^2 CTF^2 (same frame), ``wsum``
+    (K,) class posterior mass, ``asum`` (K,) = sum w a, ``noise`` (b, bh) = sum E|X - a CTF A|^2
+    per frequency, ``loglik`` and ``n``.  Rotations of references and statistics use bilinear
+    interpolation on 2x zero-padded spectra (RELION's padding); shifts come from one inverse FFT
+    per particle, class and angle.
     """
     from cryoframe.backend import to_host
 
@@ -226,7 +243,8 @@ def estep_partition(
     xw = (cx * inv.astype(xp.float32)).astype(xp.complex64)
     c2w = (c2 * (h * inv)).astype(xp.float32).reshape(-1, nf)
     absx2 = (x.real**2 + x.imag**2).astype(xp.float64)
-    const = -0.5 * (absx2 * (h * inv)).sum((1, 2)) - float(to_host((h * emask * xp.log(2 * np.pi * sig)).sum()))
+    norm = float(to_host((h * emask * xp.log(2 * np.pi * sig)).sum()))  # Gaussian normalisation
+    const = -0.5 * (absx2 * (h * inv)).sum((1, 2)) - norm
 
     refs_f = cfft2(xp, pad_real(xp, refs, 2))  # (K, 2b, b + 1): padded for accurate rotation
     t_ref = rotation_table(xp, b, psi, 2)
@@ -258,9 +276,6 @@ def estep_partition(
             logl[:, k] = a * cross - a * a * q
     lp = xp.asarray(np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns), dtype=xp.float32)
     logl += lp[None, :, None, None]
-    beta = float(model.get("beta", 1.0))
-    if beta != 1.0:
-        logl *= np.float32(beta)
     top = logl.reshape(c, -1).max(1)
     p = xp.exp(logl - top[:, None, None, None])
     del logl
@@ -311,7 +326,8 @@ def estep_partition(
             wf = wf[:, :, rows, :bh]
         numr = (cx[sel_x][:, None] * xp.conj(wf)).sum(0)  # (R, b, bh): Σ w CTF X shifted back
         asum[k] = pa.astype(xp.float64).sum()
-        denr = ((pa * ak if ak is not None else pk).sum(-1).T @ c2[sel_x if c2.shape[0] > 1 else xp.zeros(m, dtype=xp.int64)].reshape(m, nf))
+        c2k = c2[sel_x] if c2.shape[0] > 1 else xp.ones((m, b, bh), dtype=xp.float32)
+        denr = (pa * ak if ak is not None else pk).sum(-1).T @ c2k.reshape(m, nf)  # (R, F): Σ w a^2 CTF^2
         denr = denr.reshape(nr, b, bh)
         ar = rotated(k)
         noise += (denr * (ar.real**2 + ar.imag**2) - 2.0 * (xp.conj(ar) * numr).real).sum(0)
@@ -320,8 +336,8 @@ def estep_partition(
         den[k] = gather(xp, denr, t_den, paired=True).sum(0)
     stats = {
         "num": to_host(num * rec), "den": to_host(den * rec), "wsum": to_host(wk.astype(xp.float64).sum(0)),
-        "asum": to_host(asum),
-        "noise": to_host(noise), "loglik": np.asarray(float(to_host(loglik.sum()))), "n": np.asarray(c),
+        "asum": to_host(asum), "noise": to_host(noise), "loglik": np.asarray(float(to_host(loglik.sum()))),
+        "n": np.asarray(c),
     }
     return {"particles": part, "stats": stats}
 

@@ -1,11 +1,11 @@
 """Initial class averages for Class2D: random subsets, or EMAN2-style MSA of invariants; re-seeding.
 
-* ``random`` (RELION): particles are split into ``K`` random subsets; each initial average is the
-  CTF-corrected (Wiener-like, no alignment) mean of its subset.
+* ``random``: each initial average is the CTF-corrected (Wiener-like, unaligned) mean of a random
+  subset of :data:`INIT_SUBSET` particles.
 * ``msa`` (EMAN2 ``e2refine2d``-like): per particle a rotation- and translation-invariant feature
   vector (the angular power spectrum of the CTF-weighted Fourier amplitude in polar coordinates),
   PCA to ``nbasis`` components and seeded k-means into ``K`` groups; initial averages are the means
-  of the members (CTF-corrected as above).
+  of the :data:`INIT_SUBSET` members nearest to each cluster centre (CTF-corrected as above).
 * :func:`split_class` splits a class in two (MSA of its aligned members), to re-seed empty classes.
 
 The per-partition functions take ``xp`` (NumPy or CuPy) and return host arrays.
@@ -18,13 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from cryoframe.algorithms.class2d.estep import bilinear_table, cfft2, ctf_half
+from cryoframe.algorithms.class2d.estep import (
+    bilinear_table,
+    cfft2,
+    ctf_half,
+    gather,
+    half_weights,
+    icfft2,
+    pad_real,
+    rotation_table,
+    shell_map,
+)
 
-__all__ = ["align_images", "split_class", "init_partition", "init_task", "msa_features", "msa_labels", "msa_task",
-           "MSA_SAMPLE"]
+__all__ = ["INIT_SUBSET", "MSA_SAMPLE", "align_images", "init_partition", "init_task", "msa_features",
+           "msa_groups", "msa_task", "similar_pairs", "split_class"]
 
 MSA_SAMPLE = 20_000
 """At most this many particles (a seeded random sample) enter the MSA and k-means."""
+
+INIT_SUBSET = 5
+"""Particles per initial average.  Small subsets keep the initial references asymmetric: averages of
+many randomly rotated particles are rotationally symmetric blobs, a fixed point of the alignment."""
 
 _WIENER = 0.1  # constant added to CTF^2 when correcting the unaligned initial averages
 
@@ -51,8 +65,9 @@ def init_partition(images: Any, ctf_params: dict[str, Any] | None, groups: np.nd
         cx, c2 = x * ctf, (ctf * ctf).reshape(c, nf)
     else:
         cx, c2 = x, xp.ones((c, nf), dtype=xp.float32)
+    num = to_host(oh.astype(xp.complex64) @ cx.reshape(c, nf)).astype(np.complex128)
     return {
-        "num": to_host(oh.astype(xp.complex64) @ cx.reshape(c, nf)).astype(np.complex128).reshape(n_groups, b, -1),
+        "num": num.reshape(n_groups, b, -1),
         "den": to_host(oh @ c2).astype(np.float64).reshape(n_groups, b, -1),
         "count": onehot.sum(1).astype(np.float64),
         "pow": to_host((x.real**2 + x.imag**2).astype(xp.float64).sum(0)),
@@ -105,8 +120,10 @@ def msa_task(images: Any, ctf_params: dict[str, Any] | None, mask: np.ndarray, p
     return msa_features(images, ctf_params, mask, psize_A, max_shell, xp=get_array_module(device))
 
 
-def msa_labels(features: np.ndarray, n_classes: int, nbasis: int, seed: int | None) -> np.ndarray:
-    """Standardise, PCA to ``nbasis`` components, seeded k-means into ``n_classes`` groups."""
+def msa_groups(features: np.ndarray, n_classes: int, nbasis: int, seed: int | None,
+               per_class: int) -> np.ndarray:
+    """Standardise, PCA to ``nbasis`` components, seeded k-means into ``n_classes`` clusters; returns
+    (m,) the cluster of the ``per_class`` members nearest to each cluster centre, -1 for the rest."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
@@ -114,8 +131,14 @@ def msa_labels(features: np.ndarray, n_classes: int, nbasis: int, seed: int | No
     z = StandardScaler().fit_transform(features.astype(np.float64))
     nb = max(1, min(nbasis, z.shape[1], z.shape[0] - 1))
     y = PCA(n_components=nb, svd_solver="full").fit_transform(z)
-    km = KMeans(n_clusters=n_classes, n_init=10, random_state=seed)
-    return km.fit_predict(y).astype(np.int64)
+    km = KMeans(n_clusters=n_classes, n_init=10, random_state=seed).fit(y)
+    dist = km.transform(y)
+    out = np.full(len(y), -1, dtype=np.int64)
+    for k in range(n_classes):
+        members = np.nonzero(km.labels_ == k)[0]
+        near = members[np.argsort(dist[members, k], kind="stable")[:per_class]]
+        out[near] = k
+    return out
 
 
 def align_images(images: np.ndarray, psi_deg: np.ndarray, shifts_px: np.ndarray) -> np.ndarray:
@@ -139,8 +162,9 @@ def align_images(images: np.ndarray, psi_deg: np.ndarray, shifts_px: np.ndarray)
     return out
 
 
-def split_class(images: np.ndarray, ctf_params: dict[str, Any] | None, psi_deg: np.ndarray, shifts_px: np.ndarray,
-                mask: np.ndarray, psize_A: float, nbasis: int, seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+def split_class(images: np.ndarray, ctf_params: dict[str, Any] | None, psi_deg: np.ndarray,
+                shifts_px: np.ndarray, mask: np.ndarray, psize_A: float, nbasis: int,
+                seed: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Split the members of one class in two (bisecting, EMAN2-like MSA of aligned particles).
 
     Members are CTF-multiplied (phase-consistent), aligned by their current pose, reduced by PCA
@@ -149,8 +173,6 @@ def split_class(images: np.ndarray, ctf_params: dict[str, Any] | None, psi_deg: 
     """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
-
-    from cryoframe.algorithms.class2d.estep import icfft2
 
     b = images.shape[-1]
     x = cfft2(np, images.astype(np.float32) * mask)
@@ -168,5 +190,42 @@ def split_class(images: np.ndarray, ctf_params: dict[str, Any] | None, psi_deg: 
     avg = np.zeros((2, b, b // 2 + 1), dtype=np.complex128)
     for j in (0, 1):
         sel = side == j
-        avg[j] = fa[sel].sum(0) / (c2[sel].sum(0) + (_WIENER * sel.sum() if ctf_params is not None else 0.0) + 1e-12)
+        reg = _WIENER * sel.sum() if ctf_params is not None else 0.0
+        avg[j] = fa[sel].sum(0) / (c2[sel].sum(0) + reg + 1e-12)
     return side, avg
+
+
+def similar_pairs(refs: np.ndarray, max_shell: int, max_shift_px: int = 2, neighbours: int = 2) -> np.ndarray:
+    """(K, K) normalised correlation of class averages, best over in-plane rotations and shifts up
+    to ``max_shift_px``, from shells 1..``max_shell``; only each class's ``neighbours`` nearest
+    classes by the invariant features of :func:`msa_features` are compared (others: -1)."""
+    import scipy.fft
+    from scipy.spatial.distance import cdist
+
+    k, b = refs.shape[0], refs.shape[-1]
+    out = np.full((k, k), -1.0)
+    np.fill_diagonal(out, 1.0)
+    if k < 2:
+        return out
+    feats = msa_features(refs, None, np.ones((b, b), np.float32), 1.0, max_shell).astype(np.float64)
+    dist = cdist(feats, feats)
+    np.fill_diagonal(dist, np.inf)
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :neighbours]
+    pairs = {(min(i, int(j)), max(i, int(j))) for i in range(k) for j in nearest[i]}
+    sh = shell_map(b)
+    low = (sh >= 1) & (sh <= max_shell)
+    f = cfft2(np, refs.astype(np.float64)) * low
+    h2 = 2.0 * half_weights(b)  # sum_half h2 |f|^2 = sum over the full plane
+    norm = np.sqrt((h2 * np.abs(f) ** 2).sum((1, 2)))
+    padded = cfft2(np, pad_real(np, refs.astype(np.float64), 2))
+    step = float(np.clip(np.rad2deg(1.0 / max(max_shell, 1)), 1.0, 5.0))
+    table = rotation_table(np, b, np.arange(0.0, 360.0, step), 2)
+    g = np.fft.fftfreq(b) * b
+    near = np.hypot(g[:, None], g[None, :]) <= max_shift_px
+    for i, j in sorted(pairs):
+        r = gather(np, padded[j], table) * low
+        rn = np.sqrt((h2 * np.abs(r) ** 2).sum((1, 2)))
+        cc = scipy.fft.irfft2(f[i][None] * np.conj(r), s=(b, b), axes=(-2, -1)) * (b * b)
+        best = (cc[:, near] / np.maximum(norm[i] * rn, 1e-300)[:, None]).max()
+        out[i, j] = out[j, i] = best
+    return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ _FAN_IN = 8
 _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
 _SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correction)
 _SPLIT_MAX = 2000  # at most this many members of a class enter a split
+_PARTICLE_KEYS = ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "scale")
 _RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size"}
 
 
@@ -41,51 +43,43 @@ def _tree(parts: list[Any]) -> Any:
     import dask
 
     while len(parts) > 1:
-        parts = [dask.delayed(es.combine, pure=True)(*parts[i : i + _FAN_IN]) for i in range(0, len(parts), _FAN_IN)]
+        parts = [dask.delayed(es.combine, pure=True)(*parts[i : i + _FAN_IN])
+                 for i in range(0, len(parts), _FAN_IN)]
     return parts[0]
-
-
-def _shell_avg(arr: np.ndarray, box: int) -> np.ndarray:
-    """h-weighted mean over each shell 0 .. box//2 - 1 of half-plane arrays (..., b, bh)."""
-    sh, h = es.shell_map(box), es.half_weights(box)
-    nsh = box // 2
-    ok = sh < nsh
-    m = np.zeros((sh.size, nsh))
-    m[np.nonzero(ok.ravel())[0], sh[ok]] = h[ok]
-    flat = arr.reshape(*arr.shape[:-2], -1)
-    return (flat @ m) / m.sum(0)
 
 
 class Class2D(BaseEstimator):
     """Reference-free 2D classification of particle images (RELION 2D / EMAN2 e2refine2d-like).
 
-    Parameters: ``n_classes``; ``n_iter``; ``tau_fudge`` (RELION's T); ``psi_step_deg`` (deg,
-    in-plane rotation grid); ``offset_range_px`` / ``offset_step_px`` (px, translation disc and
-    step; the step must be a whole number or 1/2, 1/3, 1/4); ``mask_diameter_A`` (Å, soft circular
-    mask on particles and references, default 0.9 box); ``psize_A`` (Å/px; None: the store's,
-    else 1.0); ``ctf``; ``limit_e_step_resolution_A`` (Å); ``center`` (re-centre averages on their
-    centre of mass); ``algorithm`` ``"em"`` | ``"vdam"``; ``init`` ``"random"`` | ``"msa"``;
-    ``nbasis`` (MSA components); ``random_state``; ``device`` ``"cpu"`` | ``"gpu"`` | ``"auto"``;
-    ``batch_size`` (vdam first minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction``
-    (classes below this fraction of n/K are re-seeded from the worst-fitting particles);
-    ``chunk_size`` (particles per E-step partition; None: from a 128 MiB budget);
-    ``checkpoint_dir`` (model state after each iteration; ``fit(..., resume=True)`` continues).
+    Parameters: ``n_classes``; ``n_iter``; ``tau_fudge`` (RELION's T); ``psi_step_deg`` (deg);
+    ``offset_range_px``, ``offset_step_px`` (px; a disc of translations, step whole or 1/2..1/4);
+    ``mask_diameter_A`` (Å, soft mask of particles and averages, default 0.9 box); ``psize_A``
+    (Å/px; None: the store's, required for array input with ``ctf``); ``ctf``;
+    ``limit_e_step_resolution_A`` (Å); ``center`` (re-centre averages on their centre of mass);
+    ``algorithm`` "em" | "vdam"; ``init`` "random" | "msa"; ``nbasis`` (MSA components);
+    ``random_state`` (int or None); ``device`` "cpu" | "gpu" | "auto"; ``batch_size`` (first vdam
+    minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction`` (classes holding less than
+    this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
+    (duplicate classes, correlation above it, are re-seeded too; None: off); ``scale_correction``
+    (per-particle contrast scale in the likelihood); ``chunk_size`` (particles per partition; None:
+    from a 128 MiB budget); ``checkpoint_dir`` (state after every iteration, for ``resume``).
 
     Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
-    ``shifts_px_`` (n, 2) (x, y) px, ``ess_`` (1/sum p^2 over samples), ``log_likelihood_`` (per
-    particle), ``noise_spectrum_`` (per shell, unnormalised-FFT units of the masked images),
-    ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.  Pose convention:
-    particle ``I(p) = A(R(psi) (p - t))`` with ``t = shifts_px_``.
+    ``shifts_px_`` (n, 2) (x, y) px, ``scales_``, ``ess_`` (1/sum p^2 over samples),
+    ``log_likelihood_`` (per particle), ``noise_spectrum_`` (per shell, unnormalised-FFT units of
+    the masked images), ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.
+    Pose convention: particle ``I(p) = A(R(psi) (p - t))`` with ``t = shifts_px_``.
     """
 
-    def __init__(self, n_classes: int = 50, n_iter: int = 25, tau_fudge: float = 2.0, psi_step_deg: float = 6.0,
-                 offset_range_px: float = 5, offset_step_px: float = 1, mask_diameter_A: float | None = None,
-                 psize_A: float | None = None, ctf: bool = True, limit_e_step_resolution_A: float | None = None,
-                 center: bool = True, algorithm: str = "em", init: str = "random", nbasis: int = 10,
-                 random_state: int | None = 0, device: str = "cpu", batch_size: int | None = None,
-                 reseed_min_fraction: float = 0.05, scale_correction: bool = True, chunk_size: int | None = None,
-                 checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, n_classes: int = 50, n_iter: int = 25, tau_fudge: float = 2.0,
+                 psi_step_deg: float = 6.0, offset_range_px: float = 5, offset_step_px: float = 1,
+                 mask_diameter_A: float | None = None, psize_A: float | None = None, ctf: bool = True,
+                 limit_e_step_resolution_A: float | None = None, center: bool = True, algorithm: str = "em",
+                 init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
+                 batch_size: int | None = None, reseed_min_fraction: float = 0.05,
+                 reseed_similarity: float | None = 0.95, scale_correction: bool = True,
+                 chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
         self.tau_fudge = tau_fudge
@@ -104,34 +98,41 @@ class Class2D(BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.reseed_min_fraction = reseed_min_fraction
+        self.reseed_similarity = reseed_similarity
         self.scale_correction = scale_correction
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
 
     # -- inputs and geometry -------------------------------------------------------------------
-    def _data(self, X: Any, ctf_params: dict[str, Any] | None) -> tuple[Any, dict[str, np.ndarray] | None, float]:
+    def _data(self, X: Any, ctf_params: dict[str, Any] | None,
+              fitted_psize: float | None = None) -> tuple[Any, dict[str, np.ndarray] | None, float]:
         import dask.array as da
 
         from cryoframe.storage.store import ParticleStore
 
-        psize = self.psize_A
+        psize = self.psize_A if self.psize_A is not None else fitted_psize
         if isinstance(X, ParticleStore):
             if psize is None:
                 psize = X.psize_A
             if self.ctf and ctf_params is None:
-                tab = X.table([f"ctf/{k}" for k in CTF_KEYS])
-                ctf_params = {k: tab.column(f"ctf/{k}").to_numpy() for k in CTF_KEYS}
+                keys = [*CTF_KEYS, *(["phase_shift_rad"] if "ctf/phase_shift_rad" in X.fields else [])]
+                tab = X.table([f"ctf/{k}" for k in keys])
+                ctf_params = {k: tab.column(f"ctf/{k}").to_numpy() for k in keys}
             X = X.images()
-        elif not isinstance(X, da.Array):
-            X = da.from_array(np.asarray(X, dtype=np.float32), chunks=(-1, -1, -1))
+        else:
+            if self.ctf and psize is None:
+                raise InputError("psize_A (Å/px) is needed to compute the CTF of images given as an array")
+            if not isinstance(X, da.Array):
+                X = da.from_array(np.asarray(X, dtype=np.float32), chunks=(-1, -1, -1))
         if X.ndim != 3 or X.shape[1] != X.shape[2] or X.shape[0] < 1:
             raise InputError(f"images must have shape (n, box, box), got {X.shape}")
         n = X.shape[0]
         ctf = None
         if self.ctf:
             if ctf_params is None:
-                raise InputError("ctf=True needs ctf_params (per-particle df1_A, df2_A, df_angle_rad, accel_kv, "
-                                 "cs_mm, amp_contrast) or a ParticleStore with ctf/ fields; or pass ctf=False")
+                raise InputError("ctf=True needs ctf_params (per-particle df1_A, df2_A, df_angle_rad, "
+                                 "accel_kv, cs_mm, amp_contrast) or a ParticleStore with ctf/ fields; "
+                                 "or pass ctf=False")
             ctf = {}
             for k in (*CTF_KEYS, "phase_shift_rad"):
                 v = ctf_params.get(k, ctf_params.get(f"ctf/{k}"))
@@ -139,13 +140,16 @@ class Class2D(BaseEstimator):
                     continue
                 if v is None:
                     raise InputError(f"ctf_params lacks {k!r}")
-                ctf[k] = np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
+                try:
+                    ctf[k] = np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
+                except ValueError as exc:
+                    raise InputError(f"ctf_params[{k!r}]: need a scalar or one value per image") from exc
         return X, ctf, float(psize if psize is not None else 1.0)
 
     def _setup(self, n: int, box: int, psize: float) -> dict[str, Any]:
         k = int(self.n_classes)
         if k < 1 or k > n:
-            raise InputError(f"n_classes must be between 1 and the number of particles ({n}), got {self.n_classes}")
+            raise InputError(f"n_classes must be in 1..number of particles ({n}), got {self.n_classes}")
         if self.algorithm not in ("em", "vdam"):
             raise InputError(f"algorithm must be 'em' or 'vdam', got {self.algorithm!r}")
         if self.init not in ("random", "msa"):
@@ -154,13 +158,14 @@ class Class2D(BaseEstimator):
             raise InputError("need tau_fudge > 0, 0 < psi_step_deg <= 360, n_iter >= 1 and psize_A > 0")
         diam = 0.9 * box * psize if self.mask_diameter_A is None else float(self.mask_diameter_A)
         if not 0 < diam <= box * psize:
-            raise InputError(f"mask_diameter_A={diam:g} Å must be in (0, box * psize_A = {box * psize:g} Å]")
+            raise InputError(f"mask_diameter_A={diam:g} Å must be > 0 and fit the box ({box * psize:g} Å)")
         step, rng_px = float(self.offset_step_px), float(self.offset_range_px)
         up = 1 if step >= 1 else int(round(1 / step))
-        if step <= 0 or (step >= 1 and step != round(step)) or (step < 1 and (up > 4 or abs(up * step - 1) > 1e-6)):
-            raise InputError(f"offset_step_px must be a whole number or 1/2, 1/3, 1/4 px, got {self.offset_step_px}")
+        whole = step >= 1 and step == round(step)
+        if step <= 0 or not (whole or (step < 1 and up <= 4 and abs(up * step - 1) < 1e-6)):
+            raise InputError(f"offset_step_px must be whole or 1/2, 1/3, 1/4 px, got {self.offset_step_px}")
         if not 0 <= rng_px < box / 2 - 1:
-            raise InputError(f"offset_range_px must be in [0, box/2 - 1) = [0, {box / 2 - 1:g}), got {rng_px:g}")
+            raise InputError(f"offset_range_px must be in [0, box/2 - 1 = {box / 2 - 1:g}), got {rng_px:g}")
         g = np.arange(-math.floor(rng_px / step), math.floor(rng_px / step) + 1) * step
         gx, gy = np.meshgrid(g, g)
         keep = gx**2 + gy**2 <= rng_px**2 + 1e-9
@@ -168,11 +173,12 @@ class Class2D(BaseEstimator):
         if self.limit_e_step_resolution_A is not None and self.limit_e_step_resolution_A > 0:
             e_shell = min(e_shell, int(box * psize / float(self.limit_e_step_resolution_A)))
             if e_shell < 1:
-                raise InputError(f"limit_e_step_resolution_A={self.limit_e_step_resolution_A} Å is coarser than the box")
+                raise InputError(f"limit_e_step_resolution_A={self.limit_e_step_resolution_A} Å is coarser "
+                                 "than the box")
         nr = max(1, int(round(360.0 / float(self.psi_step_deg))))
         psi = np.arange(nr) * (360.0 / nr)
         ns = int(keep.sum())
-        per = nr * (up * box) ** 2 * 16 + 8 * k * nr * ns
+        per = nr * (up * box) ** 2 * 16 + 12 * k * nr * ns  # bytes per particle: maps + 3 sample arrays
         chunk = int(self.chunk_size) if self.chunk_size else int(np.clip(_BUDGET // per, 8, 4096))
         return {"K": k, "box": box, "psize_A": psize, "psi_deg": psi, "offsets": np.c_[gx[keep], gy[keep]],
                 "up": up, "e_shell": e_shell, "chunk": chunk,
@@ -182,27 +188,9 @@ class Class2D(BaseEstimator):
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
-                "offsets": geo["offsets"], "up": geo["up"], "e_shell": self._e_shell(st, geo), "mask": geo["mask"],
-                "beta": self._beta(st), "scale_range": _SCALE_RANGE if self.scale_correction else None,
+                "offsets": geo["offsets"], "up": geo["up"], "e_shell": geo["e_shell"], "mask": geo["mask"],
+                "scale_range": _SCALE_RANGE if self.scale_correction else None,
                 "psize_A": geo["psize_A"]}
-
-    def _e_shell(self, st: dict[str, Any], geo: dict[str, Any]) -> int:
-        import os as _o
-        mode = _o.environ.get("C2D_ESHELL", "")
-        if not mode or "res_shell" not in st:
-            return geo["e_shell"]
-        a, b = (int(v) for v in mode.split(","))
-        cur = a if st.get("iteration", 0) == 0 else int(np.max(st["res_shell"])) + b
-        return int(min(geo["e_shell"], max(cur, 1)))
-
-    def _beta(self, st):
-        import os as _o
-        mode = _o.environ.get("C2D_BETA", "")
-        if not mode or "iteration" not in st:
-            return 1.0
-        b0, nt = (float(v) for v in mode.split(","))
-        t = st["iteration"]
-        return float(min(1.0, b0 * (1 / b0) ** (t / nt)))
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
              per_rows: list[np.ndarray] | None = None, reduce: bool = True) -> Any:
@@ -210,6 +198,8 @@ class Class2D(BaseEstimator):
         import dask
 
         X = X.rechunk({0: chunk, 1: -1, 2: -1})
+        # big shared arguments (the model) enter the graph once, not once per partition
+        args = tuple(dask.delayed(a, pure=True) if isinstance(a, dict | np.ndarray) else a for a in args)
         tasks, s = [], 0
         for blk, m in zip(X.to_delayed().ravel(), X.chunks[0], strict=True):
             c = None if ctf is None else {k: v[s : s + m] for k, v in ctf.items()}
@@ -225,7 +215,7 @@ class Class2D(BaseEstimator):
         box, k = geo["box"], geo["K"]
         sh = np.minimum(es.shell_map(box), box // 2 - 1)
         rec = es.shell_map(box) <= box // 2 - 1
-        sigma2 = np.maximum(_shell_avg(stats["noise"], box) / (2.0 * n), 1e-30)
+        sigma2 = np.maximum(es.shell_average(stats["noise"], box) / (2.0 * n), 1e-30)
         sigma2 = np.where(np.isfinite(sigma2), sigma2, st["sigma2"])
         tau = st["tau2"][:, sh]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -240,7 +230,7 @@ class Class2D(BaseEstimator):
         st["priors"] = np.maximum(stats["wsum"], 0) / max(float(stats["wsum"].sum()), 1e-300)
         st["sigma2"] = sigma2
         st["tau2"] = self._tau2(st["refs"], box)
-        ssnr = st["tau2"] * _shell_avg(stats["den"], box) / sigma2
+        ssnr = st["tau2"] * es.shell_average(stats["den"], box) / sigma2
         res = np.zeros(k, dtype=np.int64)
         for j in range(k):
             low = np.nonzero(ssnr[j, 1:] < 1.0)[0]
@@ -259,13 +249,14 @@ class Class2D(BaseEstimator):
             cx = np.where(ok, (pos * g[None, None, :]).sum((1, 2)) / np.where(ok, tot, 1), 0.0)
             cy = np.where(ok, (pos * g[None, :, None]).sum((1, 2)) / np.where(ok, tot, 1), 0.0)
             fy, fx = es.freq_yx(box)
-            a_f = a_f * np.exp(2j * np.pi * (fx[None] * cx[:, None, None] + fy[None] * cy[:, None, None]) / box)
+            phase = fx[None] * cx[:, None, None] + fy[None] * cy[:, None, None]
+            a_f = a_f * np.exp(2j * np.pi * phase / box)  # moves the centre of mass to the box centre
         return (es.icfft2(np, a_f, box) * geo["mask"]).astype(np.float32)
 
     @staticmethod
     def _tau2(refs: np.ndarray, box: int) -> np.ndarray:
         f = es.cfft2(np, refs.astype(np.float64))
-        return _shell_avg(f.real**2 + f.imag**2, box) / 2.0
+        return es.shell_average(f.real**2 + f.imag**2, box) / 2.0
 
     # -- initialisation ----------------------------------------------------------------------------
     def _initial(self, X: Any, ctf: dict[str, np.ndarray] | None, geo: dict[str, Any],
@@ -278,39 +269,50 @@ class Class2D(BaseEstimator):
             max_shell = min(box // 2 - 1, geo["e_shell"])
             feats = self._map(ini.msa_task, X[idx] if ns < n else X, sub_ctf, geo["chunk"], geo["mask"],
                               geo["psize_A"], max_shell, self.device, reduce=False)
-            lab = ini.msa_labels(np.concatenate(feats), k, int(self.nbasis), self._seed())
             groups = np.full(n, -1, dtype=np.int64)
-            groups[idx] = lab
+            groups[idx] = ini.msa_groups(np.concatenate(feats), k, int(self.nbasis), self._seed(),
+                                         ini.INIT_SUBSET)
         else:
-            import os as _o
-            ss = int(_o.environ.get("C2D_SUB", "0")) or n
             groups = np.full(n, -1, dtype=np.int64)
-            pick = rng.permutation(n)[: min(n, ss * k)]
+            pick = rng.choice(n, k * max(1, min(ini.INIT_SUBSET, n // k)), replace=False)
             groups[pick] = np.arange(len(pick)) % k
         parts = self._map(ini.init_task, X, ctf, geo["chunk"], k, geo["mask"], geo["psize_A"], self.device,
                           per_rows=[groups], reduce=False)
         tot = {key: sum(p[key] for p in parts) for key in parts[0]}
         a = ini.wiener_init(tot["num"], tot["den"], tot["count"], ctf is not None)
-        refs = (es.icfft2(np, np.where(es.shell_map(box) <= box // 2 - 1, a, 0), box) * geo["mask"]).astype(np.float32)
+        a = np.where(es.shell_map(box) <= box // 2 - 1, a, 0)
+        refs = (es.icfft2(np, a, box) * geo["mask"]).astype(np.float32)
         mean = tot["sum"] / n
-        sigma2 = np.maximum(_shell_avg(tot["pow"] / n - (mean.real**2 + mean.imag**2), box) / 2.0, 1e-30)
+        var = tot["pow"] / n - (mean.real**2 + mean.imag**2)  # per-frequency variance over particles
+        sigma2 = np.maximum(es.shell_average(var, box) / 2.0, 1e-30)
         cnt = np.maximum(tot["count"], 1.0)
         return {"refs": refs, "priors": cnt / cnt.sum(), "sigma2": sigma2, "tau2": self._tau2(refs, box),
                 "res_shell": np.zeros(k, dtype=np.int64), "wsum": tot["count"] * 1.0,
                 "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
                 "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
-                "ess": np.zeros(n, np.float32), "scale": np.ones(n, np.float32), "loglik": np.full(n, np.nan), "run": None, "history": [],
-                "iteration": 0}
+                "ess": np.zeros(n, np.float32), "scale": np.ones(n, np.float32), "loglik": np.full(n, np.nan),
+                "run": None, "history": [], "iteration": 0}
 
     def _seed(self) -> int | None:
         return None if self.random_state is None else int(self.random_state)
 
-    def _reseed(self, X: Any, ctf: dict[str, np.ndarray] | None, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
-        """Re-seed tiny classes by splitting the currently largest class in two (see init.split_class):
-        its members are aligned, PCA + 2-means splits them, the worse-fitting side seeds the tiny class."""
+    def _reseed(self, X: Any, ctf: dict[str, np.ndarray] | None, st: dict[str, Any],
+                geo: dict[str, Any]) -> list[int]:
+        """Re-seed tiny and duplicate classes by splitting the currently largest class in two (see
+        init.split_class): its members are aligned, PCA + 2-means splits them, the worse-fitting side
+        seeds the class.  Duplicates (the smaller of two classes whose averages correlate above
+        ``reseed_similarity`` after rotation) count only while the largest class holds > 1.5 n/K."""
         n, k, box = X.shape[0], geo["K"], geo["box"]
-        small = np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0]
-        if len(small) == 0 or len(small) == k:
+        small = list(np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0])
+        if self.reseed_similarity is not None and k > 1 and st["wsum"].max() > 1.5 * n / k:
+            sim = ini.similar_pairs(st["refs"], min(geo["e_shell"], box // 4))
+            for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
+                i, j = divmod(int(flat), k)
+                if j <= i or sim[i, j] <= float(self.reseed_similarity):
+                    break
+                if i not in small and j not in small:
+                    small.append(i if st["wsum"][i] < st["wsum"][j] else j)
+        if len(small) == 0 or len(small) >= k:
             return []
         done = []
         lab = st["labels"].copy()
@@ -364,7 +366,7 @@ class Class2D(BaseEstimator):
         meta = {"iteration": it, "n": n, "box": box, "params": self._params_json(), "history": st["history"],
                 "rng": rng.bit_generator.state}
         run = {f"run_{key}": v for key, v in (st["run"] or {}).items()}
-        parts = {key: st[key] for key in ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "scale")}
+        parts = {key: st[key] for key in _PARTICLE_KEYS}
         pfile = d / f"class2d_it{it:03d}_particles.npz"
         for path, arrays in ((pfile, parts), (d / f"class2d_it{it:03d}.npz", {**model, **run})):
             tmp = path.with_name(path.name + ".tmp.npz")
@@ -376,14 +378,16 @@ class Class2D(BaseEstimator):
 
     def _load(self, n: int, box: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
         d = Path(self.checkpoint_dir)
-        for f in sorted(d.glob("class2d_it[0-9][0-9][0-9].npz"), reverse=True):
+        found = [(int(m.group(1)), f) for f in d.glob("class2d_it*.npz")
+                 if (m := re.fullmatch(r"class2d_it(\d+)\.npz", f.name))]
+        for _, f in sorted(found, reverse=True):
             pf = f.with_name(f.stem + "_particles.npz")
             if not pf.exists():
                 continue
             with np.load(f, allow_pickle=False) as z, np.load(pf, allow_pickle=False) as zp:
                 meta = json.loads(str(z["meta"]))
                 if meta["n"] != n or meta["box"] != box or meta["params"] != self._params_json():
-                    raise InputError(f"{f}: checkpoint was written for other data or parameters; cannot resume")
+                    raise InputError(f"{f}: checkpoint written for other data or parameters; cannot resume")
                 st = {key: z[key] for key in z.files if key != "meta" and not key.startswith("run_")}
                 run = {key[4:]: z[key] for key in z.files if key.startswith("run_")}
                 st.update({key: zp[key] for key in zp.files if key != "meta"})
@@ -436,19 +440,19 @@ class Class2D(BaseEstimator):
             prev = st["labels"][rows]
             seen = prev >= 0
             changes = float(np.mean(prev[seen] != part["label"][seen])) if seen.any() else 1.0
-            for key, pk in (("labels", "label"), ("posterior_max", "posterior_max"), ("psi_deg", "psi_deg"),
-                            ("shift", "shift"), ("ess", "ess"), ("loglik", "loglik"), ("scale", "scale")):
-                st[key][rows] = part[pk]
+            for key in _PARTICLE_KEYS:
+                st[key][rows] = part["label" if key == "labels" else key]
             if self.algorithm == "vdam":
                 eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
                 new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "asum", "noise")}
-                st["run"] = new if eta >= 1 else {key: (1 - eta) * st["run"][key] + eta * new[key] for key in new}
+                old = st["run"]
+                st["run"] = new if eta >= 1 else {key: (1 - eta) * old[key] + eta * new[key] for key in new}
                 self._mstep(st, st["run"], n, geo)
             else:
                 self._mstep(st, stats, n, geo)
             st["iteration"] = t + 1
-            st["history"].append({"iteration": t + 1, "log_likelihood": float(stats["loglik"]), "n_particles": b,
-                                  "class_changes": changes, "reseeded": reseeded,
+            st["history"].append({"iteration": t + 1, "log_likelihood": float(stats["loglik"]),
+                                  "n_particles": b, "class_changes": changes, "reseeded": reseeded,
                                   "seconds": time.perf_counter() - t0})
             if self.checkpoint_dir is not None:
                 self._save(st, rng, n, box)
@@ -479,7 +483,7 @@ class Class2D(BaseEstimator):
     def predict(self, X: Any, ctf_params: dict[str, Any] | None = None) -> np.ndarray:
         """Most probable class (n,) of each image under the fitted model (one E-step pass)."""
         check_is_fitted(self, "class_averages_")
-        Xd, ctf, _ = self._data(X, ctf_params)
+        Xd, ctf, _ = self._data(X, ctf_params, self.psize_A_)
         geo = self._geo
         if Xd.shape[1] != geo["box"]:
             raise InputError(f"images are {Xd.shape[1]} px; the model was fitted on {geo['box']} px")
