@@ -67,7 +67,7 @@ def main() -> None:
             mask = pc.and_(pc.less(t["ctf/df1_A"], 15000), pc.greater(t["alignments3D/error"], 9600))
             return t.filter(mask)
 
-        t_ours, ours = best(lambda: filter_table(s, where), args.repeat)
+        t_ours, ours = best(lambda s=s: filter_table(s, where), args.repeat)
         t_peer, peer = best(peer_filter, args.repeat)
         assert ours.num_rows == peer.num_rows and ours.column("uid").equals(peer.column("uid"))
 
@@ -83,7 +83,7 @@ def main() -> None:
                                    for f in b._files])
             return ta.join(tb, keys="uid", join_type="inner")
 
-        t_join, j = best(lambda: joined_table([a, b]), args.repeat)
+        t_join, j = best(lambda a=a, b=b: joined_table([a, b]), args.repeat)
         t_pjoin, pj = best(peer_join, args.repeat)
         assert j.num_rows == pj.num_rows == b.n
         print(f"rows={rows}: filter {t_ours:.3f} s vs pyarrow.compute {t_peer:.3f} s -> {t_ours / t_peer:.2f}x "
