@@ -65,7 +65,7 @@ def main() -> None:
              "subset = read the statistic column, distributed-EM GMM, per-set stores, plots.\n",
              "| rows | synth --metadata-only s | synth RSS MB | store GB | subset s | subset RSS MB | GMM iters |",
              "|---|---|---|---|---|---|---|"]
-    prev = None
+    prev, prev_rows = None, 1
     for rows in args.rows:
         store = WORK / f"scale_{rows}.cf"
         out = WORK / f"scale_{rows}_subset"
