@@ -97,3 +97,18 @@ def test_ctf_needs_ctf_fields(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     code, _, err = run_cli("-q", "class2d", s.path, "--classes", "2", "--iters", "1", "--psi-step", "45",
                            "--offset-range", "1", "--no-ctf", "--no-plots", "--out", tmp_path / "o.cf")
     assert code == 0, err
+
+
+def test_select_with_regroup_writes_groups_of_similar_defocus(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    s = api.class2d(toy, tmp_path / "c.cf", classes=3, iters=2, psi_step_deg=30, offset_range_px=2, plots=False)
+    g = api.select2d(s, tmp_path / "g.cf", classes=[0, 1, 2], regroup=6)
+    t = g.table()
+    groups = t.column("rlnGroupNumber").to_numpy()
+    assert g.n == s.n and sorted(set(groups.tolist())) == [1, 2, 3, 4, 5, 6]
+    counts = np.bincount(groups)[1:]
+    assert counts.max() - counts.min() <= 2
+    df = (t.column("ctf/df1_A").to_numpy() + t.column("ctf/df2_A").to_numpy()) / 2
+    spread = np.mean([df[groups == k].std() for k in range(1, 7)])
+    assert spread < df.std()  # groups are more homogeneous in defocus than the whole set
+    part = starfile.read(api.export(g, tmp_path / "g.star"), always_dict=True)["particles"]
+    np.testing.assert_array_equal(part["rlnGroupNumber"], groups)

@@ -14,7 +14,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", help="comma-separated 0-based class indices to keep")
     p.add_argument("--auto", action="store_true", help="keep classes whose score >= --threshold")
     p.add_argument("--threshold", type=float, default=0.25)
-    p.add_argument("--regroup", type=int, help="re-assign noise groups into ~N groups (not yet implemented)")
+    p.add_argument("--regroup", type=int, help="re-assign noise groups (rlnGroupNumber) into ~N groups of similar defocus and scale")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cryoframe.errors import InputError, StoreError
+from cryoframe.errors import InputError
 from cryoframe.schema import arrow_field, numpy_to_arrow
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
@@ -194,9 +194,49 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
     from cryoframe.query.expr import filter_store
 
     where = f"`alignments2D/class` in {chosen}" if chosen else "`alignments2D/class` < 0"
-    if regroup:
-        raise StoreError("--regroup is not implemented yet")
-    return filter_store(store, out, where, overwrite=overwrite)
+    if not regroup:
+        return filter_store(store, out, where, overwrite=overwrite)
+    if regroup < 1:
+        raise InputError(f"--regroup must be at least 1, not {regroup}")
+    t = store.table()
+    keep = np.isin(t.column("alignments2D/class").to_numpy(), chosen)
+    t = t.filter(pa.array(keep))
+    groups = regroup_labels(t, regroup)
+    t = t.drop_columns([c for c in ("rlnGroupNumber", "rlnGroupName") if c in t.column_names])
+    t = t.append_column(arrow_field("rlnGroupNumber", np.dtype("<i8")), pa.array(groups.astype(np.int64)))
+    t = t.append_column(arrow_field("rlnGroupName", np.dtype("U")), pa.array([f"group_{g:03d}" for g in groups]))
+    params = {"classes": chosen, "regroup": regroup}
+    with StoreWriter(out, op="select2d", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
+        w.write_metadata(t)
+        w.link_images(store)
+        opt = store.optics()
+        if opt is not None:
+            w.write_optics(opt)
+        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+
+
+def regroup_labels(t: pa.Table, n_groups: int) -> np.ndarray:
+    """1-based noise groups of ~equal size holding particles of similar defocus and intensity scale
+    (RELION's regrouping): sort by average defocus, cut into √N bands, sort each band by scale."""
+    n = t.num_rows
+    n_groups = max(1, min(n_groups, n))
+    if {"ctf/df1_A", "ctf/df2_A"} <= set(t.column_names):
+        df = (t.column("ctf/df1_A").to_numpy().astype(float) + t.column("ctf/df2_A").to_numpy()) / 2
+    else:
+        df = np.zeros(n)
+    scale = (t.column("alignments2D/alpha").to_numpy().astype(float) if "alignments2D/alpha" in t.column_names
+             else np.ones(n))
+    bands = max(1, int(round(np.sqrt(n_groups))))
+    order = np.argsort(df, kind="stable")
+    out = np.empty(n, dtype=np.int64)
+    g0 = 0
+    for b, idx in enumerate(np.array_split(order, bands)):
+        per = n_groups // bands + (1 if b < n_groups % bands else 0)
+        sub = idx[np.argsort(scale[idx], kind="stable")]
+        for j, part in enumerate(np.array_split(sub, max(per, 1))):
+            out[part] = g0 + j + 1
+        g0 += max(per, 1)
+    return out
 
 
 def class_scores(model: dict[str, Any]) -> list[float]:
