@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 relion_refine on the same data")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from bench_import import machine
+    from _common import machine, record
     from sklearn.metrics import adjusted_rand_score
 
     from cryoframe import api
@@ -137,8 +137,7 @@ def main() -> None:
         print(msg, flush=True)
         lines.append(row)
     if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        record(lines)
 
 
 if __name__ == "__main__":

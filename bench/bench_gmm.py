@@ -20,14 +20,13 @@ to ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import machine, record
 
 HERE = Path(__file__).resolve().parent
 KW: dict[str, Any] = {"n_components": 2, "tol": 1e-3, "max_iter": 100}
@@ -46,19 +45,6 @@ def timed(fn: Any, repeat: int = 1) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
 
 
 def run(rows: int, repeat: int) -> dict[str, Any]:
@@ -123,9 +109,7 @@ def main() -> None:
             f"{fit_ratio:.1f}x | {sk_em.lower_bound_:.8f} / {ours_em.lower_bound_:.8f} | "
             f"{sk.lower_bound_:.8f} / {ours.lower_bound_:.8f} |")
     if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print(f"recorded in {HERE / 'RESULTS.md'}")
+        record(lines)
 
 
 if __name__ == "__main__":

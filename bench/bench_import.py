@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import machine, record
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
@@ -77,21 +77,6 @@ def ensure_dataset(rows: int) -> Path:
     return cs
 
 
-def machine() -> str:
-    import psutil
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = psutil.virtual_memory().total / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, {platform.system()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
@@ -131,9 +116,7 @@ def main() -> None:
             f"{imp['seconds']:.3f} ({imp['maxrss_mb']:.0f}) | {r_imp:.2f} | {load2['seconds']:.3f} | "
             f"{read2['seconds']:.4f} | {r_read:.0f} | {r_read_f:.0f} |")
     if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print(f"recorded in {HERE / 'RESULTS.md'}")
+        record(lines)
 
 
 if __name__ == "__main__":

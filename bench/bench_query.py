@@ -40,7 +40,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from bench_import import machine
+    from _common import machine, record
 
     from cryoframe import api
     from cryoframe.query.expr import filter_table
@@ -91,8 +91,7 @@ def main() -> None:
         lines.append(f"| {rows:,} | {t_ours:.3f} | {t_peer:.3f} | {t_ours / t_peer:.2f} | {t_join:.3f} | "
                      f"{t_pjoin:.3f} | {t_join / t_pjoin:.2f} |")
     if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        record(lines)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from bench_import import machine
+    from _common import machine, record
 
     WORK.mkdir(exist_ok=True)
     lines = [f"\n## Scale (`bench/bench_scale.py`), {time.strftime('%Y-%m-%d')}\n",
@@ -82,8 +82,7 @@ def main() -> None:
             shutil.rmtree(store, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        record(lines)
 
 
 if __name__ == "__main__":

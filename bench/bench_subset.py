@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000])
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    from bench_import import machine
+    from _common import machine, record
 
     from cryoframe.testing import synth_store
 
@@ -87,8 +87,7 @@ def main() -> None:
         lines.append(f"| {rows:,} | {ours['seconds']:.2f} | {ours['maxrss_mb']:.0f} | {ours['loglik']:.6f} | "
                      f"{peer['seconds']:.2f} | {peer['maxrss_mb']:.0f} | {peer['loglik']:.6f} |")
     if not args.no_record:
-        with (HERE / "RESULTS.md").open("a") as fh:
-            fh.write("\n".join(lines) + "\n")
+        record(lines)
 
 
 if __name__ == "__main__":
