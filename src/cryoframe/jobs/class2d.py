@@ -64,7 +64,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int =
         raise InputError(f"--mask-diameter {mask_diameter_A} Å is larger than the box "
                          f"({store.box} px x {psize} Å/px = {store.box * psize:.1f} Å)")
     ckpt_src = store.extras_dir() / CKPT
-    if resume and not (ckpt_src / "state.npz").exists() and not any(ckpt_src.glob("*.npz")):
+    if resume and not any(ckpt_src.glob("*.npz")):
         raise InputError(f"{store.path}: --continue needs a 2D classification checkpoint in {ckpt_src}")
     if resume and "class2d" not in [s["op"] for s in store.lineage]:
         raise InputError(f"{store.path}: --continue needs a store written by class2d")

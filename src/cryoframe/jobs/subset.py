@@ -53,10 +53,6 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
 
     if components < 1:
         raise InputError("--components must be at least 1")
-    distinct = np.unique(v[: min(len(v), 2_000_000)])
-    if len(distinct) < components and len(np.unique(v)) < components:
-        raise InputError(f"--components {components} is more than the {len(np.unique(v))} distinct values "
-                         "of the statistic")
     gmm = GaussianMixture(n_components=components, tol=tol, max_iter=max_iter, random_state=seed,
                           device=device).fit(v)
     order = np.argsort(gmm.means_.ravel())
@@ -270,10 +266,10 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
                     poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
             start += m
         stores = {}
+        opt = store.optics()
         for k, w in writers.items():
             if store.has_images:
                 w.link_images(store)
-            opt = store.optics()
             if opt is not None:
                 w.write_optics(opt)
             stores[k] = w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))

@@ -142,7 +142,8 @@ def filter_store(
         expr = arrow_filter(store, where)
         arrow_parts = [(lambda f=f: pq.read_table(f, columns=[k.name for k in keep], filters=expr))
                        for f in store._files]
-        arrow_parts[0]()  # evaluation errors surface here, before anything is written
+        first = arrow_parts[0]()  # evaluation errors surface here, before anything is written
+        arrow_parts[0] = lambda: first
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         arrow_parts = None
     with StoreWriter(out, op="query", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:

@@ -55,7 +55,6 @@ def parse_image_names(names: pd.Series, source: str) -> tuple[np.ndarray, np.nda
     if parts.shape[1] == 1:
         return np.zeros(len(s), dtype=np.int64), parts[0].to_numpy(dtype=object)
     has_at = parts[1].notna().to_numpy()
-    idx = np.zeros(len(s), dtype=np.int64)
     paths = np.where(has_at, parts[1].fillna(""), parts[0]).astype(object)
     nums = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce")
     if nums.isna().any():

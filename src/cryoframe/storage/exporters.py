@@ -81,7 +81,7 @@ def export_cs(store: ParticleStore, out: PathLike, *, images: bool = False, over
             dt = np.dtype("S1")
         if f.name == "uid":
             dt = np.dtype("<u8")
-        elif spec is not None and dt.kind in "iuf" and spec.dtype[1] in "iuf" and dt.str != spec.dtype and dt.kind == "f" and dt.itemsize == 8:
+        elif spec is not None and dt == np.dtype("<f8") and spec.dtype[1] in "iuf":
             dt = np.dtype(spec.dtype)  # float64 columns from STAR text go back to cryoSPARC's float32
         descr.append((f.name, dt, shape))
     if not any(d[0] == "uid" for d in descr):
@@ -118,7 +118,7 @@ def export_cs(store: ParticleStore, out: PathLike, *, images: bool = False, over
                     v = arrow_to_numpy(t.column(name), dt if dt.kind != "S" else np.dtype("S"), shape)
                     if dt.kind == "S" and v.dtype.itemsize > dt.itemsize:
                         raise StoreError(f"{name}: value longer than its recorded width {dt.itemsize}")
-                    b[name] = v.astype(dt) if dt.kind != "S" else v.astype(dt)
+                    b[name] = v.astype(dt)
             start += m
             yield b
 
