@@ -147,7 +147,7 @@ def test_bad_parameters_raise_input_error(moderate) -> None:  # noqa: ANN001
     with pytest.raises(InputError, match="algorithm"):
         Class2D(n_classes=2, algorithm="sgd", ctf=False).fit(small)
     with pytest.raises(InputError, match="offset_step_px"):
-        Class2D(n_classes=2, offset_step_px=0.3, ctf=False).fit(small)
+        Class2D(n_classes=2, offset_step_px=0.05, ctf=False).fit(small)
 
 
 # -- kernels: NumPy path explicitly, and the CuPy twin --------------------------------------------

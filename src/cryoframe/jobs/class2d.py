@@ -46,6 +46,18 @@ def _ctf_params(store: ParticleStore) -> dict[str, np.ndarray]:
     return {k: t.column(f).to_numpy().astype(np.float64) for k, f in CTF_FIELDS.items()}
 
 
+NOISE_GROUP_FIELDS = ("rlnGroupNumber", "location/micrograph_uid", "location/micrograph_path")
+
+
+def noise_groups(store: ParticleStore) -> np.ndarray | None:
+    """Per-particle noise-group labels as RELION uses them: ``rlnGroupNumber`` (written by
+    ``select2d --regroup`` or imported from RELION), else the micrograph; None when neither exists."""
+    for name in NOISE_GROUP_FIELDS:
+        if name in store.fields:
+            return store.table([name]).column(0).to_numpy(zero_copy_only=False)
+    return None
+
+
 def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 50, iters: int = 25,
             tau_fudge: float = 2.0, mask_diameter_A: float | None = None, psi_step_deg: float = 6.0,
             offset_range_px: float = 5, offset_step_px: float = 1, ctf: bool = True,
@@ -84,7 +96,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int =
                         limit_e_step_resolution_A=limit_e_step_resolution_A, center=center, algorithm=algorithm,
                         init=init, nbasis=nbasis, random_state=seed, device=device, checkpoint_dir=str(ckpt))
         try:
-            model.fit(store.images(), ctf_params=ctfp, resume=resume)
+            model.fit(store.images(), ctf_params=ctfp, resume=resume, groups=noise_groups(store))
         except (ValueError, FileNotFoundError) as exc:
             if resume:
                 raise InputError(f"{store.path}: cannot continue from its checkpoint ({exc})") from exc

@@ -26,8 +26,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["bilinear_table", "cfft2", "combine", "ctf_half", "estep_partition", "gather", "half_weights",
-           "icfft2", "pad_real", "rotation_table", "shell_average", "shell_map", "soft_mask"]
+from cryoframe.algorithms.class2d import kernels as kern
+
+__all__ = ["bilinear_table", "cfft2", "combine", "ctf_half", "estep_partition", "freq_select", "gather",
+           "half_weights", "icfft2", "pad_real", "rotation_table", "shell_average", "shell_map", "shell_matrix",
+           "soft_mask"]
 
 _MASS_EPS = 1e-6  # a particle contributes to a class's M-step sums when its class posterior exceeds this
 
@@ -73,15 +76,19 @@ def half_weights(box: int) -> np.ndarray:
     return h
 
 
+def shell_matrix(box: int) -> np.ndarray:
+    """(box * (box // 2 + 1), box // 2) matrix of h weights: flat half plane @ it = h-weighted shell sums."""
+    sh, h = shell_map(box).ravel(), half_weights(box).ravel()
+    ok = np.nonzero(sh < box // 2)[0]
+    m = np.zeros((sh.size, box // 2))
+    m[ok, sh[ok]] = h[ok]
+    return m
+
+
 def shell_average(arr: np.ndarray, box: int) -> np.ndarray:
     """h-weighted mean over each shell 0 .. box//2 - 1 of half-plane arrays (..., b, bh)."""
-    sh, h = shell_map(box), half_weights(box)
-    nsh = box // 2
-    ok = sh < nsh
-    m = np.zeros((sh.size, nsh))
-    m[np.nonzero(ok.ravel())[0], sh[ok]] = h[ok]
-    flat = arr.reshape(*arr.shape[:-2], -1)
-    return (flat @ m) / m.sum(0)
+    m = shell_matrix(box)
+    return (arr.reshape(*arr.shape[:-2], -1) @ m) / m.sum(0)
 
 
 def soft_mask(box: int, radius_px: float, edge_px: float = 5.0) -> np.ndarray:
@@ -179,175 +186,252 @@ def gather(xp: ModuleType, src: Any, table: tuple[Any, Any, Any], paired: bool =
     return xp.where(flip, xp.conj(out), out) if xp.iscomplexobj(out) else out
 
 
-def _window(box: int, offsets: np.ndarray, up: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (iy, ix) of the offsets (S, 2) px (x, y) on the ``up * box`` correlation grid."""
-    n = up * box
-    q = np.rint(np.asarray(offsets, dtype=np.float64) * up).astype(np.int64) % n
-    return q[:, 1], q[:, 0]
+def freq_select(box: int, e_shell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Flat half-plane indices of the frequencies with shell <= ``e_shell`` and their ``fy``, ``fx``."""
+    fy, fx = freq_yx(box)
+    sel = np.nonzero((shell_map(box) <= e_shell).ravel())[0]
+    shape = (box, box // 2 + 1)
+    return sel, np.broadcast_to(fy, shape).ravel()[sel], np.broadcast_to(fx, shape).ravel()[sel]
 
 
-def _rows_fine(box: int, up: int) -> np.ndarray:
-    fy, _ = freq_yx(box)
-    return np.where(fy[:, 0] >= 0, fy[:, 0], up * box + fy[:, 0]).astype(np.int64)
+def _rotation_sel(xp: ModuleType, box: int, fy: np.ndarray, fx: np.ndarray, angles_deg: Any,
+                  scale: int) -> tuple[Any, Any, Any]:
+    """:func:`rotation_table` restricted to the frequencies ``(fy, fx)`` (F,): shapes (A, F, 4)."""
+    rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64)).reshape(-1, 1)
+    c, s = xp.asarray(np.cos(rad)), xp.asarray(np.sin(rad))
+    fyx, fxx = xp.asarray(fy[None, :]), xp.asarray(fx[None, :])
+    return bilinear_table(xp, scale * (c * fxx - s * fyx), scale * (s * fxx + c * fyx), scale * box)
+
+
+def _bmat(xp: ModuleType, ar: Any, pc: Any, ps: Any) -> Any:
+    """``[Re B; Im B]`` (2F, R S) float32 with ``B(f, (r, t)) = conj(A_r(f)) P(f, t)``, from rotated
+    references ``ar`` (R, F) and the phase table ``P = pc + i ps`` (F, S)."""
+    nr, nf = ar.shape
+    out = xp.empty((2 * nf, nr, pc.shape[1]), dtype=xp.float32)
+    a_r, a_i = ar.real.T[:, :, None], ar.imag.T[:, :, None]
+    xp.multiply(a_r, pc[:, None, :], out=out[:nf])
+    out[:nf] += a_i * ps[:, None, :]
+    xp.multiply(a_r, ps[:, None, :], out=out[nf:])
+    out[nf:] -= a_i * pc[:, None, :]
+    return out.reshape(2 * nf, -1)
+
+
+def _group_sum(xp: ModuleType, vals: Any, gidx: Any, ng: int) -> Any:
+    """Sum rows of ``vals`` (c, ...) into ``ng`` groups given per-row group indices (c,)."""
+    onehot = xp.zeros((ng, vals.shape[0]), dtype=vals.dtype)
+    onehot[gidx, xp.arange(vals.shape[0])] = 1
+    return (onehot @ vals.reshape(vals.shape[0], -1)).reshape((ng, *vals.shape[1:]))
 
 
 # -- the E-step ------------------------------------------------------------------------------------
 def estep_partition(
     images: Any, ctf_params: dict[str, Any] | None, model: dict[str, Any], xp: ModuleType = np,
-    need_stats: bool = True,
+    need_stats: bool = True, groups: Any = None, fused: bool | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """E-step of one partition of particles + the M-step sufficient statistics it contributes.
 
     ``images`` (c, b, b) real; ``ctf_params`` per-particle (c,) arrays (see :func:`ctf_half`) or
-    None (no CTF); ``model`` (host arrays): ``refs`` (K, b, b) float32 masked class averages,
-    ``log_prior`` (K,), ``sigma2`` (b // 2,) noise spectrum per shell, ``psi_deg`` (R,),
-    ``offsets`` (S, 2) px, ``up`` (correlation upsampling), ``e_shell`` (last shell used in the
-    likelihood), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px), ``scale_range`` (lo, hi) or
-    None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
+    None (no CTF); ``fused``: use the compiled kernels of :mod:`.kernels` (default: for NumPy);
+    ``groups`` (c,) noise-group index of every particle (None: all group 0);
+    ``model`` (host arrays): ``refs`` (K, b, b) float32 masked class averages, ``log_prior`` (K,),
+    ``sigma2`` (G, b // 2) noise spectrum per group and shell (or (b // 2,) for one group),
+    ``psi_deg`` (R,), ``offsets`` (S, 2) px (any sub-pixel values), ``e_shell`` (last shell used:
+    the E-step and the statistics work on the frequencies with shell <= e_shell, as RELION's
+    ``current_size``), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px), ``scale_range`` (lo, hi)
+    or None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
     maximiser of its log-likelihood clipped to the range.
+
+    Every (class, angle) pair costs two real matrix products over the selected frequencies: the
+    cross term of all translations at once, ``[Re Z, Im Z] (c R, 2F) @ [Re P; -Im P] (2F, S)``
+    with ``Z = X CTF conj(A_{k,psi}) / sigma2`` and ``P(f, t) = exp(2 pi i f.t / b)``, and, for the
+    statistics, the posterior-weighted phase sums ``(c R, S) @ [Re P^T, Im P^T] (S, 2F)`` that
+    shift every particle back into the class frame.  Rotations of references and statistics use
+    bilinear interpolation on 2x zero-padded spectra (RELION's padding).
 
     Returns host arrays: ``particles`` (per particle: ``label`` = most probable class (marginal),
     ``posterior_max`` = largest posterior of any sample, ``psi_deg``, ``shift`` (c, 2) px and
     ``scale`` of the best sample of that class, ``ess`` = 1/sum p^2 over all samples, ``loglik``
     = log of the evidence) and, with ``need_stats``, ``stats``: ``num`` (K, b, bh) = sum w a CTF X
-    aligned back to the class frame, ``den`` (K, b, bh) = sum w a^2 CTF^2 (same frame), ``wsum``
-    (K,) class posterior mass, ``asum`` (K,) = sum w a, ``noise`` (b, bh) = sum E|X - a CTF A|^2
-    per frequency, ``loglik`` and ``n``.  Rotations of references and statistics use bilinear
-    interpolation on 2x zero-padded spectra (RELION's padding); shifts come from one inverse FFT
-    per particle, class and angle.
+    / sigma2 aligned back to the class frame, ``den`` (K, b, bh) = sum w a^2 CTF^2 / sigma2 (same
+    frame; sigma2 of each particle's group), both zero beyond ``e_shell``, ``wsum`` (K,) class posterior mass, ``asum`` (K,) = sum w a, ``noise``
+    (G, b // 2) = per group and shell the h-weighted sum of E|X - a CTF A|^2, ``count`` (G,)
+    particles per group, ``loglik`` and ``n``.
     """
     from cryoframe.backend import to_host
 
     refs = xp.asarray(model["refs"], dtype=xp.float32)
     nk, b = refs.shape[0], refs.shape[-1]
-    bh, nf = b // 2 + 1, b * (b // 2 + 1)
-    up = int(model["up"])
-    ub = up * b
+    bh, nsh = b // 2 + 1, b // 2
     psi = np.asarray(model["psi_deg"], dtype=np.float64)
-    nr, ns = len(psi), len(model["offsets"])
-    iy, ix = (xp.asarray(v) for v in _window(b, model["offsets"], up))
-    shells = shell_map(b)
-    h = xp.asarray(half_weights(b))
-    rec = xp.asarray(shells <= b // 2 - 1)
-    emask = xp.asarray((shells >= 1) & (shells <= int(model["e_shell"])))
-    sig = xp.asarray(np.asarray(model["sigma2"], dtype=np.float64)[np.minimum(shells, b // 2 - 1)])
-    inv = xp.where(emask, 1.0 / sig, 0.0)
+    offs = np.asarray(model["offsets"], dtype=np.float64).reshape(-1, 2)
+    nr, ns = len(psi), len(offs)
+    e_shell = int(min(int(model["e_shell"]), nsh - 1))
+    # statistics use 2 shells more than the E-step: rotating them back interpolates across the edge
+    sel2_h, fy2, fx2 = freq_select(b, e_shell + 2)
+    pos = np.nonzero(shell_map(b).ravel()[sel2_h] <= e_shell)[0]  # the E-step frequencies within sel2
+    sel_h, fy, fx = sel2_h[pos], fy2[pos], fx2[pos]
+    nf, nf2 = len(sel_h), len(sel2_h)
+    sel2 = xp.asarray(sel2_h)
+    posx = xp.asarray(pos)
+    shells = shell_map(b).ravel()[sel_h]
+    h = half_weights(b).ravel()[sel_h]
+    sig_all = np.atleast_2d(np.asarray(model["sigma2"], dtype=np.float64))  # (G, nsh)
+    ng = sig_all.shape[0]
 
-    x = cfft2(xp, xp.asarray(images, dtype=xp.float32) * xp.asarray(model["mask"], dtype=xp.float32))
-    c = x.shape[0]
+    x_full = cfft2(xp, xp.asarray(images, dtype=xp.float32) * xp.asarray(model["mask"], dtype=xp.float32))
+    c = x_full.shape[0]
+    gidx = xp.zeros(c, dtype=xp.int64) if groups is None else xp.asarray(np.asarray(groups), dtype=xp.int64)
+    x2 = x_full.reshape(c, -1)[:, sel2]  # (c, F2)
+    x = x2[:, posx]  # (c, F)
+    sig = xp.asarray(sig_all[:, np.minimum(shells, nsh - 1)])[gidx]  # (c, F) float64
+    inv = xp.where(xp.asarray(shells >= 1)[None, :], 1.0 / sig, 0.0)  # DC carries no likelihood
     if ctf_params is not None:
-        ctf = ctf_half(xp, b, float(model["psize_A"]), ctf_params)
-        cx, c2 = x * ctf, ctf * ctf
+        ctf2 = ctf_half(xp, b, float(model["psize_A"]), ctf_params).reshape(c, -1)[:, sel2]
+        cx2, c2_2 = x2 * ctf2, ctf2 * ctf2
+        cx, c2 = cx2[:, posx], c2_2[:, posx]
     else:
-        cx, c2 = x, xp.ones((1, b, bh), dtype=xp.float32)
-    xw = (cx * inv.astype(xp.float32)).astype(xp.complex64)
-    c2w = (c2 * (h * inv)).astype(xp.float32).reshape(-1, nf)
-    absx2 = (x.real**2 + x.imag**2).astype(xp.float64)
-    norm = float(to_host((h * emask * xp.log(2 * np.pi * sig)).sum()))  # Gaussian normalisation
-    const = -0.5 * (absx2 * (h * inv)).sum((1, 2)) - norm
+        cx2, c2_2 = x2, xp.ones((c, nf2), dtype=xp.float32)
+        cx, c2 = x, c2_2[:, posx]
+    hx = xp.asarray(h)
+    xw = cx * (hx * inv).astype(xp.float32)  # (c, F)
+    x2 = xp.concatenate([xw.real, -xw.imag], 1).astype(xp.float32)  # (c, 2F): Re(xw B) = x2 @ [Re B; Im B]
+    c2w = (c2 * (hx * inv)).astype(xp.float32)  # (c, F)
+    absx2 = (x.real.astype(xp.float64) ** 2 + x.imag.astype(xp.float64) ** 2)
+    emask = xp.asarray((shells >= 1).astype(np.float64))
+    const = -0.5 * (absx2 * hx * inv).sum(1) - (hx * emask * xp.log(2 * np.pi * sig)).sum(1)
 
     refs_f = cfft2(xp, pad_real(xp, refs, 2))  # (K, 2b, b + 1): padded for accurate rotation
-    t_ref = rotation_table(xp, b, psi, 2)
-    fft = _fft(xp)
-    rows = xp.asarray(_rows_fine(b, up))
+    t_ref = _rotation_sel(xp, b, fy, fx, psi, 2)
+    ang = 2 * np.pi * (fx[:, None] * offs[None, :, 0] + fy[:, None] * offs[None, :, 1]) / b  # (F, S)
+    pc, ps = xp.asarray(np.cos(ang), dtype=xp.float32), xp.asarray(np.sin(ang), dtype=xp.float32)
 
     def rotated(k: int) -> Any:
-        return gather(xp, refs_f[k], t_ref).astype(xp.complex64)  # (R, b, bh)
+        return gather(xp, refs_f[k], t_ref).astype(xp.complex64)  # (R, F)
 
     logl = xp.empty((c, nk, nr, ns), dtype=xp.float32)
     srange = model.get("scale_range")
     alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None else None
+    lp = np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns)
+    if fused is None:
+        fused = xp is np
     for k in range(nk):
         ar = rotated(k)
-        quad = 0.5 * (c2w @ (ar.real**2 + ar.imag**2).reshape(nr, nf).T)  # (c | 1, R)
-        z = xw[:, None] * xp.conj(ar)[None]
-        if up > 1:
-            zf = xp.zeros((c, nr, ub, ub // 2 + 1), dtype=xp.complex64)
-            zf[:, :, rows, :bh] = z
-            z = zf
-        corr = fft.irfft2(z, s=(ub, ub), axes=(-2, -1))
-        cross = corr[..., iy, ix] * np.float32(0.5 * ub * ub)
+        quad = 0.5 * (c2w @ (ar.real**2 + ar.imag**2).T)  # (c, R)
+        bm = kern.bmat(ar, pc, ps) if fused else _bmat(xp, ar, pc, ps)
+        cross = (x2 @ bm).reshape(c, nr, ns)  # all angles and translations at once
+        del bm
+        if fused:
+            kern.score(cross, quad, srange, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
+            continue
         q = quad[..., None].astype(xp.float32)
         if alpha is None:
-            logl[:, k] = cross - q
+            logl[:, k] = cross - q + np.float32(lp[k])
         else:  # per-sample contrast scale a maximising a cross - a^2 q, within scale_range
             a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
             alpha[:, k] = a
-            logl[:, k] = a * cross - a * a * q
-    lp = xp.asarray(np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns), dtype=xp.float32)
-    logl += lp[None, :, None, None]
-    top = logl.reshape(c, -1).max(1)
-    p = xp.exp(logl - top[:, None, None, None])
-    del logl
-    zsum = p.reshape(c, -1).sum(1)
-    p /= zsum[:, None, None, None]
+            logl[:, k] = a * cross - a * a * q + np.float32(lp[k])
+    if fused:
+        post = kern.posterior(logl.reshape(c, nk, nr * ns))
+        p = logl
+        top, zsum, wk, label, best = post["top"], post["zsum"], post["wk"], post["label"], post["best"]
+        pmax, ess = post["pmax"], post["ess"]
+    else:
+        top = logl.reshape(c, -1).max(1)
+        p = xp.exp(logl - top[:, None, None, None])
+        del logl
+        zsum = p.reshape(c, -1).sum(1)
+        p /= zsum[:, None, None, None]
+        wk = p.sum((2, 3))  # (c, K)
+        label = xp.argmax(wk, 1)
+        best = xp.argmax(p[xp.arange(c), label].reshape(c, -1), 1)
+        flat = p.reshape(c, -1)
+        pmax, ess = flat.max(1), 1.0 / (flat.astype(xp.float64) ** 2).sum(1)
     loglik = top.astype(xp.float64) + xp.log(zsum.astype(xp.float64)) + const
-
-    wk = p.sum((2, 3))  # (c, K)
-    label = xp.argmax(wk, 1)
-    pl = p[xp.arange(c), label].reshape(c, -1)
-    best = xp.argmax(pl, 1)
-    flat = p.reshape(c, -1)
-    offs = np.asarray(model["offsets"], dtype=np.float32)
     best_h = to_host(best)
     part = {
         "label": to_host(label).astype(np.int32),
-        "posterior_max": to_host(flat.max(1)).astype(np.float32),
+        "posterior_max": to_host(pmax).astype(np.float32),
         "psi_deg": psi[best_h // ns].astype(np.float32),
-        "shift": offs[best_h % ns].reshape(-1, 2),
+        "shift": offs[best_h % ns].astype(np.float32).reshape(-1, 2),
         "scale": (np.ones(c, np.float32) if alpha is None else
                   to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
-        "ess": to_host(1.0 / (flat.astype(xp.float64) ** 2).sum(1)).astype(np.float32),
+        "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
     }
     if not need_stats:
         return {"particles": part}
 
-    num = xp.zeros((nk, b, bh), dtype=xp.complex128)
-    den = xp.zeros((nk, b, bh), dtype=xp.float64)
-    noise = absx2.sum(0)
+    ang2 = 2 * np.pi * (fx2[:, None] * offs[None, :, 0] + fy2[:, None] * offs[None, :, 1]) / b  # (F2, S)
+    shells2 = shell_map(b).ravel()[sel2_h]
+    sig2 = sig_all[:, np.minimum(shells2, nsh - 1)]  # (G, F2)
+    pc2, ps2 = xp.asarray(np.cos(ang2), dtype=xp.float32), xp.asarray(np.sin(ang2), dtype=xp.float32)
+    pct2, pst2 = (np.ascontiguousarray(t.T) for t in (pc2, ps2)) if fused else (None, None)
+    cx2r = xp.concatenate([cx2.real, cx2.imag], 1).astype(xp.float32)  # (c, 2F2)
+    num = xp.zeros((nk, b * bh), dtype=xp.complex128)
+    den = xp.zeros((nk, b * bh), dtype=xp.float64)
+    resid = xp.zeros((ng, nf), dtype=xp.float64)  # per group: sum_i E|X - a CTF A|^2 - |X|^2
     asum = xp.zeros(nk, dtype=xp.float64)
+    pad_sel = xp.zeros((nr, b * bh), dtype=xp.complex64)
     t_num = rotation_table(xp, b, -psi, 2)
     t_den = rotation_table(xp, b, -psi, 1)
-    wk_h = to_host(wk)
+    wk_h, g_h = to_host(wk), to_host(gidx)
     for k in range(nk):
-        sel = np.nonzero(wk_h[:, k] > _MASS_EPS)[0]
-        if len(sel) == 0:
+        mem = np.nonzero(wk_h[:, k] > _MASS_EPS)[0]
+        if len(mem) == 0:
             continue
-        sel_x = xp.asarray(sel)
-        pk = p[sel_x, k]  # (m, R, S)
-        ak = alpha[sel_x, k] if alpha is not None else None
-        pa = pk * ak if ak is not None else pk
-        m = len(sel)
-        wmap = xp.zeros((m, nr, ub, ub), dtype=xp.float32)
-        wmap[..., iy, ix] = pa
-        wf = fft.rfft2(wmap, axes=(-2, -1))
-        if up > 1:
-            wf = wf[:, :, rows, :bh]
-        numr = (cx[sel_x][:, None] * xp.conj(wf)).sum(0)  # (R, b, bh): Σ w CTF X shifted back
-        asum[k] = pa.astype(xp.float64).sum()
-        c2k = c2[sel_x] if c2.shape[0] > 1 else xp.ones((m, b, bh), dtype=xp.float32)
-        denr = (pa * ak if ak is not None else pk).sum(-1).T @ c2k.reshape(m, nf)  # (R, F): Σ w a^2 CTF^2
-        denr = denr.reshape(nr, b, bh)
         ar = rotated(k)
-        noise += (denr * (ar.real**2 + ar.imag**2) - 2.0 * (xp.conj(ar) * numr).real).sum(0)
-        padded = cfft2(xp, pad_real(xp, icfft2(xp, numr, b), 2))
-        num[k] = gather(xp, padded, t_num, paired=True).sum(0)
-        den[k] = gather(xp, denr, t_den, paired=True).sum(0)
+        a2 = (ar.real**2 + ar.imag**2).astype(xp.float32)
+        numr = xp.zeros((nr, nf2), dtype=xp.complex64)
+        denr = xp.zeros((nr, nf2), dtype=xp.float32)
+        for g in np.unique(g_h[mem]):
+            sub = mem[g_h[mem] == g]
+            mx = xp.asarray(sub)
+            m = len(sub)
+            pk = p[mx, k]  # (m, R, S)
+            pa = pk * alpha[mx, k] if alpha is not None else pk
+            asum[k] += float(pa.astype(xp.float64).sum())
+            dpa = (pa * alpha[mx, k] if alpha is not None else pk).sum(-1)  # (m, R): sum_t w a^2
+            # V(r, t, f) = sum_i w a CTF X; shifted back into the class frame: Y(r, f) = sum_t P(f, t) V
+            v = (pa.reshape(m, nr * ns).T @ cx2r[mx]).reshape(nr, ns, 2 * nf2)
+            if fused:
+                y = kern.shift_back(v, pct2, pst2)
+            else:
+                vr, vi = v[..., :nf2], v[..., nf2:]
+                y = (xp.einsum("ft,rtf->rf", pc2, vr) - xp.einsum("ft,rtf->rf", ps2, vi)
+                     + 1j * (xp.einsum("ft,rtf->rf", pc2, vi) + xp.einsum("ft,rtf->rf", ps2, vr)))
+            del v
+            dg = dpa.T @ c2_2[mx]  # (R, F2): sum_i w a^2 CTF^2
+            wmg = xp.asarray(1.0 / sig2[g], dtype=xp.float32)  # the group's 1 / sigma2: RELION's weighting
+            numr += y * wmg
+            denr += dg * wmg
+            resid[g] += (a2 * dg[:, posx]).sum(0) - 2.0 * (xp.conj(ar) * y[:, posx]).real.sum(0)
+        pad_sel[:, sel2] = numr
+        padded = cfft2(xp, pad_real(xp, icfft2(xp, pad_sel.reshape(nr, b, bh), b), 2))
+        num[k] = gather(xp, padded, t_num, paired=True).sum(0).reshape(-1)
+        full_den = xp.zeros((nr, b * bh), dtype=xp.float32)
+        full_den[:, sel2] = denr
+        den[k] = gather(xp, full_den.reshape(nr, b, bh), t_den, paired=True).sum(0).reshape(-1)
+    keep = xp.asarray((shell_map(b) <= e_shell).ravel())
+    num, den = num * keep, den * keep
+    # per group and shell: sum_h |X|^2 over the whole plane plus the residual correction inside e_shell
+    xabs_full = (x_full.real.astype(xp.float64) ** 2 + x_full.imag.astype(xp.float64) ** 2).reshape(c, -1)
+    smat = xp.asarray(shell_matrix(b))
+    noise = _group_sum(xp, xabs_full @ smat, gidx, ng) + resid @ smat[xp.asarray(sel_h)]  # (G, nsh)
     stats = {
-        "num": to_host(num * rec), "den": to_host(den * rec), "wsum": to_host(wk.astype(xp.float64).sum(0)),
-        "asum": to_host(asum), "noise": to_host(noise), "loglik": np.asarray(float(to_host(loglik.sum()))),
-        "n": np.asarray(c),
+        "num": to_host(num).reshape(nk, b, bh), "den": to_host(den).reshape(nk, b, bh),
+        "wsum": to_host(wk.astype(xp.float64).sum(0)), "asum": to_host(asum), "noise": to_host(noise),
+        "count": to_host(_group_sum(xp, xp.ones((c, 1)), gidx, ng)[:, 0]),
+        "loglik": np.asarray(float(to_host(loglik.sum()))), "n": np.asarray(c),
     }
     return {"particles": part, "stats": stats}
 
 
-def estep_task(images: Any, ctf_params: dict[str, Any] | None, model: dict[str, Any], device: str,
+def estep_task(images: Any, ctf_params: dict[str, Any] | None, groups: Any, model: dict[str, Any], device: str,
                need_stats: bool) -> dict[str, dict[str, np.ndarray]]:
     """:func:`estep_partition` with the array module named by ``device`` (for dask tasks)."""
     from cryoframe.backend import get_array_module
 
-    return estep_partition(images, ctf_params, model, get_array_module(device), need_stats)
+    return estep_partition(images, ctf_params, model, get_array_module(device), need_stats, groups)
 
 
 def combine(*parts: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:

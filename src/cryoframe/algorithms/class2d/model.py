@@ -30,7 +30,9 @@ from cryoframe.errors import InputError
 __all__ = ["Class2D"]
 
 CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast")
-_BUDGET = 128 << 20  # bytes of E-step work arrays per partition (sets the automatic chunk size)
+_BUDGET = 256 << 20  # bytes of E-step work arrays per partition (sets the automatic chunk size)
+_E_MARGIN = 10  # E-step shells beyond the current resolution (RELION's incr_size)
+_GROUP_PRIOR = 10.0  # a group's noise spectrum is shrunk towards the global one with this many particles
 _FAN_IN = 8
 _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
 _SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correction)
@@ -52,7 +54,7 @@ class Class2D(BaseEstimator):
     """Reference-free 2D classification of particle images (RELION 2D / EMAN2 e2refine2d-like).
 
     Parameters: ``n_classes``; ``n_iter``; ``tau_fudge`` (RELION's T); ``psi_step_deg`` (deg);
-    ``offset_range_px``, ``offset_step_px`` (px; a disc of translations, step whole or 1/2..1/4);
+    ``offset_range_px``, ``offset_step_px`` (px; a disc of translations, any step >= 0.1 px);
     ``mask_diameter_A`` (Å, soft mask of particles and averages, default 0.9 box); ``psize_A``
     (Å/px; None: the store's, required for array input with ``ctf``); ``ctf``;
     ``limit_e_step_resolution_A`` (Å); ``center`` (re-centre averages on their centre of mass);
@@ -67,7 +69,8 @@ class Class2D(BaseEstimator):
     Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
     ``shifts_px_`` (n, 2) (x, y) px, ``scales_``, ``ess_`` (1/sum p^2 over samples),
-    ``log_likelihood_`` (per particle), ``noise_spectrum_`` (per shell, unnormalised-FFT units of
+    ``log_likelihood_`` (per particle), ``group_noise_spectra_`` (G, shells) per noise group and
+    ``noise_spectrum_`` their mean (per shell, unnormalised-FFT units of
     the masked images), ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.
     Pose convention: particle ``I(p) = A(R(psi) (p - t))`` with ``t = shifts_px_``.
     """
@@ -160,10 +163,8 @@ class Class2D(BaseEstimator):
         if not 0 < diam <= box * psize:
             raise InputError(f"mask_diameter_A={diam:g} Å must be > 0 and fit the box ({box * psize:g} Å)")
         step, rng_px = float(self.offset_step_px), float(self.offset_range_px)
-        up = 1 if step >= 1 else int(round(1 / step))
-        whole = step >= 1 and step == round(step)
-        if step <= 0 or not (whole or (step < 1 and up <= 4 and abs(up * step - 1) < 1e-6)):
-            raise InputError(f"offset_step_px must be whole or 1/2, 1/3, 1/4 px, got {self.offset_step_px}")
+        if not step >= 0.1:
+            raise InputError(f"offset_step_px must be at least 0.1 px, got {self.offset_step_px}")
         if not 0 <= rng_px < box / 2 - 1:
             raise InputError(f"offset_range_px must be in [0, box/2 - 1 = {box / 2 - 1:g}), got {rng_px:g}")
         g = np.arange(-math.floor(rng_px / step), math.floor(rng_px / step) + 1) * step
@@ -178,17 +179,19 @@ class Class2D(BaseEstimator):
         nr = max(1, int(round(360.0 / float(self.psi_step_deg))))
         psi = np.arange(nr) * (360.0 / nr)
         ns = int(keep.sum())
-        per = nr * (up * box) ** 2 * 16 + 12 * k * nr * ns  # bytes per particle: maps + 3 sample arrays
-        chunk = int(self.chunk_size) if self.chunk_size else int(np.clip(_BUDGET // per, 8, 4096))
+        nf = int((es.shell_map(box) <= min(e_shell + 2, box // 2)).sum())
+        per = 12 * k * nr * ns + 64 * nf  # bytes per particle: sample arrays + spectra
+        fixed = 2 * (2 * nf * nr * ns * 4)  # per partition: one class's B matrix and shifted sums
+        chunk = int(self.chunk_size) if self.chunk_size else int(np.clip((_BUDGET - fixed) // per, 32, 4096))
         return {"K": k, "box": box, "psize_A": psize, "psi_deg": psi, "offsets": np.c_[gx[keep], gy[keep]],
-                "up": up, "e_shell": e_shell, "chunk": chunk,
+                "e_max": e_shell, "chunk": chunk,
                 "mask": es.soft_mask(box, diam / (2 * psize), _EDGE_PX)}
 
     def _model(self, st: dict[str, Any], geo: dict[str, Any]) -> dict[str, Any]:
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
-                "offsets": geo["offsets"], "up": geo["up"], "e_shell": geo["e_shell"], "mask": geo["mask"],
+                "offsets": geo["offsets"], "e_shell": self._e_shell(st, geo), "mask": geo["mask"],
                 "scale_range": _SCALE_RANGE if self.scale_correction else None,
                 "psize_A": geo["psize_A"]}
 
@@ -211,16 +214,39 @@ class Class2D(BaseEstimator):
         return list(dask.compute(*tasks))
 
     # -- M-step ----------------------------------------------------------------------------------
+    def _e_shell(self, st: dict[str, Any], geo: dict[str, Any]) -> int:
+        """E-step frequency limit: current resolution + ``_E_MARGIN`` shells, within ``e_max`` (RELION's
+        ``current_size``)."""
+        return int(min(geo["e_max"], int(np.max(st["res_shell"], initial=0)) + _E_MARGIN))
+
+    def _noise(self, st: dict[str, Any], stats: dict[str, np.ndarray], box: int) -> np.ndarray:
+        """Per-group noise spectra (G, nsh): each group's residual power, shrunk towards the global
+        spectrum with the weight of ``_GROUP_PRIOR`` particles; groups absent from the batch keep theirs."""
+        ms = 2.0 * es.shell_matrix(box).sum(0)  # real components per shell
+        cnt = stats["count"].astype(np.float64)
+        glob = stats["noise"].sum(0) / (ms * max(float(cnt.sum()), 1e-300))
+        new = (stats["noise"] + _GROUP_PRIOR * ms * glob) / (ms[None] * (cnt[:, None] + _GROUP_PRIOR))
+        old = np.broadcast_to(st["sigma2"], new.shape)
+        return np.maximum(np.where((cnt[:, None] > 0) & np.isfinite(new), new, old), 1e-30)
+
     def _mstep(self, st: dict[str, Any], stats: dict[str, np.ndarray], n: float, geo: dict[str, Any]) -> None:
+        """Regularised class averages A = num / (den + 1 / (T tau2)) (num, den carry 1/sigma2 of each
+        particle's group, as RELION's weighted back-projection), priors, noise spectra, resolution."""
         box, k = geo["box"], geo["K"]
         sh = np.minimum(es.shell_map(box), box // 2 - 1)
-        rec = es.shell_map(box) <= box // 2 - 1
-        sigma2 = np.maximum(es.shell_average(stats["noise"], box) / (2.0 * n), 1e-30)
-        sigma2 = np.where(np.isfinite(sigma2), sigma2, st["sigma2"])
-        tau = st["tau2"][:, sh]
+        num, den = stats["num"], stats["den"]
         with np.errstate(divide="ignore", invalid="ignore"):
-            reg = np.where(tau > 0, sigma2[sh] / (self.tau_fudge * tau), np.inf)
-            a = np.where(rec, stats["num"] / (stats["den"] + reg), 0.0)
+            raw = np.where(den > 0, num / den, 0)  # unregularised average: estimates tau2 of new shells
+            t_raw = es.shell_average(raw.real**2 + raw.imag**2, box) / 2.0 - np.where(
+                es.shell_average(den, box) > 0, 1.0 / es.shell_average(den, box), 0.0)
+        # shells the previous averages had no data for (the E-step limit grew) take tau2 from the data
+        e_now, e_before = self._e_shell(st, geo), int(st.get("e_data", box // 2 - 1))
+        fresh = (np.arange(box // 2) > e_before) & (np.arange(box // 2) <= e_now)
+        tau2 = np.where(fresh[None], np.maximum(np.nan_to_num(t_raw), 0.0), st["tau2"])
+        tau = tau2[:, sh]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reg = np.where(tau > 0, 1.0 / (self.tau_fudge * tau), np.inf)
+            a = np.where(den > 0, num / (den + reg), 0.0)
         a = np.nan_to_num(a)
         if self.scale_correction:  # fix the scale degeneracy A <-> a: mean particle scale 1 per class
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -228,14 +254,15 @@ class Class2D(BaseEstimator):
             a = a * np.where(mean_a > 0, mean_a, 1.0)[:, None, None]
         st["refs"] = self._finish_refs(a, geo)
         st["priors"] = np.maximum(stats["wsum"], 0) / max(float(stats["wsum"].sum()), 1e-300)
-        st["sigma2"] = sigma2
+        st["sigma2"] = self._noise(st, stats, box)
         st["tau2"] = self._tau2(st["refs"], box)
-        ssnr = st["tau2"] * es.shell_average(stats["den"], box) / sigma2
+        ssnr = st["tau2"] * es.shell_average(den, box)
         res = np.zeros(k, dtype=np.int64)
         for j in range(k):
             low = np.nonzero(ssnr[j, 1:] < 1.0)[0]
             res[j] = (low[0] if len(low) else box // 2 - 1)
         st["res_shell"] = res
+        st["e_data"] = np.asarray(e_now)
         st["wsum"] = stats["wsum"] * (n / max(float(stats["wsum"].sum()), 1e-300))
 
     def _finish_refs(self, a_f: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
@@ -266,7 +293,7 @@ class Class2D(BaseEstimator):
             ns = min(n, ini.MSA_SAMPLE)
             idx = np.sort(rng.choice(n, ns, replace=False)) if ns < n else np.arange(n)
             sub_ctf = None if ctf is None else {c: v[idx] for c, v in ctf.items()}
-            max_shell = min(box // 2 - 1, geo["e_shell"])
+            max_shell = min(box // 2 - 1, geo["e_max"])
             feats = self._map(ini.msa_task, X[idx] if ns < n else X, sub_ctf, geo["chunk"], geo["mask"],
                               geo["psize_A"], max_shell, self.device, reduce=False)
             groups = np.full(n, -1, dtype=np.int64)
@@ -286,8 +313,9 @@ class Class2D(BaseEstimator):
         var = tot["pow"] / n - (mean.real**2 + mean.imag**2)  # per-frequency variance over particles
         sigma2 = np.maximum(es.shell_average(var, box) / 2.0, 1e-30)
         cnt = np.maximum(tot["count"], 1.0)
-        return {"refs": refs, "priors": cnt / cnt.sum(), "sigma2": sigma2, "tau2": self._tau2(refs, box),
-                "res_shell": np.zeros(k, dtype=np.int64), "wsum": tot["count"] * 1.0,
+        return {"refs": refs, "priors": cnt / cnt.sum(), "sigma2": np.tile(sigma2, (geo["n_groups"], 1)),
+                "tau2": self._tau2(refs, box), "res_shell": np.zeros(k, dtype=np.int64),
+                "e_data": np.asarray(box // 2 - 1), "wsum": tot["count"] * 1.0,
                 "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
                 "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
                 "ess": np.zeros(n, np.float32), "scale": np.ones(n, np.float32), "loglik": np.full(n, np.nan),
@@ -305,7 +333,7 @@ class Class2D(BaseEstimator):
         n, k, box = X.shape[0], geo["K"], geo["box"]
         small = list(np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0])
         if self.reseed_similarity is not None and k > 1 and st["wsum"].max() > 1.5 * n / k:
-            sim = ini.similar_pairs(st["refs"], min(geo["e_shell"], box // 4))
+            sim = ini.similar_pairs(st["refs"], min(self._e_shell(st, geo), box // 4))
             for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
                 i, j = divmod(int(flat), k)
                 if j <= i or sim[i, j] <= float(self.reseed_similarity):
@@ -362,7 +390,7 @@ class Class2D(BaseEstimator):
     def _save(self, st: dict[str, Any], rng: np.random.Generator, n: int, box: int) -> None:
         d = Path(self.checkpoint_dir)
         it = st["iteration"]
-        model = {key: st[key] for key in ("refs", "priors", "sigma2", "tau2", "res_shell", "wsum")}
+        model = {key: st[key] for key in ("refs", "priors", "sigma2", "tau2", "res_shell", "wsum", "e_data")}
         meta = {"iteration": it, "n": n, "box": box, "params": self._params_json(), "history": st["history"],
                 "rng": rng.bit_generator.state}
         run = {f"run_{key}": v for key, v in (st["run"] or {}).items()}
@@ -376,7 +404,7 @@ class Class2D(BaseEstimator):
             if old != pfile:
                 old.unlink()
 
-    def _load(self, n: int, box: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def _load(self, n: int, box: int, n_groups: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
         d = Path(self.checkpoint_dir)
         found = [(int(m.group(1)), f) for f in d.glob("class2d_it*.npz")
                  if (m := re.fullmatch(r"class2d_it(\d+)\.npz", f.name))]
@@ -386,7 +414,8 @@ class Class2D(BaseEstimator):
                 continue
             with np.load(f, allow_pickle=False) as z, np.load(pf, allow_pickle=False) as zp:
                 meta = json.loads(str(z["meta"]))
-                if meta["n"] != n or meta["box"] != box or meta["params"] != self._params_json():
+                if (meta["n"] != n or meta["box"] != box or meta["params"] != self._params_json()
+                        or np.atleast_2d(z["sigma2"]).shape[0] != n_groups):
                     raise InputError(f"{f}: checkpoint written for other data or parameters; cannot resume")
                 st = {key: z[key] for key in z.files if key != "meta" and not key.startswith("run_")}
                 run = {key[4:]: z[key] for key in z.files if key.startswith("run_")}
@@ -396,19 +425,30 @@ class Class2D(BaseEstimator):
         return None
 
     # -- public API ---------------------------------------------------------------------------------
-    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, resume: bool = False) -> Class2D:
+    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, resume: bool = False,
+            groups: Any = None) -> Class2D:
         """Classify ``X``: a ParticleStore, a dask array or an array (n, box, box) of images.
 
         ``ctf_params``: per-particle arrays (or scalars) ``df1_A``, ``df2_A`` (Å), ``df_angle_rad``,
         ``accel_kv`` (kV), ``cs_mm`` (mm), ``amp_contrast`` (optionally ``phase_shift_rad``; keys may
         carry the ``ctf/`` prefix); read from the store when X is one.  ``resume``: continue from the
         last completed iteration in ``checkpoint_dir`` (same data and parameters; ``n_iter`` may grow).
+        ``groups``: per-particle noise-group labels (any values, e.g. micrograph ids or RELION's
+        rlnGroupNumber); each group gets its own noise power spectrum.  None: one group.
         """
         from cryoframe.backend import get_array_module
 
         Xd, ctf, psize = self._data(X, ctf_params)
         n, box = int(Xd.shape[0]), int(Xd.shape[1])
         geo = self._setup(n, box, psize)
+        if groups is None:
+            gidx = np.zeros(n, dtype=np.int64)
+        else:
+            g = np.asarray(groups)
+            if g.shape != (n,):
+                raise InputError(f"groups must hold one label per particle ({n}), got shape {g.shape}")
+            gidx = np.unique(g, return_inverse=True)[1].astype(np.int64).reshape(n)
+        geo["n_groups"] = int(gidx.max()) + 1
         get_array_module(self.device)  # fail early on a missing GPU
         rng = np.random.default_rng(self.random_state)
         st = None
@@ -416,7 +456,7 @@ class Class2D(BaseEstimator):
             d = Path(self.checkpoint_dir)
             d.mkdir(parents=True, exist_ok=True)
             if resume:
-                loaded = self._load(n, box)
+                loaded = self._load(n, box, geo["n_groups"])
                 if loaded is not None:
                     st, rng.bit_generator.state = loaded
             else:
@@ -431,11 +471,12 @@ class Class2D(BaseEstimator):
             reseeded = self._reseed(Xd, ctf, st, geo) if t > 0 else []
             b = self._batch_size(t, n, geo["K"])
             rows: Any = slice(None)
-            xb, cb = Xd, ctf
+            xb, cb, gb = Xd, ctf, gidx
             if b < n:
                 rows = np.sort(rng.choice(n, b, replace=False))
-                xb, cb = Xd[rows], None if ctf is None else {c: v[rows] for c, v in ctf.items()}
-            res = self._map(es.estep_task, xb, cb, geo["chunk"], self._model(st, geo), self.device, True)
+                xb, cb, gb = Xd[rows], None if ctf is None else {c: v[rows] for c, v in ctf.items()}, gidx[rows]
+            res = self._map(es.estep_task, xb, cb, geo["chunk"], self._model(st, geo), self.device, True,
+                            per_rows=[gb])
             stats, part = res["stats"], res["particles"]
             prev = st["labels"][rows]
             seen = prev >= 0
@@ -444,7 +485,7 @@ class Class2D(BaseEstimator):
                 st[key][rows] = part["label" if key == "labels" else key]
             if self.algorithm == "vdam":
                 eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
-                new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "asum", "noise")}
+                new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "asum", "noise", "count")}
                 old = st["run"]
                 st["run"] = new if eta >= 1 else {key: (1 - eta) * old[key] + eta * new[key] for key in new}
                 self._mstep(st, st["run"], n, geo)
@@ -471,7 +512,9 @@ class Class2D(BaseEstimator):
         self.ess_ = np.asarray(st["ess"])
         self.scales_ = np.asarray(st["scale"])
         self.log_likelihood_ = np.asarray(st["loglik"])
-        self.noise_spectrum_ = np.asarray(st["sigma2"])
+        self.group_noise_spectra_ = np.atleast_2d(np.asarray(st["sigma2"]))
+        self.noise_spectrum_ = self.group_noise_spectra_.mean(0)
+        self._e_last = int(st.get("e_data", box // 2 - 1))
         res = np.asarray(st["res_shell"])
         with np.errstate(divide="ignore"):
             self.resolution_A_ = np.where(res > 0, box * geo["psize_A"] / np.maximum(res, 1), np.inf)
@@ -487,6 +530,8 @@ class Class2D(BaseEstimator):
         geo = self._geo
         if Xd.shape[1] != geo["box"]:
             raise InputError(f"images are {Xd.shape[1]} px; the model was fitted on {geo['box']} px")
-        st = {"refs": self.class_averages_, "priors": self.class_priors_, "sigma2": self.noise_spectrum_}
-        res = self._map(es.estep_task, Xd, ctf, geo["chunk"], self._model(st, geo), self.device, False)
+        st = {"refs": self.class_averages_, "priors": self.class_priors_, "sigma2": self.noise_spectrum_,
+              "res_shell": np.asarray([self._e_last - _E_MARGIN])}
+        res = self._map(es.estep_task, Xd, ctf, geo["chunk"], self._model(st, geo), self.device, False,
+                        per_rows=[np.zeros(Xd.shape[0], dtype=np.int64)])
         return res["particles"]["label"].astype(np.int64)
