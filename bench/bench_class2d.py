@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import starfile
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "class2d"
@@ -46,6 +47,28 @@ def template_correlation(avgs: np.ndarray, templates: np.ndarray) -> float:
     return float(np.mean(best))
 
 
+def alignments(store: object) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class, psi deg, shift px) of a store's alignments2D fields (shift: cryoSPARC/RELION convention)."""
+    t = store.table(["alignments2D/class", "alignments2D/pose", "alignments2D/shift"])
+    shift = np.stack(t.column(2).to_numpy(zero_copy_only=False)).astype(np.float64)
+    return (t.column(0).to_numpy().astype(np.int64), np.rad2deg(t.column(1).to_numpy().astype(np.float64)),
+            shift)
+
+
+def relion_input(src: Path, star: Path) -> None:
+    """Export the store's particles (.star + .mrcs) for RELION without their alignments: the synthetic
+    metadata carry the true poses, shifts and classes, and RELION would start from them (it searches
+    translations around the input origins)."""
+    from cryoframe import api
+
+    api.export(src, star, images=True, overwrite=True)
+    blocks = starfile.read(star, always_dict=True)
+    drop = {"rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnClassNumber", "rlnAngleRot", "rlnAngleTilt"}
+    blocks["particles"] = blocks["particles"].drop(
+        columns=[c for c in blocks["particles"].columns if c in drop or c.startswith("_")])
+    starfile.write(blocks, star, overwrite=True)
+
+
 def ensure_relion() -> str | None:
     exe = shutil.which("relion_refine")
     if exe:
@@ -57,25 +80,28 @@ def ensure_relion() -> str | None:
 
 
 def run_relion(exe: str, star: Path, outdir: Path, k: int, iters: int, tau: float, diameter: float,
-               psi_step: float, offset_range: float, offset_step: float, threads: int) -> tuple[float, np.ndarray]:
-    import starfile
-
+               psi_step: float, offset_range: float, offset_step: float, threads: int,
+               reuse: bool = False) -> tuple[float, Path]:
     outdir.mkdir(parents=True, exist_ok=True)  # relion_refine needs the --o directory to exist
     cmd = [exe, "--i", str(star), "--o", str(outdir / "run"), "--K", str(k), "--iter", str(iters),
            "--tau2_fudge", str(tau), "--particle_diameter", str(diameter), "--psi_step", str(psi_step),
            "--offset_range", str(offset_range), "--offset_step", str(offset_step), "--ctf", "--zero_mask",
            "--flatten_solvent", "--norm", "--scale", "--j", str(threads), "--pool", "30",
            "--dont_combine_weights_via_disc", "--random_seed", "0"]
+    final = outdir / f"run_it{iters:03d}_data.star"
+    if reuse and (outdir / "wall_s.txt").exists() and final.exists():
+        return float((outdir / "wall_s.txt").read_text().split()[0]), final
     t = time.perf_counter()
-    r = subprocess.run(cmd, cwd=star.parent, capture_output=True, text=True)
+    with open(outdir / "relion.log", "w") as log:  # progress readable while it runs
+        r = subprocess.run(cmd, cwd=star.parent, stdout=log, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t
     if r.returncode != 0:
-        raise RuntimeError(f"relion_refine failed:\n{r.stderr[-2000:]}")
-    data = starfile.read(outdir / f"run_it{iters:03d}_data.star", always_dict=True)["particles"]
-    return wall, data["rlnClassNumber"].to_numpy() - 1
+        raise RuntimeError(f"relion_refine failed: see {outdir / 'relion.log'}")
+    (outdir / "wall_s.txt").write_text(f"{wall:.1f}\n{' '.join(cmd)}\n")
+    return wall, outdir / f"run_it{iters:03d}_data.star"
 
 
-def main() -> None:
+def main() -> None:  # noqa: C901, PLR0915
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--snr", type=float, nargs="+", default=[0.05, 0.02])
     ap.add_argument("--particles", type=int, default=4000)
@@ -85,13 +111,15 @@ def main() -> None:
     ap.add_argument("--T", type=float, default=2.0)
     ap.add_argument("--psi-step", type=float, default=6.0)
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 relion_refine on the same data")
+    ap.add_argument("--reuse-relion", action="store_true",
+                    help="reuse a finished RELION run of the same size (its recorded wall time)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     from _common import machine, record
     from sklearn.metrics import adjusted_rand_score
 
     from cryoframe import api
-    from cryoframe.testing import make_templates
+    from cryoframe.testing import make_templates, make_truth, pose_recovery_errors
 
     WORK.mkdir(parents=True, exist_ok=True)
     relion = ensure_relion() if args.relion else None
@@ -101,39 +129,54 @@ def main() -> None:
              f"Machine: {machine()}. Synthetic: {args.particles} particles, box {args.box}, K={args.classes} "
              f"templates, CTF, Gaussian noise; {args.iters} iterations, T={args.T}, psi step {args.psi_step} deg, "
              "offsets 5 px / 1 px.\n",
-             "| SNR | cryoframe ARI | s | s/iter | template corr | RELION 3.1 ARI | RELION s | time ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Angle / shift: median error after removing each class's frame (`cryoframe.testing.pose_recovery_errors`).\n",
+             "| SNR | cryoframe ARI | psi err deg | shift err px | s | s/iter | template corr "
+             "| RELION 3.1 ARI | psi err deg | shift err px | RELION s | time ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for snr in args.snr:
-        src = WORK / f"toy_{snr}.cf"
+        tag = f"{args.particles}_{args.box}_{args.classes}_{snr}"
+        src = WORK / f"toy_{tag}.cf"
         if not (src / "manifest.json").exists():
             api.synth(src, n=args.particles, box=args.box, classes=args.classes, snr=snr, seed=0, kind="2d",
                       overwrite=True)
         truth = np.load(src / "extras" / "truth.npz")["class"]
-        out = WORK / f"c2d_{snr}.cf"
+        tr = make_truth(args.particles, 0, 0, "2d", args.classes)
+        assert np.array_equal(tr["class"], truth)
+        r_row, r_msg = " n/a | n/a | n/a | n/a | n/a |", ""
+        if relion:  # first, so that neither run shares the CPU with the other
+            star = WORK / f"relion_{tag}" / "particles.star"
+            star.parent.mkdir(parents=True, exist_ok=True)
+            if not (args.reuse_relion and star.exists()):
+                relion_input(src, star)
+            psize = api.open_store(src).psize_A or 1.0
+            r_wall, r_star = run_relion(relion, star, star.parent / "out", args.classes, args.iters, args.T,
+                                        0.9 * args.box * psize, args.psi_step, 5, 1, 2, args.reuse_relion)
+            r_store = api.import_(r_star, star.parent / "relion_result.cf", metadata_only=True, overwrite=True)
+            r_lab, r_psi, r_shift = alignments(r_store)
+            r_ari = adjusted_rand_score(truth, r_lab)
+            r_ang, r_sh = pose_recovery_errors(r_lab, r_psi, r_shift, tr)
+            r_msg = f"; RELION ARI {r_ari:.3f}, psi err {r_ang:.1f} deg, shift err {r_sh:.2f} px, {r_wall:.1f} s"
+            print(f"snr={snr}{r_msg}", flush=True)
+        out = WORK / f"c2d_{tag}.cf"
         t = time.perf_counter()
         s = api.class2d(src, out, classes=args.classes, iters=args.iters, tau_fudge=args.T,
                         psi_step_deg=args.psi_step, seed=0, overwrite=True, plots=False)
         wall = time.perf_counter() - t
-        lab = s.table(["alignments2D/class"]).column(0).to_numpy()
+        lab, psi, shift = alignments(s)
         ari = adjusted_rand_score(truth, lab)
+        ang, sh = pose_recovery_errors(lab, psi, shift, tr)
         import zarr
 
         avgs = zarr.open_array(str(out / "extras" / "class_averages.zarr"), mode="r")[:]
         corr = template_correlation(avgs, make_templates(args.classes, args.box, 0))
-        row = f"| {snr} | {ari:.3f} | {wall:.1f} | {wall / args.iters:.2f} | {corr:.3f} |"
-        msg = f"snr={snr}: cryoframe ARI {ari:.3f}, {wall:.1f} s, template correlation {corr:.3f}"
+        row = f"| {snr} | {ari:.3f} | {ang:.1f} | {sh:.2f} | {wall:.1f} | {wall / args.iters:.2f} | {corr:.3f} |"
+        msg = (f"snr={snr}: cryoframe ARI {ari:.3f}, psi err {ang:.1f} deg, shift err {sh:.2f} px, {wall:.1f} s, "
+               f"template correlation {corr:.3f}")
         if relion:
-            star = WORK / f"relion_{snr}" / "particles.star"
-            star.parent.mkdir(parents=True, exist_ok=True)
-            api.export(src, star, images=True, overwrite=True)
-            psize = api.open_store(src).psize_A or 1.0
-            r_wall, r_lab = run_relion(relion, star, star.parent / "out", args.classes, args.iters, args.T,
-                                       0.9 * args.box * psize, args.psi_step, 5, 1, 2)
-            r_ari = adjusted_rand_score(truth, r_lab)
-            row += f" {r_ari:.3f} | {r_wall:.1f} | {r_wall / wall:.2f}x |"
-            msg += f"; RELION ARI {r_ari:.3f}, {r_wall:.1f} s -> cryoframe {r_wall / wall:.2f}x faster"
+            row += f" {r_ari:.3f} | {r_ang:.1f} | {r_sh:.2f} | {r_wall:.1f} | {r_wall / wall:.1f}x |"
+            msg += f"{r_msg} -> cryoframe {r_wall / wall:.1f}x faster"
         else:
-            row += " n/a | n/a | n/a |"
+            row += r_row
         print(msg, flush=True)
         lines.append(row)
     if not args.no_record:

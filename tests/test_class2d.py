@@ -146,6 +146,8 @@ def test_bad_parameters_raise_input_error(moderate) -> None:  # noqa: ANN001
         Class2D(n_classes=2, psize_A=PSIZE).fit(small)
     with pytest.raises(InputError, match="algorithm"):
         Class2D(n_classes=2, algorithm="sgd", ctf=False).fit(small)
+    with pytest.raises(InputError, match="ctf_mode"):
+        Class2D(n_classes=2, ctf_mode="wiener", psize_A=PSIZE).fit(moderate)
     with pytest.raises(InputError, match="offset_step_px"):
         Class2D(n_classes=2, offset_step_px=0.05, ctf=False).fit(small)
 
@@ -180,6 +182,57 @@ def test_ctf_kernel_matches_the_synthetic_ctf() -> None:
     _, ctf, _, _ = _kernel_inputs(8)
     ref = ctf_2d(BOX, PSIZE, *(ctf[k] for k in CTF_FIELDS))
     np.testing.assert_allclose(es.ctf_half(np, BOX, PSIZE, ctf), ref, atol=1e-5)
+    flip = es.ctf_half(np, BOX, PSIZE, {**ctf, "flip_phases": np.r_[np.ones(4), np.zeros(4)]})
+    np.testing.assert_array_equal(flip[:4], np.where(ref[:4] >= 0, 1.0, -1.0))  # phase flipping: sign only
+    np.testing.assert_allclose(flip[4:], ref[4:], atol=1e-5)
+
+
+def test_fused_kernels_match_the_array_module_twin() -> None:
+    """The numba kernels (CPU default) and the array-module expressions (the CuPy path) agree, with
+    two noise groups, sub-pixel offsets and a resolution limit below Nyquist."""
+    images, ctf, model, _ = _kernel_inputs(30)
+    images = images + np.random.default_rng(2).normal(0, 2.0, images.shape).astype(np.float32)
+    model = {**model, "e_shell": 9, "offsets": model["offsets"] * 0.5,
+             "sigma2": np.stack([np.full(BOX // 2, 2.0e3), np.full(BOX // 2, 4.0e3)])}
+    groups = np.arange(30) % 2
+    a = es.estep_partition(images, ctf, model, groups=groups, fused=True)
+    b = es.estep_partition(images, ctf, model, groups=groups, fused=False)
+    np.testing.assert_array_equal(a["particles"]["label"], b["particles"]["label"])
+    for key in ("posterior_max", "ess", "loglik", "scale"):
+        np.testing.assert_allclose(a["particles"][key], b["particles"][key], rtol=1e-3, atol=1e-6)
+    for key in ("num", "den", "wsum", "asum", "noise", "count"):
+        np.testing.assert_allclose(a["stats"][key], b["stats"][key], rtol=1e-3,
+                                   atol=1e-4 * float(np.abs(b["stats"][key]).max()))
+    beyond = es.shell_map(BOX) > 9
+    assert not a["stats"]["num"][:, beyond].any() and a["stats"]["num"][:, ~beyond].any()
+    np.testing.assert_array_equal(a["stats"]["count"], [15, 15])
+
+
+def test_noise_spectra_are_estimated_per_group(moderate) -> None:  # noqa: ANN001
+    """Particles of one group get 3x the noise amplitude: its spectrum comes out ~9x the other's."""
+    imgs = np.asarray(moderate.images()[:300].compute(), dtype=np.float32)
+    groups = np.repeat([7, 3], 150)  # any labels; group "7" (the first half) is the noisy one
+    rng = np.random.default_rng(5)
+    imgs[:150] += rng.normal(0, 2.0 * float(imgs.std()), imgs[:150].shape).astype(np.float32)
+    ctf = {k: v[:300] for k, v in ctf_of(moderate).items()}
+    m = Class2D(n_iter=3, **FAST, psize_A=PSIZE).fit(imgs, ctf_params=ctf, groups=groups)
+    spec = m.group_noise_spectra_
+    assert spec.shape == (2, BOX // 2)
+    ratio = spec[1, 3:12] / spec[0, 3:12]  # unique() sorts the labels: row 1 is group 7
+    assert np.all(ratio > 4.0), ratio
+    with pytest.raises(InputError, match="groups"):
+        Class2D(n_iter=1, **FAST, psize_A=PSIZE).fit(imgs, ctf_params=ctf, groups=groups[:10])
+
+
+def test_e_step_limit_follows_the_resolution(fitted: Class2D) -> None:
+    """Each E-step works within the previous iteration's resolution + 10 shells (RELION's
+    current_size), starting at 10 shells."""
+    h = fitted.history_
+    assert h[0]["e_step_shell"] == 10
+    for prev, cur in zip(h[:-1], h[1:], strict=True):
+        res_shell = round(BOX * PSIZE / prev["resolution_A"])
+        assert cur["e_step_shell"] == min(BOX // 2 - 1, res_shell + 10)
+    assert h[-1]["e_step_shell"] > h[0]["e_step_shell"]  # the limit grew with the resolution
 
 
 @pytest.mark.gpu

@@ -112,3 +112,9 @@ def test_select_with_regroup_writes_groups_of_similar_defocus(toy, tmp_path: Pat
     assert spread < df.std()  # groups are more homogeneous in defocus than the whole set
     part = starfile.read(api.export(g, tmp_path / "g.star"), always_dict=True)["particles"]
     np.testing.assert_array_equal(part["rlnGroupNumber"], groups)
+    # classifying the regrouped store estimates one noise spectrum per group (phase flipping, no zero mask)
+    c = api.class2d(g, tmp_path / "c2.cf", classes=3, iters=1, psi_step_deg=30, offset_range_px=2, plots=False,
+                    ctf_mode="flip", zero_mask=False)
+    model = json.loads((c.extras_dir() / "model.json").read_text())
+    assert model["noise"]["groups"] == 6 and len(model["noise"]["spectrum"]) == 12
+    assert {"ctf_mode": "flip", "zero_mask": False}.items() <= c.lineage[-1]["params"].items()

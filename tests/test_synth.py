@@ -74,7 +74,7 @@ def test_images_and_metadata_describe_the_same_particles() -> None:
     _, t = make_particles(40, BOX, classes=4, kind="3d", seed=5, batch_start=10)
     md = make_metadata(40, seed=5, start=10, kind="3d", classes=4, box=BOX)
     assert np.allclose(md["alignments3D/pose"], t["pose"], atol=1e-6)
-    assert np.allclose(md["alignments3D/shift"], t["shift"], atol=1e-6)
+    assert np.allclose(md["alignments3D/shift"], -t["shift"], atol=1e-6)  # the shift that centres the particle
     assert np.allclose(md["ctf/df1_A"], t["df1_A"], rtol=1e-6)
     assert np.allclose(md["alignments3D/alpha_min"], t["scale"], rtol=1e-6)
     assert np.array_equal(md["ctf/exp_group_id"], t["defocus_group"] + 1)

@@ -21,6 +21,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset-step", type=float, default=1, help="translation step (px)")
     p.add_argument("--ctf", dest="ctf", action="store_true", default=True, help="CTF-correct (default)")
     p.add_argument("--no-ctf", dest="ctf", action="store_false")
+    p.add_argument("--ctf-mode", choices=["full", "flip"], default="full",
+                   help="full CTF in the likelihood, or phase flipping only (RELION --only_flip_phases)")
+    p.add_argument("--no-zero-mask", dest="zero_mask", action="store_false",
+                   help="do not mask particles with zeros outside --mask-diameter (averages are still masked)")
     p.add_argument("--limit-e-step-resolution", type=float, help="E-step resolution limit (Å)")
     p.add_argument("--no-center", dest="center", action="store_false", help="do not re-centre class averages")
     p.add_argument("--algorithm", choices=["em", "vdam"], default="em")
@@ -38,6 +42,7 @@ def main(args: argparse.Namespace) -> int:
     s = api.class2d(args.store, args.out, classes=args.classes, iters=args.iters, tau_fudge=args.tau_fudge,
                     mask_diameter_A=args.mask_diameter, psi_step_deg=args.psi_step, offset_range_px=args.offset_range,
                     offset_step_px=args.offset_step, ctf=args.ctf,
+                    ctf_mode=args.ctf_mode, zero_mask=args.zero_mask,
                     limit_e_step_resolution_A=args.limit_e_step_resolution, center=args.center,
                     algorithm=args.algorithm, init=args.init, nbasis=args.nbasis, seed=args.seed,
                     device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)

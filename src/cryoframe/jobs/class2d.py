@@ -60,7 +60,8 @@ def noise_groups(store: ParticleStore) -> np.ndarray | None:
 
 def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 50, iters: int = 25,
             tau_fudge: float = 2.0, mask_diameter_A: float | None = None, psi_step_deg: float = 6.0,
-            offset_range_px: float = 5, offset_step_px: float = 1, ctf: bool = True,
+            offset_range_px: float = 5, offset_step_px: float = 1, ctf: bool = True, ctf_mode: str = "full",
+            zero_mask: bool = True,
             limit_e_step_resolution_A: float | None = None, center: bool = True, algorithm: str = "em",
             init: str = "random", nbasis: int = 10, seed: int = 0, device: str = "cpu",
             resume: bool = False, plots: bool = True, overwrite: bool = False) -> ParticleStore:
@@ -83,7 +84,8 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int =
     ctfp = _ctf_params(store) if ctf else None
     params = {"classes": classes, "iters": iters, "tau_fudge": tau_fudge, "mask_diameter_A": mask_diameter_A,
               "psi_step_deg": psi_step_deg, "offset_range_px": offset_range_px, "offset_step_px": offset_step_px,
-              "ctf": ctf, "limit_e_step_resolution_A": limit_e_step_resolution_A, "center": center,
+              "ctf": ctf, "ctf_mode": ctf_mode, "zero_mask": zero_mask,
+              "limit_e_step_resolution_A": limit_e_step_resolution_A, "center": center,
               "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed, "resume": resume}
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="class2d", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
@@ -92,7 +94,8 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int =
             shutil.copytree(ckpt_src, ckpt)
         model = Class2D(n_classes=classes, n_iter=iters, tau_fudge=tau_fudge, psi_step_deg=psi_step_deg,
                         offset_range_px=offset_range_px, offset_step_px=offset_step_px,
-                        mask_diameter_A=mask_diameter_A, psize_A=psize, ctf=ctf,
+                        mask_diameter_A=mask_diameter_A, psize_A=psize, ctf=ctf, ctf_mode=ctf_mode,
+                        zero_mask=zero_mask,
                         limit_e_step_resolution_A=limit_e_step_resolution_A, center=center, algorithm=algorithm,
                         init=init, nbasis=nbasis, random_state=seed, device=device, checkpoint_dir=str(ckpt))
         try:
@@ -161,7 +164,10 @@ def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
                           "mean_ess": float(ess[sel].mean()) if sel.any() else None})
     (d / "model.json").write_text(json.dumps({
         "n_classes": k, "box_px": box, "psize_A": psize, "n_iter": int(model.n_iter_),
-        "classes": per_class, "history": model.history_}, indent=1, default=float))
+        "classes": per_class, "history": model.history_,
+        "noise": {"groups": int(model.group_noise_spectra_.shape[0]),
+                  "shell_A": [box * psize / max(s, 1) for s in range(box // 2)],
+                  "spectrum": model.noise_spectrum_.tolist()}}, indent=1, default=float))
     if plots:
         from cryoframe import plot
 

@@ -136,7 +136,10 @@ def star_to_canonical(particles: pd.DataFrame, optics: pd.DataFrame | None, sour
     if "rlnOpticsGroup" in df.columns:
         out["ctf/exp_group_id"] = col("rlnOpticsGroup").astype("<u4")
 
-    is3d = {"rlnAngleRot", "rlnAngleTilt"} <= set(df.columns)
+    # RELION's 2D classification writes rlnAngleRot = rlnAngleTilt = 0 beside the in-plane rlnAnglePsi:
+    # such a file holds 2D alignments (as cryoSPARC's alignments2D), not 3D poses
+    is3d = {"rlnAngleRot", "rlnAngleTilt"} <= set(df.columns) and not (
+        n > 0 and "rlnAnglePsi" in df.columns and not np.any(col("rlnAngleRot")) and not np.any(col("rlnAngleTilt")))
     g = "alignments3D" if is3d else "alignments2D"
     has_align = is3d or "rlnAnglePsi" in df.columns or "rlnOriginXAngst" in df.columns or "rlnOriginX" in df.columns
     if is3d:

@@ -3,6 +3,7 @@
 Importing this package is cheap: nothing is generated until a function is called.
 """
 
+from cryoframe.testing.metrics import pose_recovery_errors
 from cryoframe.testing.physics import (
     apply_ctf,
     ctf_2d,
@@ -43,6 +44,7 @@ __all__ = [
     "make_templates",
     "make_truth",
     "make_volumes",
+    "pose_recovery_errors",
     "project",
     "synth_store",
     "write_cs_dataset",

@@ -285,7 +285,9 @@ def make_metadata(
     ``blob_path.format(i // stack_size)`` (relative to the project directory).  Poses and shifts
     are the true ones (``alignments3D/pose`` rotation vector rad; for ``kind='2d'`` it is
     ``(0, 0, theta)``; ``alignments2D/pose`` is theta, for 3d the ZYZ psi angle), shifts in px of
-    ``psize_A`` Å/px.  Classes are the argmax of Dirichlet posteriors concentrated on the true
+    ``psize_A`` Å/px in cryoSPARC's and RELION's convention: the translation that centres the
+    particle, i.e. minus the true centre displacement ``make_truth()["shift"]`` (checked against
+    RELION 3.1's 2D classification of these particles, whose rlnOriginX/Y come out as minus it).  Classes are the argmax of Dirichlet posteriors concentrated on the true
     class.  ``uid`` is a keyed bijection of the particle index: unique, spread over all 64 bits.
     """
     t = _truth_range(n, seed, start, kind, classes)
@@ -316,7 +318,7 @@ def make_metadata(
         pose3 = np.stack([np.zeros(n), np.zeros(n), psi], axis=1)
     for g, post, err in (("alignments3D", t["posterior3d"], t["error3d"]), ("alignments2D", t["posterior2d"], t["error2d"])):
         out[f"{g}/pose"] = (pose3 if g == "alignments3D" else psi).astype("<f4")
-        out[f"{g}/shift"] = t["shift"].astype("<f4")
+        out[f"{g}/shift"] = (-t["shift"]).astype("<f4")  # the translation that centres the particle
         out[f"{g}/psize_A"] = full(psize_A, "<f4")
         out[f"{g}/error"] = err.astype("<f4")
         if g == "alignments3D":

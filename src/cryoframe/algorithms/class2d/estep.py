@@ -112,8 +112,8 @@ def ctf_half(xp: ModuleType, box: int, psize_A: float, p: dict[str, Any]) -> Any
     """Per-particle CTF (c, box, box // 2 + 1) float32 on the half-plane grid (RELION sign, CTF(0) = +A).
 
     ``p`` holds (c,) arrays ``df1_A``, ``df2_A`` (Å), ``df_angle_rad``, ``accel_kv`` (kV), ``cs_mm``
-    (mm), ``amp_contrast`` and optionally ``phase_shift_rad``; same formula as
-    :func:`cryoframe.testing.ctf_at`.
+    (mm), ``amp_contrast`` and optionally ``phase_shift_rad`` and ``flip_phases`` (non-zero: only
+    the sign of the CTF, i.e. phase flipping); same formula as :func:`cryoframe.testing.ctf_at`.
     """
     fy, fx = freq_yx(box)
     sy = xp.asarray(fy / (box * psize_A))
@@ -131,7 +131,10 @@ def ctf_half(xp: ModuleType, box: int, psize_A: float, p: dict[str, Any]) -> Any
     chi = (math.pi * lam * d * s2 - 0.5 * math.pi * col("cs_mm") * 1e7 * lam**3 * s2 * s2
            + col("phase_shift_rad", 0.0))
     a = col("amp_contrast")
-    return (xp.sqrt(1.0 - a * a) * xp.sin(chi) + a * xp.cos(chi)).astype(xp.float32)
+    ctf = (xp.sqrt(1.0 - a * a) * xp.sin(chi) + a * xp.cos(chi)).astype(xp.float32)
+    if p.get("flip_phases") is not None:  # phase flipping only (RELION --only_flip_phases): sign of the CTF
+        ctf = xp.where(col("flip_phases") > 0, xp.where(ctf >= 0, 1.0, -1.0), ctf).astype(xp.float32)
+    return ctf
 
 
 # -- bilinear sampling of Hermitian half planes ----------------------------------------------------
@@ -241,20 +244,20 @@ def estep_partition(
     or None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
     maximiser of its log-likelihood clipped to the range.
 
-    Every (class, angle) pair costs two real matrix products over the selected frequencies: the
-    cross term of all translations at once, ``[Re Z, Im Z] (c R, 2F) @ [Re P; -Im P] (2F, S)``
-    with ``Z = X CTF conj(A_{k,psi}) / sigma2`` and ``P(f, t) = exp(2 pi i f.t / b)``, and, for the
-    statistics, the posterior-weighted phase sums ``(c R, S) @ [Re P^T, Im P^T] (S, 2F)`` that
-    shift every particle back into the class frame.  Rotations of references and statistics use
-    bilinear interpolation on 2x zero-padded spectra (RELION's padding).
+    Per class, the cross terms of every angle and translation come from one real matrix product
+    over the selected frequencies, ``[Re, -Im](X CTF h / sigma2) (c, 2F) @ B (2F, R S)`` with
+    ``B = [Re; Im] conj(A_{k,psi}(f)) P(f, t)`` and ``P(f, t) = exp(2 pi i f.t / b)``.  The
+    statistics are, per noise group, ``V = p^T (R S, m) @ [Re, Im](CTF X) (m, 2F2)`` shifted back
+    into the class frame by ``sum_t P(f, t) V(r, t, f)``.  Rotations of references and statistics
+    use bilinear interpolation on 2x zero-padded spectra (RELION's padding).
 
     Returns host arrays: ``particles`` (per particle: ``label`` = most probable class (marginal),
     ``posterior_max`` = largest posterior of any sample, ``psi_deg``, ``shift`` (c, 2) px and
     ``scale`` of the best sample of that class, ``ess`` = 1/sum p^2 over all samples, ``loglik``
     = log of the evidence) and, with ``need_stats``, ``stats``: ``num`` (K, b, bh) = sum w a CTF X
     / sigma2 aligned back to the class frame, ``den`` (K, b, bh) = sum w a^2 CTF^2 / sigma2 (same
-    frame; sigma2 of each particle's group), both zero beyond ``e_shell``, ``wsum`` (K,) class posterior mass, ``asum`` (K,) = sum w a, ``noise``
-    (G, b // 2) = per group and shell the h-weighted sum of E|X - a CTF A|^2, ``count`` (G,)
+    frame; sigma2 of each particle's group), both zero beyond ``e_shell``, ``wsum`` (K,) class
+    posterior mass, ``asum`` (K,) = sum w a, ``noise`` (G, b // 2) = per group and shell the h-weighted sum of E|X - a CTF A|^2, ``count`` (G,)
     particles per group, ``loglik`` and ``n``.
     """
     from cryoframe.backend import to_host
@@ -294,7 +297,7 @@ def estep_partition(
         cx, c2 = x, c2_2[:, posx]
     hx = xp.asarray(h)
     xw = cx * (hx * inv).astype(xp.float32)  # (c, F)
-    x2 = xp.concatenate([xw.real, -xw.imag], 1).astype(xp.float32)  # (c, 2F): Re(xw B) = x2 @ [Re B; Im B]
+    xre = xp.concatenate([xw.real, -xw.imag], 1).astype(xp.float32)  # (c, 2F): Re(xw B) = xre @ [Re B; Im B]
     c2w = (c2 * (hx * inv)).astype(xp.float32)  # (c, F)
     absx2 = (x.real.astype(xp.float64) ** 2 + x.imag.astype(xp.float64) ** 2)
     emask = xp.asarray((shells >= 1).astype(np.float64))
@@ -318,7 +321,7 @@ def estep_partition(
         ar = rotated(k)
         quad = 0.5 * (c2w @ (ar.real**2 + ar.imag**2).T)  # (c, R)
         bm = kern.bmat(ar, pc, ps) if fused else _bmat(xp, ar, pc, ps)
-        cross = (x2 @ bm).reshape(c, nr, ns)  # all angles and translations at once
+        cross = (xre @ bm).reshape(c, nr, ns)  # all angles and translations at once
         del bm
         if fused:
             kern.score(cross, quad, srange, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])

@@ -55,7 +55,9 @@ class Class2D(BaseEstimator):
 
     Parameters: ``n_classes``; ``n_iter``; ``tau_fudge`` (RELION's T); ``psi_step_deg`` (deg);
     ``offset_range_px``, ``offset_step_px`` (px; a disc of translations, any step >= 0.1 px);
-    ``mask_diameter_A`` (Å, soft mask of particles and averages, default 0.9 box); ``psize_A``
+    ``mask_diameter_A`` (Å, soft mask of the averages and, with ``zero_mask``, of the particles:
+    zeros outside, RELION's --zero_mask; default 0.9 box); ``ctf_mode`` "full" | "flip" (phase
+    flipping only, RELION's --only_flip_phases); ``psize_A``
     (Å/px; None: the store's, required for array input with ``ctf``); ``ctf``;
     ``limit_e_step_resolution_A`` (Å); ``center`` (re-centre averages on their centre of mass);
     ``algorithm`` "em" | "vdam"; ``init`` "random" | "msa"; ``nbasis`` (MSA components);
@@ -68,16 +70,19 @@ class Class2D(BaseEstimator):
 
     Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
-    ``shifts_px_`` (n, 2) (x, y) px, ``scales_``, ``ess_`` (1/sum p^2 over samples),
+    ``shifts_px_`` (n, 2) (x, y) px (centring shifts, see below), ``scales_``, ``ess_`` (1/sum p^2 over samples),
     ``log_likelihood_`` (per particle), ``group_noise_spectra_`` (G, shells) per noise group and
     ``noise_spectrum_`` their mean (per shell, unnormalised-FFT units of
     the masked images), ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.
-    Pose convention: particle ``I(p) = A(R(psi) (p - t))`` with ``t = shifts_px_``.
+    Pose convention: particle ``I(p) = A(R(psi) (p + s))`` with ``s = shifts_px_``: the shift is the
+    translation that centres the particle (cryoSPARC's ``alignments2D/shift``, RELION's
+    rlnOriginX/Y in px); the particle's centre is at ``box // 2 - s``.
     """
 
     def __init__(self, n_classes: int = 50, n_iter: int = 25, tau_fudge: float = 2.0,
                  psi_step_deg: float = 6.0, offset_range_px: float = 5, offset_step_px: float = 1,
                  mask_diameter_A: float | None = None, psize_A: float | None = None, ctf: bool = True,
+                 ctf_mode: str = "full", zero_mask: bool = True,
                  limit_e_step_resolution_A: float | None = None, center: bool = True, algorithm: str = "em",
                  init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
                  batch_size: int | None = None, reseed_min_fraction: float = 0.05,
@@ -92,6 +97,8 @@ class Class2D(BaseEstimator):
         self.mask_diameter_A = mask_diameter_A
         self.psize_A = psize_A
         self.ctf = ctf
+        self.ctf_mode = ctf_mode
+        self.zero_mask = zero_mask
         self.limit_e_step_resolution_A = limit_e_step_resolution_A
         self.center = center
         self.algorithm = algorithm
@@ -147,6 +154,8 @@ class Class2D(BaseEstimator):
                     ctf[k] = np.broadcast_to(np.asarray(v, dtype=np.float64), (n,))
                 except ValueError as exc:
                     raise InputError(f"ctf_params[{k!r}]: need a scalar or one value per image") from exc
+            if self.ctf_mode == "flip":
+                ctf["flip_phases"] = np.ones(n)
         return X, ctf, float(psize if psize is not None else 1.0)
 
     def _setup(self, n: int, box: int, psize: float) -> dict[str, Any]:
@@ -155,6 +164,8 @@ class Class2D(BaseEstimator):
             raise InputError(f"n_classes must be in 1..number of particles ({n}), got {self.n_classes}")
         if self.algorithm not in ("em", "vdam"):
             raise InputError(f"algorithm must be 'em' or 'vdam', got {self.algorithm!r}")
+        if self.ctf_mode not in ("full", "flip"):
+            raise InputError(f"ctf_mode must be 'full' or 'flip' (phase flipping only), got {self.ctf_mode!r}")
         if self.init not in ("random", "msa"):
             raise InputError(f"init must be 'random' or 'msa', got {self.init!r}")
         if not (self.tau_fudge > 0 and 0 < self.psi_step_deg <= 360 and self.n_iter >= 1 and psize > 0):
@@ -191,7 +202,8 @@ class Class2D(BaseEstimator):
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
-                "offsets": geo["offsets"], "e_shell": self._e_shell(st, geo), "mask": geo["mask"],
+                "offsets": geo["offsets"], "e_shell": self._e_shell(st, geo),
+                "mask": geo["mask"] if self.zero_mask else np.ones_like(geo["mask"]),
                 "scale_range": _SCALE_RANGE if self.scale_correction else None,
                 "psize_A": geo["psize_A"]}
 
@@ -494,6 +506,9 @@ class Class2D(BaseEstimator):
             st["iteration"] = t + 1
             st["history"].append({"iteration": t + 1, "log_likelihood": float(stats["loglik"]),
                                   "n_particles": b, "class_changes": changes, "reseeded": reseeded,
+                                  "e_step_shell": int(st["e_data"]),
+                                  "e_step_resolution_A": box * psize / max(int(st["e_data"]), 1),
+                                  "resolution_A": box * psize / max(int(np.max(st["res_shell"])), 1),
                                   "seconds": time.perf_counter() - t0})
             if self.checkpoint_dir is not None:
                 self._save(st, rng, n, box)
@@ -508,7 +523,7 @@ class Class2D(BaseEstimator):
         self.class_sizes_ = np.bincount(self.labels_[self.labels_ >= 0], minlength=k)
         self.posterior_max_ = np.asarray(st["posterior_max"])
         self.psi_deg_ = np.asarray(st["psi_deg"])
-        self.shifts_px_ = np.asarray(st["shift"])
+        self.shifts_px_ = -np.asarray(st["shift"])  # internal: centre displacement; public: the centring shift
         self.ess_ = np.asarray(st["ess"])
         self.scales_ = np.asarray(st["scale"])
         self.log_likelihood_ = np.asarray(st["loglik"])
