@@ -12,7 +12,14 @@ from sklearn.metrics import adjusted_rand_score
 from cryoframe.algorithms.class2d import Class2D
 from cryoframe.algorithms.class2d import estep as es
 from cryoframe.errors import InputError
-from cryoframe.testing import ctf_2d, make_particles, make_templates, make_truth, synth_store
+from cryoframe.testing import (
+    ctf_2d,
+    make_particles,
+    make_templates,
+    make_truth,
+    pose_recovery_errors,
+    synth_store,
+)
 
 N, BOX, K, PSIZE = 600, 32, 4, 2.0
 CTF_FIELDS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast")
@@ -80,6 +87,10 @@ def test_poses_are_consistent_with_the_truth_within_each_class(fitted: Class2D) 
         d = np.deg2rad(fitted.psi_deg_[sel]) - truth["pose"][sel]
         spread = 1.0 - np.abs(np.mean(np.exp(1j * d)))  # circular variance
         assert spread < 0.05, (k, spread)
+    ang_err, shift_err = pose_recovery_errors(fitted.labels_, fitted.psi_deg_, fitted.shifts_px_, truth)
+    assert ang_err < 5.0 and shift_err < 0.8, (ang_err, shift_err)
+    # shifts_px_ is the centring shift (cryoSPARC / RELION convention), not the centre displacement
+    assert pose_recovery_errors(fitted.labels_, fitted.psi_deg_, -fitted.shifts_px_, truth)[1] > 1.5
 
 
 def test_class_averages_match_true_templates_at_low_snr(tmp_path: Path) -> None:

@@ -118,3 +118,12 @@ def test_select_with_regroup_writes_groups_of_similar_defocus(toy, tmp_path: Pat
     model = json.loads((c.extras_dir() / "model.json").read_text())
     assert model["noise"]["groups"] == 6 and len(model["noise"]["spectrum"]) == 12
     assert {"ctf_mode": "flip", "zero_mask": False}.items() <= c.lineage[-1]["params"].items()
+
+
+def test_class2d_on_a_process_cluster_equals_threads(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    """The same seeded run on a distributed LocalCluster (2 worker processes) and on threads."""
+    kw = {"classes": 3, "iters": 2, "psi_step_deg": 30, "offset_range_px": 2, "plots": False}
+    a = api.class2d(toy, tmp_path / "t.cf", scheduler="threads", **kw)
+    b = api.class2d(toy, tmp_path / "p.cf", scheduler="local:2", **kw)
+    cols = ["alignments2D/class", "alignments2D/pose", "alignments2D/shift"]
+    assert a.table(cols).equals(b.table(cols))
