@@ -91,6 +91,11 @@ def run_relion(exe: str, star: Path, outdir: Path, k: int, iters: int, tau: floa
     final = outdir / f"run_it{iters:03d}_data.star"
     if reuse and (outdir / "wall_s.txt").exists() and final.exists():
         return float((outdir / "wall_s.txt").read_text().split()[0]), final
+    if reuse and final.exists():
+        # a longer run that was stopped after this iteration: RELION 3.1's EM iterations do not depend on
+        # --iter, so iteration N of it is a run of N iterations; its wall time is from the input .star
+        # being written (just before relion_refine starts) to this iteration's data.star
+        return final.stat().st_mtime - star.stat().st_mtime, final
     t = time.perf_counter()
     with open(outdir / "relion.log", "w") as log:  # progress readable while it runs
         r = subprocess.run(cmd, cwd=star.parent, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -112,7 +117,8 @@ def main() -> None:  # noqa: C901, PLR0915
     ap.add_argument("--psi-step", type=float, default=6.0)
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 relion_refine on the same data")
     ap.add_argument("--reuse-relion", action="store_true",
-                    help="reuse a finished RELION run of the same size (its recorded wall time)")
+                    help="reuse a RELION run of the same size: a finished one (its recorded wall time) or "
+                         "iteration --iters of a longer run (wall time from file times)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     from _common import machine, record
