@@ -89,12 +89,15 @@ def run_relion(exe: str, star: Path, outdir: Path, k: int, iters: int, tau: floa
            "--flatten_solvent", "--norm", "--scale", "--j", str(threads), "--pool", "30",
            "--dont_combine_weights_via_disc", "--random_seed", "0"]
     final = outdir / f"run_it{iters:03d}_data.star"
-    if reuse and (outdir / "wall_s.txt").exists() and final.exists():
-        return float((outdir / "wall_s.txt").read_text().split()[0]), final
     if reuse and final.exists():
-        # a longer run that was stopped after this iteration: RELION 3.1's EM iterations do not depend on
-        # --iter, so iteration N of it is a run of N iterations; its wall time is from the input .star
-        # being written (just before relion_refine starts) to this iteration's data.star
+        # wall_s.txt: one line "<seconds> <iterations> <command>" per timed run (or continuation); newest wins
+        timed = (outdir / "wall_s.txt").read_text().splitlines() if (outdir / "wall_s.txt").exists() else []
+        for seconds, n, *_ in (line.split() for line in reversed(timed) if len(line.split()) >= 2):
+            if n == str(iters):
+                return float(seconds), final
+        # iteration N of a longer run: RELION 3.1's EM iterations do not depend on --iter, so it is a run of
+        # N iterations, timed from the input .star being written (just before relion_refine starts) to this
+        # iteration's data.star (not valid across a --continue, whose gap the file times would include)
         return final.stat().st_mtime - star.stat().st_mtime, final
     t = time.perf_counter()
     with open(outdir / "relion.log", "w") as log:  # progress readable while it runs
@@ -102,7 +105,8 @@ def run_relion(exe: str, star: Path, outdir: Path, k: int, iters: int, tau: floa
     wall = time.perf_counter() - t
     if r.returncode != 0:
         raise RuntimeError(f"relion_refine failed: see {outdir / 'relion.log'}")
-    (outdir / "wall_s.txt").write_text(f"{wall:.1f}\n{' '.join(cmd)}\n")
+    with open(outdir / "wall_s.txt", "a") as f:
+        f.write(f"{wall:.1f} {iters} {' '.join(cmd)}\n")
     return wall, outdir / f"run_it{iters:03d}_data.star"
 
 
