@@ -119,11 +119,12 @@ def query(
     a pandas DataFrame of the first ``head`` matching rows (all when ``head`` is None).
     """
     s = open_store(store)
-    if join:
-        from cryoframe.query.join import join_stores
-
-        return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head, overwrite=overwrite)
     with _scheduler(scheduler):
+        if join:
+            from cryoframe.query.join import join_stores
+
+            return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head,
+                               overwrite=overwrite)
         if out is not None:
             return filter_store(s, out, where, columns, overwrite=overwrite)
         import pandas as pd

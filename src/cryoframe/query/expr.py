@@ -17,7 +17,25 @@ import pyarrow as pa
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
 
-__all__ = ["arrow_filter", "filter_store", "filter_table", "query_frame"]
+__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "query_frame"]
+
+
+def expression_error(exc: BaseException) -> bool:
+    """True when ``exc`` is the user's: the --where text does not parse, names an unknown field,
+    or compares/combines values of the wrong types.
+
+    Parsing raises SyntaxError/ValueError (AttributeError for operators pandas does not support), unknown names pandas' ``UndefinedVariableError`` (a
+    NameError) or KeyError, bad comparisons TypeError or NotImplementedError.  Arrow's I/O and
+    data errors (``ArrowInvalid`` is a ValueError, a corrupt page an OSError) and everything else
+    (MemoryError, a lost worker...) are not: those propagate with their own message.
+    """
+    while isinstance(exc, RuntimeError) and (exc.__cause__ or exc.__context__):  # dask: "Failed to generate metadata"
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if isinstance(exc, pa.ArrowException) and not isinstance(exc, pa.ArrowNotImplementedError | pa.ArrowTypeError):
+        return False
+    if isinstance(exc, AttributeError):  # pandas' parser has no visit_<Node> for unsupported syntax (`>>`)
+        return "visit_" in str(exc)
+    return isinstance(exc, SyntaxError | NameError | KeyError | TypeError | ValueError | NotImplementedError)
 
 
 def _columns(store: ParticleStore, columns: Sequence[str] | None, internal: bool) -> list[str] | None:
@@ -49,7 +67,9 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
         expr, local = _uint64_literals(where)
         try:
             ddf = ddf.query(expr, local_dict=local) if local else ddf.query(expr)
-        except Exception as exc:  # pandas raises many types for bad expressions
+        except Exception as exc:
+            if not expression_error(exc):
+                raise
             raise _explain(store, where, exc) from exc
         if cols is not None:
             ddf = ddf[cols]  # projection after the filter (dask pushes it down to Parquet)
@@ -115,7 +135,13 @@ def filter_table(store: ParticleStore, where: str | None = None, columns: Sequen
         parts = [pq.read_table(f, columns=cols, filters=expr) for f in store._files]
         return pa.concat_tables(parts)
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        pdf = query_frame(store, where, columns, include_internal=include_internal).compute()
+        ddf = query_frame(store, where, columns, include_internal=include_internal)
+        try:
+            pdf = ddf.compute()
+        except Exception as exc:
+            if not (where and expression_error(exc)):
+                raise
+            raise _explain(store, where, exc) from exc
         return pa.Table.from_pandas(pdf, preserve_index=False)
 
 
@@ -154,7 +180,9 @@ def filter_store(
                 tbl = part() if arrow_parts is not None else pa.Table.from_pandas(dask.compute(part)[0],
                                                                                  preserve_index=False)
             except Exception as exc:
-                raise _explain(store, where or "", exc) from exc
+                if not (where and expression_error(exc)):
+                    raise
+                raise _explain(store, where, exc) from exc
             tbl = pa.Table.from_arrays([tbl.column(f.name).cast(f.type) for f in keep], schema=out_schema)
             w.write_metadata(tbl)
             wrote = True

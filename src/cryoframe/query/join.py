@@ -88,7 +88,7 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
     """Join, filter with a pandas query, and either return rows (pandas) or write a store at ``out``."""
     import pandas as pd
 
-    from cryoframe.query.expr import _explain, _uint64_literals
+    from cryoframe.query.expr import _explain, _uint64_literals, expression_error
 
     t = joined_table(stores)
     df = t.to_pandas(types_mapper=pd.ArrowDtype)
@@ -97,6 +97,8 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
         try:
             df = df.query(expr, local_dict=local) if local else df.query(expr)
         except Exception as exc:
+            if not expression_error(exc):
+                raise
             raise _explain(_JoinedView(t), where, exc) from exc
     keep = list(df.columns) if columns is None else ["uid", *[c for c in columns if c != "uid"]]
     missing = [c for c in keep if c not in df.columns]
@@ -117,6 +119,9 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
         w.write_metadata(sub)
         if first.has_images:
             w.link_images(first)
+        opt = first.optics()
+        if opt is not None:  # rows and their ctf/exp_group_id come from the first store
+            w.write_optics(opt)
         return w.commit(psize_A=first.psize_A, box_px=first.box, source=first.manifest.get("source"))
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import pandas as pd
@@ -31,7 +33,36 @@ __all__ = [
     "parse_image_names",
     "rotvec_to_euler",
     "star_to_canonical",
+    "strip_path_prefix",
 ]
+
+PATH_PREFIX = ">"  # cryoSPARC marks paths of files it imported (`>J1/imported/x.mrcs`); one per value
+
+
+@overload
+def strip_path_prefix(values: str) -> str: ...
+@overload
+def strip_path_prefix(values: np.ndarray | pd.Series | Sequence[str | bytes]) -> np.ndarray: ...
+def strip_path_prefix(values: str | np.ndarray | pd.Series | Sequence[str | bytes]) -> str | np.ndarray:
+    """Paths without cryoSPARC's leading ``>`` marker: exactly one ``>`` removed per value.
+
+    A whole column at once (bytes decoded as UTF-8; returns an object array of ``str``), or one
+    ``str``.  ``">>a"`` becomes ``">a"``; a ``>`` elsewhere in the path is kept.
+    """
+    if isinstance(values, str):
+        return values.removeprefix(PATH_PREFIX)
+    s = pd.Series(np.asarray(values))
+    if s.dtype.kind == "S" or (len(s) and isinstance(s.iloc[0], bytes)):
+        s = s.str.decode("utf-8")
+    return s.astype(str).str.removeprefix(PATH_PREFIX).to_numpy(dtype=object)
+
+
+def has_path_prefix(values: np.ndarray | pd.Series | Sequence[str | bytes]) -> bool:
+    """True when any value (the whole column, not a sample) starts with cryoSPARC's ``>``."""
+    a = np.asarray(values)
+    if a.dtype.kind == "S":
+        return bool(np.char.startswith(a, PATH_PREFIX.encode()).any())
+    return bool(pd.Series(a).astype(str).str.startswith(PATH_PREFIX).any())
 
 EXTRA_PREFIX = "_"  # extra STAR columns carrying canonical fields RELION has no label for: `_uid`, `_alignments3D/error`
 
@@ -225,12 +256,11 @@ def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bo
         return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in v], dtype=object)
 
     if has("blob/path") and has("blob/idx"):
-        paths = s(cols["blob/path"])
-        paths = np.array([p[1:] if p.startswith(">") else p for p in paths], dtype=object)
+        paths = strip_path_prefix(cols["blob/path"])
         idx = cols["blob/idx"].astype(np.int64) + 1
         out["rlnImageName"] = np.array([f"{i:06d}@{p}" for i, p in zip(idx, paths, strict=True)], dtype=object)
         used |= {"blob/idx"}
-        if not any(p.startswith(">") for p in s(cols["blob/path"][:1000])):
+        if not has_path_prefix(cols["blob/path"]):
             used.add("blob/path")  # else the '>' prefix travels in a `_blob/path` extra
     if has("location/micrograph_path"):
         out["rlnMicrographName"] = s(cols["location/micrograph_path"])
