@@ -5,7 +5,6 @@ GPU fallback logging, joined stores keep optics and honour the scheduler, I/O er
 from __future__ import annotations
 
 import logging
-import shutil
 import types
 from pathlib import Path
 
