@@ -7,10 +7,12 @@ each partition into a new store that references the parent's images (no copy).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -47,7 +49,16 @@ def _columns(store: ParticleStore, columns: Sequence[str] | None, internal: bool
     return cols
 
 
-def _explain(store: ParticleStore, where: str, exc: Exception) -> InputError:
+class _HasFields(Protocol):
+    """What error messages need of a store (a :class:`ParticleStore` or a joined view)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def fields(self) -> list[str]: ...
+
+
+def _explain(store: _HasFields, where: str, exc: Exception) -> InputError:
     names = set(re.findall(r"`([^`]+)`", where))
     missing = sorted(nm for nm in names if nm not in store.fields)
     if missing:
@@ -164,10 +175,11 @@ def filter_store(
     keep = [schema.field(c) for c in ddf.columns]
     out_schema = pa.schema(keep, metadata=schema.metadata)
     params = {"where": where, "columns": list(columns) if columns else None}
+    arrow_parts: list[Callable[[], pa.Table]] | None
     try:
         expr = arrow_filter(store, where)
-        arrow_parts = [(lambda f=f: pq.read_table(f, columns=[k.name for k in keep], filters=expr))
-                       for f in store._files]
+        names = [k.name for k in keep]
+        arrow_parts = [functools.partial(pq.read_table, f, columns=names, filters=expr) for f in store._files]
         first = arrow_parts[0]()  # evaluation errors surface here, before anything is written
         arrow_parts[0] = lambda: first
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["join_stores", "joined_table"]
 
@@ -84,7 +87,8 @@ def joined_table(stores: Sequence[ParticleStore]) -> pa.Table:
 
 
 def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | None = None, where: str | None = None,
-                columns: Sequence[str] | None = None, *, head: int | None = None, overwrite: bool = False) -> Any:
+                columns: Sequence[str] | None = None, *, head: int | None = None,
+                overwrite: bool = False) -> pd.DataFrame | ParticleStore:
     """Join, filter with a pandas query, and either return rows (pandas) or write a store at ``out``."""
     import pandas as pd
 

@@ -306,7 +306,7 @@ def statistic_values(
         if not len(df):
             out["value"] = np.empty(0)
             return out
-        pos = ini.index.get_indexer(df["uid"])
+        pos = ini.index.get_indexer(pd.Index(df["uid"]))
         found = pos >= 0
         vals = np.full(len(df), np.nan)
         if found.any():

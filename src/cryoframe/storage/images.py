@@ -68,14 +68,14 @@ def import_images(
     first = None
     vs = 0.0
     resolved: dict[str, Path] = {}
-    for p, rel, m in zip(max_idx, strip_path_prefix(list(max_idx)), max_idx.values(), strict=True):
+    for p, rel, last in zip(max_idx, strip_path_prefix(list(max_idx)), max_idx.values(), strict=True):
         full = base / rel
         if not full.is_file():
             raise FormatError(f"{source}: image file {str(full)!r} named by {field} not found")
         nz, ny, nx, v = stack_header(full)
-        if m >= nz:
+        if last >= nz:
             raise FormatError(
-                f"{source}: {field} index {m} (0-based) is past the end of {full} ({nz} images)"
+                f"{source}: {field} index {last} (0-based) is past the end of {full} ({nz} images)"
             )
         if ny != nx:
             raise FormatError(f"{full}: images are {ny}x{nx}; only square boxes are supported")
