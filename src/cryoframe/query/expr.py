@@ -19,7 +19,7 @@ import pyarrow as pa
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
 
-__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "query_frame"]
+__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "prepare_where", "query_frame"]
 
 
 def expression_error(exc: BaseException) -> bool:
@@ -75,7 +75,7 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
         store._check_columns(cols)
     ddf = store.metadata(None if where else cols, include_internal=include_internal)
     if where:
-        expr, local = _uint64_literals(where)
+        expr, local = prepare_where(where)
         try:
             ddf = ddf.query(expr, local_dict=local) if local else ddf.query(expr)
         except Exception as exc:
@@ -88,6 +88,27 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
 
 
 _BIG_INT = re.compile(r"(?<![\w.`])(\d{19,20})(?![\w.])")
+_NULL_TEST = re.compile(r"(`[^`]+`|(?<![\w.`@])[A-Za-z_]\w*)\s*\.\s*(isnull|isna|notnull|notna)\(\s*\)")
+
+
+def prepare_where(where: str) -> tuple[str, dict[str, Any]]:
+    """The expression pandas and the Arrow translator evaluate, and its local variables.
+
+    * ``X.isnull()``/``isna()`` is true for NaN *and* null (pandas' classic meaning; cryoSPARC
+      files mark missing values with NaN), ``notnull()``/``notna()`` its complement, whatever the
+      column's backing (Arrow-backed pandas would otherwise treat NaN as a value):
+      ``((X != X) | X.isna())``.
+    * integer literals beyond int64 become uint64 locals (see :func:`_uint64_literals`).
+    """
+    def null_test(m: re.Match[str]) -> str:
+        x, fn = m.group(1), m.group(2)
+        test = f"(({x} != {x}) | {x}.isna())"
+        return test if fn in ("isnull", "isna") else f"(~{test})"
+
+    parts = where.split('"')
+    for i in range(0, len(parts), 2):  # outside double-quoted strings
+        parts[i] = _NULL_TEST.sub(null_test, parts[i])
+    return _uint64_literals('"'.join(parts))
 
 
 def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:
@@ -120,7 +141,7 @@ def arrow_filter(store: ParticleStore, where: str | None) -> Any:
 
     if not where:
         return None
-    expr, local = _uint64_literals(where)
+    expr, local = prepare_where(where)
     fields = {f["name"] for f in store.manifest["fields"]}
     return to_arrow_expression(expr, fields, local)[0]
 

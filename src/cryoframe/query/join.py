@@ -92,12 +92,12 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
     """Join, filter with a pandas query, and either return rows (pandas) or write a store at ``out``."""
     import pandas as pd
 
-    from cryoframe.query.expr import _explain, _uint64_literals, expression_error
+    from cryoframe.query.expr import _explain, expression_error, prepare_where
 
     t = joined_table(stores)
     df = t.to_pandas(types_mapper=pd.ArrowDtype)
     if where:
-        expr, local = _uint64_literals(where)
+        expr, local = prepare_where(where)
         try:
             df = df.query(expr, local_dict=local) if local else df.query(expr)
         except Exception as exc:
