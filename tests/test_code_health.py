@@ -196,3 +196,17 @@ def test_join_honours_scheduler(star_stores, monkeypatch) -> None:  # noqa: ANN0
     df = api.query(a, "`ctf/df1_A@a` > 0", join=[b], scheduler="synchronous")
     assert seen == ["synchronous"]
     assert len(df) == a.n
+
+
+# --- 9. README's Layout names every package -------------------------------------------------------------
+def test_readme_layout_names_every_subpackage() -> None:
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    start = text.index("\n## Layout")
+    nxt = text.find("\n## ", start + 1)
+    section = text[start:] if nxt < 0 else text[start:nxt]
+    pkg = root / "src" / "cryoframe"
+    subs = sorted(str(d.parent.relative_to(pkg)) for d in pkg.rglob("__init__.py") if d.parent != pkg)
+    assert subs, "no subpackages found"
+    missing = [s for s in subs if f"`{s}/`" not in section]
+    assert not missing, f"README Layout does not name: {missing}"
