@@ -210,3 +210,28 @@ def test_readme_layout_names_every_subpackage() -> None:
     assert subs, "no subpackages found"
     missing = [s for s in subs if f"`{s}/`" not in section]
     assert not missing, f"README Layout does not name: {missing}"
+
+
+# --- 6. the typed API mirrors the functions it wraps ----------------------------------------------------
+def _params(fn, skip: set[str]) -> dict[str, object]:  # noqa: ANN001
+    import inspect
+
+    return {n: p.default for n, p in inspect.signature(fn).parameters.items() if n not in skip}
+
+
+def test_api_class2d_and_synth_copy_the_wrapped_parameters() -> None:
+    from cryoframe.jobs.class2d import class2d as job_class2d
+    from cryoframe.testing import synth_store
+
+    assert _params(api.class2d, {"store", "out", "scheduler"}) == _params(job_class2d, {"store", "out"})
+    assert _params(api.synth, set()) == _params(synth_store, set())
+
+
+def test_api_option_types_match_the_cli_choices() -> None:
+    from cryoframe.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "verb").choices
+    opts = {(v, o.dest): o.choices for v, p in sub.items() for o in p._actions if o.choices}
+    assert opts[("class2d", "algorithm")] == ["em", "vdam"] and opts[("class2d", "init")] == ["random", "msa"]
+    assert opts[("subset", "on_missing")] == ["error", "drop", "separate"]
+    assert opts[("export", "format")] == ["cs", "star"] and opts[("class2d", "device")] == ["cpu", "gpu", "auto"]
