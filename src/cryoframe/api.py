@@ -81,7 +81,12 @@ def import_(
     psize_A: float | None = None,
     overwrite: bool = False,
 ) -> ParticleStore:
-    """Import a ``.cs`` (with passthroughs), ``.star`` or ``.mrcs`` file into a new store at ``out``."""
+    """Import a ``.cs`` (with passthroughs), ``.star`` or ``.mrcs`` file into a new store at ``out``.
+
+    ``project_dir``: base directory of the image paths the file names (default: next to the file);
+    ``metadata_only``: skip the images; ``psize_A``: pixel size (Å/px) of a ``.mrcs`` import
+    (default: the MRC header's voxel size).
+    """
     kw: dict[str, Any] = {"overwrite": overwrite}
     suffix = Path(path).suffix.lower()
     if suffix == ".cs":
