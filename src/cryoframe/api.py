@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from cryoframe.errors import InputError
 from cryoframe.query.expr import filter_store, filter_table, query_frame
@@ -19,18 +19,47 @@ from cryoframe.schema import field_spec
 from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
+from cryoframe.types import (
+    Class2DAlgorithm,
+    Class2DInit,
+    ClassAgg,
+    CtfMode,
+    Device,
+    ExportFormat,
+    OnMissing,
+    PathLike,
+    SubsetMode,
+    SynthKind,
+)
 
-__all__ = ["class2d", "demo", "export", "import_", "info", "open_store", "query", "select2d", "stats", "subset", "synth"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-PathLike = str | os.PathLike[str]
+    from cryoframe.jobs.subset import SubsetResult
+
+__all__ = [
+    "PathLike",
+    "StoreLike",
+    "class2d",
+    "demo",
+    "export",
+    "import_",
+    "info",
+    "open_store",
+    "query",
+    "select2d",
+    "stats",
+    "subset",
+    "synth",
+]
+
 StoreLike = PathLike | ParticleStore
+"""A store path or an open :class:`ParticleStore`."""
 
 
-def _scheduler(spec: str | None) -> Any:
+def _scheduler(spec: str | None) -> contextlib.AbstractContextManager[Any]:
     """The scheduler context for ``spec`` (None: whatever is active, else threads)."""
     if spec is None:
-        import contextlib
-
         return contextlib.nullcontext()
     from cryoframe.distributed import scheduler
 
@@ -52,7 +81,12 @@ def import_(
     psize_A: float | None = None,
     overwrite: bool = False,
 ) -> ParticleStore:
-    """Import a ``.cs`` (with passthroughs), ``.star`` or ``.mrcs`` file into a new store at ``out``."""
+    """Import a ``.cs`` (with passthroughs), ``.star`` or ``.mrcs`` file into a new store at ``out``.
+
+    ``project_dir``: base directory of the image paths the file names (default: next to the file);
+    ``metadata_only``: skip the images; ``psize_A``: pixel size (Å/px) of a ``.mrcs`` import
+    (default: the MRC header's voxel size).
+    """
     kw: dict[str, Any] = {"overwrite": overwrite}
     suffix = Path(path).suffix.lower()
     if suffix == ".cs":
@@ -99,6 +133,14 @@ def info(store: StoreLike) -> dict[str, Any]:
     }
 
 
+@overload
+def query(store: StoreLike, where: str | None = None, *, columns: Sequence[str] | None = None, out: None = None,
+          head: int | None = None, overwrite: bool = False, scheduler: str | None = None,
+          join: Sequence[StoreLike] = ()) -> pd.DataFrame: ...
+@overload
+def query(store: StoreLike, where: str | None = None, *, columns: Sequence[str] | None = None, out: PathLike,
+          head: int | None = None, overwrite: bool = False, scheduler: str | None = None,
+          join: Sequence[StoreLike] = ()) -> ParticleStore: ...
 def query(
     store: StoreLike,
     where: str | None = None,
@@ -109,7 +151,7 @@ def query(
     overwrite: bool = False,
     scheduler: str | None = None,
     join: Sequence[StoreLike] = (),
-) -> Any:
+) -> pd.DataFrame | ParticleStore:
     """Filter with a pandas ``query`` expression (backticks around ``group/field`` names).
 
     ``join``: further stores joined on uid first (fields present in several stores are
@@ -117,13 +159,15 @@ def query(
 
     With ``out`` a new store referencing the parent's images is written and returned; otherwise
     a pandas DataFrame of the first ``head`` matching rows (all when ``head`` is None).
+    ``scheduler`` names the Dask scheduler (``threads``, ``synchronous``, ``local:N``, ...).
     """
     s = open_store(store)
-    if join:
-        from cryoframe.query.join import join_stores
-
-        return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head, overwrite=overwrite)
     with _scheduler(scheduler):
+        if join:
+            from cryoframe.query.join import join_stores
+
+            return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head,
+                               overwrite=overwrite)
         if out is not None:
             return filter_store(s, out, where, columns, overwrite=overwrite)
         import pandas as pd
@@ -132,10 +176,11 @@ def query(
         t = filter_table(s, where, columns)
         if head is not None:
             t = t.slice(0, head)
-        return t.to_pandas(types_mapper=pd.ArrowDtype)
+        df: pd.DataFrame = t.to_pandas(types_mapper=pd.ArrowDtype)
+        return df
 
 
-def export(store: StoreLike, out: PathLike, *, format: str | None = None, images: bool = False,
+def export(store: StoreLike, out: PathLike, *, format: ExportFormat | None = None, images: bool = False,
            extra_fields: bool = True, overwrite: bool = False) -> Path:
     """Export to ``.cs`` or ``.star`` (``format`` defaults to ``out``'s suffix)."""
     s = open_store(store)
@@ -147,11 +192,20 @@ def export(store: StoreLike, out: PathLike, *, format: str | None = None, images
     raise InputError(f"unknown export format {fmt!r}: expected cs or star")
 
 
-def synth(out: PathLike, **kwargs: Any) -> ParticleStore:
-    """Write a deterministic synthetic store with ground truth (see :mod:`cryoframe.testing`)."""
+def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0.05, seed: int = 0,
+          kind: SynthKind = "2d", metadata_only: bool = False, overwrite: bool = False, psize_A: float = 2.0,
+          ctf: bool = True, batch_size: int = 262_144) -> ParticleStore:
+    """Write a deterministic synthetic store with ground truth (see :func:`cryoframe.testing.synth_store`).
+
+    ``n`` particles of ``box`` px at ``psize_A`` Å/px from ``classes`` 2D templates or 3D volumes
+    (``kind``), with CTF (``ctf``) and noise at signal-to-noise (variance) ratio ``snr``;
+    ``batch_size`` rows are generated at a time.
+    """
     from cryoframe.testing import synth_store
 
-    return synth_store(out, **kwargs)
+    return synth_store(out, n, box=box, classes=classes, snr=snr, seed=seed, kind=kind,
+                       metadata_only=metadata_only, overwrite=overwrite, psize_A=psize_A, ctf=ctf,
+                       batch_size=batch_size)
 
 
 def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed: int = 0) -> dict[str, Any]:
@@ -162,7 +216,7 @@ def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed:
 
 
 def stats(store: StoreLike, by: str | None = None, *, initial: StoreLike | None = None,
-          class_indices: Sequence[int] | None = None, class_agg: str = "sum",
+          class_indices: Sequence[int] | None = None, class_agg: ClassAgg = "sum",
           project_dir: PathLike | None = None, scheduler: str | None = None) -> dict[str, Any]:
     """Summary of statistic ``by`` (count, missing, mean, std, quantiles) and the statistics this
     store can provide."""
@@ -187,12 +241,12 @@ def stats(store: StoreLike, by: str | None = None, *, initial: StoreLike | None 
     return out
 
 
-def subset(store: StoreLike, out: PathLike, *, by: str, mode: str = "gmm", components: int = 2,
+def subset(store: StoreLike, out: PathLike, *, by: str, mode: SubsetMode = "gmm", components: int = 2,
            min_prob: float | None = None, thresholds: Sequence[float] = (), initial: StoreLike | None = None,
-           class_indices: Sequence[int] | None = None, class_agg: str = "sum", on_missing: str = "error",
-           format: str | None = None, project_dir: PathLike | None = None, seed: int = 0, tol: float = 1e-3,
-           max_iter: int = 100, plots: bool = True, device: str = "cpu", overwrite: bool = False,
-           scheduler: str | None = None) -> Any:
+           class_indices: Sequence[int] | None = None, class_agg: ClassAgg = "sum", on_missing: OnMissing = "error",
+           format: ExportFormat | None = None, project_dir: PathLike | None = None, seed: int = 0,
+           tol: float = 1e-3, max_iter: int = 100, plots: bool = True, device: Device = "cpu",
+           overwrite: bool = False, scheduler: str | None = None) -> SubsetResult:
     """Subset particles by statistic (GMM or thresholds); returns a :class:`cryoframe.jobs.SubsetResult`
     with ``sets`` (stores, low to high mean), ``dropped``, ``summary`` and the fitted ``model``."""
     from cryoframe.jobs.subset import subset as _subset
@@ -205,17 +259,40 @@ def subset(store: StoreLike, out: PathLike, *, by: str, mode: str = "gmm", compo
                        tol=tol, max_iter=max_iter, plots=plots, device=device, overwrite=overwrite)
 
 
-def class2d(store: StoreLike, out: PathLike, *, scheduler: str | None = None, **kwargs: Any) -> ParticleStore:
-    """2D classification (see :func:`cryoframe.jobs.class2d.class2d` for the parameters)."""
+def class2d(store: StoreLike, out: PathLike, *, classes: int = 50, iters: int = 25, tau_fudge: float = 2.0,
+            mask_diameter_A: float | None = None, psi_step_deg: float = 6.0, offset_range_px: float = 5,
+            offset_step_px: float = 1, ctf: bool = True, ctf_mode: CtfMode = "full", zero_mask: bool = True,
+            limit_e_step_resolution_A: float | None = None, center: bool = True,
+            algorithm: Class2DAlgorithm = "em", init: Class2DInit = "random", nbasis: int = 10, seed: int = 0,
+            device: Device = "cpu", resume: bool = False, plots: bool = True, overwrite: bool = False,
+            scheduler: str | None = None) -> ParticleStore:
+    """2D classification of the store's images into ``classes`` classes (RELION-style EM or VDAM).
+
+    ``tau_fudge`` is RELION's T; ``mask_diameter_A`` (Å, default 0.9 x box) the soft circular mask;
+    ``psi_step_deg`` (deg), ``offset_range_px``/``offset_step_px`` (px) the in-plane search;
+    ``ctf_mode`` ``full`` or ``flip`` (phase flipping only); ``limit_e_step_resolution_A`` (Å)
+    the E-step resolution limit; ``center`` re-centres class averages; ``init`` ``random`` or
+    ``msa`` (PCA basis of ``nbasis``); ``resume`` continues from the store's checkpoint (CLI
+    ``--continue``).  See :func:`cryoframe.jobs.class2d.class2d`.
+    """
     from cryoframe.jobs.class2d import class2d as _class2d
 
     with _scheduler(scheduler):
-        return _class2d(open_store(store), out, **kwargs)
+        return _class2d(open_store(store), out, classes=classes, iters=iters, tau_fudge=tau_fudge,
+                        mask_diameter_A=mask_diameter_A, psi_step_deg=psi_step_deg,
+                        offset_range_px=offset_range_px, offset_step_px=offset_step_px, ctf=ctf,
+                        ctf_mode=ctf_mode, zero_mask=zero_mask, limit_e_step_resolution_A=limit_e_step_resolution_A,
+                        center=center, algorithm=algorithm, init=init, nbasis=nbasis, seed=seed, device=device,
+                        resume=resume, plots=plots, overwrite=overwrite)
 
 
 def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None = None, auto: bool = False,
              threshold: float = 0.25, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
-    """Keep the particles of chosen or auto-selected 2D classes (a store referencing the images)."""
+    """Keep the particles of chosen or auto-selected 2D classes (a store referencing the images).
+
+    ``auto`` keeps classes whose score is at least ``threshold``; ``regroup`` re-assigns noise groups
+    (rlnGroupNumber) into about that many groups of similar defocus and scale.
+    """
     from cryoframe.jobs.class2d import select2d as _select2d
 
     return _select2d(open_store(store), out, classes=list(classes) if classes else None, auto=auto,

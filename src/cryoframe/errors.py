@@ -15,8 +15,11 @@ class SchemaError(CryoframeError):
     """A field is missing, has the wrong dtype, or cannot be converted."""
 
 
-class InputError(CryoframeError):
-    """Arguments or data that cannot be processed (duplicate uids, unmatched passthrough...)."""
+class InputError(CryoframeError, ValueError):
+    """Arguments or data that cannot be processed (duplicate uids, unmatched passthrough...).
+
+    Also a :class:`ValueError`, so callers that catch bad values the standard way catch it too.
+    """
 
 
 class StoreError(CryoframeError):

@@ -8,6 +8,7 @@ arrays.  Without a GPU or without the ``[gpu]`` extra, ``"auto"`` falls back to 
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 from typing import Any
 
@@ -17,34 +18,46 @@ from cryoframe.errors import CryoframeError
 
 __all__ = ["get_array_module", "gpu_available", "to_device", "to_host"]
 
+log = logging.getLogger(__name__)
 
-def _cupy() -> ModuleType | None:
+
+def _cupy() -> tuple[ModuleType | None, str]:
+    """(cupy, "") when cupy imports and sees a CUDA device, else (None, why not)."""
     try:
         cp = importlib.import_module("cupy")
-        if cp.cuda.runtime.getDeviceCount() < 1:
-            return None
-        return cp
-    except Exception:  # ImportError, CUDA driver errors
-        return None
+    except Exception as exc:  # ImportError, or a broken install failing at import
+        return None, f"cupy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = int(cp.cuda.runtime.getDeviceCount())
+    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, no device...
+        return None, f"CUDA runtime error ({type(exc).__name__}: {exc})"
+    if n < 1:
+        return None, "CUDA reports no GPU device"
+    return cp, ""
 
 
 def gpu_available() -> bool:
     """True when cupy imports and sees at least one CUDA device."""
-    return _cupy() is not None
+    return _cupy()[0] is not None
 
 
 def get_array_module(device: str = "cpu") -> ModuleType:
-    """Return the array module for ``device`` ('cpu', 'gpu' or 'auto')."""
+    """Return the array module for ``device`` ('cpu', 'gpu' or 'auto').
+
+    ``auto`` falls back to numpy with a logged warning that says why (cupy's import error or the
+    CUDA runtime error); ``gpu`` raises :class:`CryoframeError` with the same reason.
+    """
     if device == "cpu":
         return np
     if device not in ("gpu", "auto"):
         raise CryoframeError(f"unknown device {device!r}: expected cpu, gpu or auto")
-    cp = _cupy()
+    cp, why = _cupy()
     if cp is None:
         if device == "auto":
+            log.warning("--device auto: running on the CPU with NumPy because %s", why)
             return np
         raise CryoframeError(
-            "device 'gpu' needs a CUDA GPU and the [gpu] extra (pip install 'cryoframe[gpu]')"
+            f"device 'gpu' needs a CUDA GPU and the [gpu] extra (pip install 'cryoframe[gpu]'): {why}"
         )
     return cp
 

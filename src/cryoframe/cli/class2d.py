@@ -7,6 +7,7 @@ import argparse
 
 from cryoframe import api
 from cryoframe.cli import add_scheduler_args
+from cryoframe.types import Class2DAlgorithm, Class2DInit, CtfMode, Device, choices
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -21,17 +22,17 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offset-step", type=float, default=1, help="translation step (px)")
     p.add_argument("--ctf", dest="ctf", action="store_true", default=True, help="CTF-correct (default)")
     p.add_argument("--no-ctf", dest="ctf", action="store_false")
-    p.add_argument("--ctf-mode", choices=["full", "flip"], default="full",
+    p.add_argument("--ctf-mode", choices=choices(CtfMode), default="full",
                    help="full CTF in the likelihood, or phase flipping only (RELION --only_flip_phases)")
     p.add_argument("--no-zero-mask", dest="zero_mask", action="store_false",
                    help="do not mask particles with zeros outside --mask-diameter (averages are still masked)")
     p.add_argument("--limit-e-step-resolution", type=float, help="E-step resolution limit (Å)")
     p.add_argument("--no-center", dest="center", action="store_false", help="do not re-centre class averages")
-    p.add_argument("--algorithm", choices=["em", "vdam"], default="em")
-    p.add_argument("--init", choices=["random", "msa"], default="random")
+    p.add_argument("--algorithm", choices=choices(Class2DAlgorithm), default="em")
+    p.add_argument("--init", choices=choices(Class2DInit), default="random")
     p.add_argument("--nbasis", type=int, default=10, help="MSA: PCA basis size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
+    p.add_argument("--device", choices=choices(Device), default="cpu")
     p.add_argument("--continue", dest="resume", action="store_true", help="resume from the store's checkpoint")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True)

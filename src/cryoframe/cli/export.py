@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
+from cryoframe.types import ExportFormat, choices
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
-    p.add_argument("--format", choices=["cs", "star"], help="default: from --out's suffix")
+    p.add_argument("--format", choices=choices(ExportFormat), help="default: from --out's suffix")
     p.add_argument("--out", required=True, help="output .cs or .star path")
     p.add_argument("--images", action="store_true", help="also write the images as an .mrcs stack")
     p.add_argument("--relion-only", action="store_true",

@@ -9,6 +9,7 @@ import json
 from cryoframe import api
 from cryoframe.cli import add_scheduler_args
 from cryoframe.cli.subset import _ints
+from cryoframe.types import ClassAgg, choices
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", help="statistic name (omit to list what this store provides)")
     p.add_argument("--initial", help="initial store for difference statistics")
     p.add_argument("--class-indices")
-    p.add_argument("--class-agg", choices=["sum", "max"], default="sum")
+    p.add_argument("--class-agg", choices=choices(ClassAgg), default="sum")
     p.add_argument("--project-dir")
     p.add_argument("--json", action="store_true")
 

@@ -9,6 +9,7 @@ import argparse
 from cryoframe import api
 from cryoframe.cli import add_scheduler_args
 from cryoframe.errors import InputError
+from cryoframe.types import ClassAgg, Device, ExportFormat, OnMissing, SubsetMode, choices
 
 
 def _floats(s: str | None) -> list[float]:
@@ -35,22 +36,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", required=True, help="statistic: scale, ncc, power, defocus, error2d, error3d, class_prob2d, "
                    "class_prob3d, ess2d, ess3d, motion, location_x, location_y, helical_tilt, 3dva:N, pose3d_diff, "
                    "shift3d_diff, pose2d_diff, shift2d_diff, defocus_diff")
-    p.add_argument("--mode", choices=["gmm", "thresholds"], default="gmm")
+    p.add_argument("--mode", choices=choices(SubsetMode), default="gmm")
     p.add_argument("--components", type=int, default=2, help="GMM components")
     p.add_argument("--min-prob", type=float, help="GMM: drop particles whose best component probability is below")
     p.add_argument("--thresholds", help="comma-separated, increasing: T thresholds give T+1 sets")
     p.add_argument("--initial", help="initial store for difference statistics (joined on uid)")
     p.add_argument("--class-indices", help="class_prob3d: comma-separated 0-based classes")
-    p.add_argument("--class-agg", choices=["sum", "max"], default="sum", help="class_prob3d: sum or max")
-    p.add_argument("--on-missing", choices=["error", "drop", "separate"], default="error",
+    p.add_argument("--class-agg", choices=choices(ClassAgg), default="sum", help="class_prob3d: sum or max")
+    p.add_argument("--on-missing", choices=choices(OnMissing), default="error",
                    help="particles without a finite value: fail (default), drop, or put in missing.cf")
-    p.add_argument("--format", choices=["cs", "star"], help="also export each set")
+    p.add_argument("--format", choices=choices(ExportFormat), help="also export each set")
     p.add_argument("--project-dir", help="base directory of motion trajectory files")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=1e-3, help="GMM convergence tolerance (mean log-likelihood)")
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
+    p.add_argument("--device", choices=choices(Device), default="cpu")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true")
 

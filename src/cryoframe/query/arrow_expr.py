@@ -126,6 +126,9 @@ class _Translator(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> Any:
         if isinstance(node.func, ast.Name) and node.func.id == "abs" and len(node.args) == 1 and not node.keywords:
             return _call("abs", self.visit(node.args[0]))
+        if (isinstance(node.func, ast.Attribute) and node.func.attr == "isna" and not node.args
+                and not node.keywords):  # pandas' isna on Arrow-backed data: null only (NaN is a value)
+            return _expr(self.visit(node.func.value)).is_null(nan_is_null=False)
         raise Unsupported("call")
 
 

@@ -7,17 +7,37 @@ each partition into a new store that references the parent's images (no copy).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
 
-__all__ = ["arrow_filter", "filter_store", "filter_table", "query_frame"]
+__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "prepare_where", "query_frame"]
+
+
+def expression_error(exc: BaseException) -> bool:
+    """True when ``exc`` is the user's: the --where text does not parse, names an unknown field,
+    or compares/combines values of the wrong types.
+
+    Parsing raises SyntaxError/ValueError (AttributeError for operators pandas does not support), unknown names pandas' ``UndefinedVariableError`` (a
+    NameError) or KeyError, bad comparisons TypeError or NotImplementedError.  Arrow's I/O and
+    data errors (``ArrowInvalid`` is a ValueError, a corrupt page an OSError) and everything else
+    (MemoryError, a lost worker...) are not: those propagate with their own message.
+    """
+    while isinstance(exc, RuntimeError) and (exc.__cause__ or exc.__context__):  # dask: "Failed to generate metadata"
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    if isinstance(exc, pa.ArrowException) and not isinstance(exc, pa.ArrowNotImplementedError | pa.ArrowTypeError):
+        return False
+    if isinstance(exc, AttributeError):  # pandas' parser has no visit_<Node> for unsupported syntax (`>>`)
+        return "visit_" in str(exc)
+    return isinstance(exc, SyntaxError | NameError | KeyError | TypeError | ValueError | NotImplementedError)
 
 
 def _columns(store: ParticleStore, columns: Sequence[str] | None, internal: bool) -> list[str] | None:
@@ -29,7 +49,16 @@ def _columns(store: ParticleStore, columns: Sequence[str] | None, internal: bool
     return cols
 
 
-def _explain(store: ParticleStore, where: str, exc: Exception) -> InputError:
+class _HasFields(Protocol):
+    """What error messages need of a store (a :class:`ParticleStore` or a joined view)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def fields(self) -> list[str]: ...
+
+
+def _explain(store: _HasFields, where: str, exc: Exception) -> InputError:
     names = set(re.findall(r"`([^`]+)`", where))
     missing = sorted(nm for nm in names if nm not in store.fields)
     if missing:
@@ -46,10 +75,12 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
         store._check_columns(cols)
     ddf = store.metadata(None if where else cols, include_internal=include_internal)
     if where:
-        expr, local = _uint64_literals(where)
+        expr, local = prepare_where(where)
         try:
             ddf = ddf.query(expr, local_dict=local) if local else ddf.query(expr)
-        except Exception as exc:  # pandas raises many types for bad expressions
+        except Exception as exc:
+            if not expression_error(exc):
+                raise
             raise _explain(store, where, exc) from exc
         if cols is not None:
             ddf = ddf[cols]  # projection after the filter (dask pushes it down to Parquet)
@@ -57,6 +88,27 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
 
 
 _BIG_INT = re.compile(r"(?<![\w.`])(\d{19,20})(?![\w.])")
+_NULL_TEST = re.compile(r"(`[^`]+`|(?<![\w.`@])[A-Za-z_]\w*)\s*\.\s*(isnull|isna|notnull|notna)\(\s*\)")
+
+
+def prepare_where(where: str) -> tuple[str, dict[str, Any]]:
+    """The expression pandas and the Arrow translator evaluate, and its local variables.
+
+    * ``X.isnull()``/``isna()`` is true for NaN *and* null (pandas' classic meaning; cryoSPARC
+      files mark missing values with NaN), ``notnull()``/``notna()`` its complement, whatever the
+      column's backing (Arrow-backed pandas would otherwise treat NaN as a value):
+      ``((X != X) | X.isna())``.
+    * integer literals beyond int64 become uint64 locals (see :func:`_uint64_literals`).
+    """
+    def null_test(m: re.Match[str]) -> str:
+        x, fn = m.group(1), m.group(2)
+        test = f"(({x} != {x}) | {x}.isna())"
+        return test if fn in ("isnull", "isna") else f"(~{test})"
+
+    parts = where.split('"')
+    for i in range(0, len(parts), 2):  # outside double-quoted strings
+        parts[i] = _NULL_TEST.sub(null_test, parts[i])
+    return _uint64_literals('"'.join(parts))
 
 
 def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:
@@ -89,7 +141,7 @@ def arrow_filter(store: ParticleStore, where: str | None) -> Any:
 
     if not where:
         return None
-    expr, local = _uint64_literals(where)
+    expr, local = prepare_where(where)
     fields = {f["name"] for f in store.manifest["fields"]}
     return to_arrow_expression(expr, fields, local)[0]
 
@@ -115,7 +167,13 @@ def filter_table(store: ParticleStore, where: str | None = None, columns: Sequen
         parts = [pq.read_table(f, columns=cols, filters=expr) for f in store._files]
         return pa.concat_tables(parts)
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        pdf = query_frame(store, where, columns, include_internal=include_internal).compute()
+        ddf = query_frame(store, where, columns, include_internal=include_internal)
+        try:
+            pdf = ddf.compute()
+        except Exception as exc:
+            if not (where and expression_error(exc)):
+                raise
+            raise _explain(store, where, exc) from exc
         return pa.Table.from_pandas(pdf, preserve_index=False)
 
 
@@ -138,10 +196,11 @@ def filter_store(
     keep = [schema.field(c) for c in ddf.columns]
     out_schema = pa.schema(keep, metadata=schema.metadata)
     params = {"where": where, "columns": list(columns) if columns else None}
+    arrow_parts: list[Callable[[], pa.Table]] | None
     try:
         expr = arrow_filter(store, where)
-        arrow_parts = [(lambda f=f: pq.read_table(f, columns=[k.name for k in keep], filters=expr))
-                       for f in store._files]
+        names = [k.name for k in keep]
+        arrow_parts = [functools.partial(pq.read_table, f, columns=names, filters=expr) for f in store._files]
         first = arrow_parts[0]()  # evaluation errors surface here, before anything is written
         arrow_parts[0] = lambda: first
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -154,7 +213,9 @@ def filter_store(
                 tbl = part() if arrow_parts is not None else pa.Table.from_pandas(dask.compute(part)[0],
                                                                                  preserve_index=False)
             except Exception as exc:
-                raise _explain(store, where or "", exc) from exc
+                if not (where and expression_error(exc)):
+                    raise
+                raise _explain(store, where, exc) from exc
             tbl = pa.Table.from_arrays([tbl.column(f.name).cast(f.type) for f in keep], schema=out_schema)
             w.write_metadata(tbl)
             wrote = True

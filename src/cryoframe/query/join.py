@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["join_stores", "joined_table"]
 
@@ -84,19 +87,22 @@ def joined_table(stores: Sequence[ParticleStore]) -> pa.Table:
 
 
 def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | None = None, where: str | None = None,
-                columns: Sequence[str] | None = None, *, head: int | None = None, overwrite: bool = False) -> Any:
+                columns: Sequence[str] | None = None, *, head: int | None = None,
+                overwrite: bool = False) -> pd.DataFrame | ParticleStore:
     """Join, filter with a pandas query, and either return rows (pandas) or write a store at ``out``."""
     import pandas as pd
 
-    from cryoframe.query.expr import _explain, _uint64_literals
+    from cryoframe.query.expr import _explain, expression_error, prepare_where
 
     t = joined_table(stores)
     df = t.to_pandas(types_mapper=pd.ArrowDtype)
     if where:
-        expr, local = _uint64_literals(where)
+        expr, local = prepare_where(where)
         try:
             df = df.query(expr, local_dict=local) if local else df.query(expr)
         except Exception as exc:
+            if not expression_error(exc):
+                raise
             raise _explain(_JoinedView(t), where, exc) from exc
     keep = list(df.columns) if columns is None else ["uid", *[c for c in columns if c != "uid"]]
     missing = [c for c in keep if c not in df.columns]
@@ -117,6 +123,9 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
         w.write_metadata(sub)
         if first.has_images:
             w.link_images(first)
+        opt = first.optics()
+        if opt is not None:  # rows and their ctf/exp_group_id come from the first store
+            w.write_optics(opt)
         return w.commit(psize_A=first.psize_A, box_px=first.box, source=first.manifest.get("source"))
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cryoframe.errors import FormatError, InputError
+from cryoframe.storage.convert import strip_path_prefix
 from cryoframe.storage.store import ParticleStore
 
 __all__ = [
@@ -209,7 +210,7 @@ def _motion(paths: pd.Series, idx: pd.Series, df: pd.DataFrame, opts: dict[str, 
     per micrograph, ``motion/idx`` selects the particle) or (n_frames, 2) for one particle.
     """
     base = Path(opts.get("project_dir") or ".")
-    p = paths.astype(str).to_numpy()
+    p = strip_path_prefix(paths)
     ix = idx.to_numpy(dtype="int64")
     psize = num(df["motion/psize_A"]) if "motion/psize_A" in df.columns else np.ones(len(df))
     out = np.full(len(df), np.nan)
@@ -220,10 +221,10 @@ def _motion(paths: pd.Series, idx: pd.Series, df: pd.DataFrame, opts: dict[str, 
         if traj.ndim == 2:
             traj = traj[None]
         if traj.ndim != 3 or traj.shape[-1] != 2:
-            raise FormatError(f"{base / path.lstrip('>')}: motion trajectory layout {traj.shape} not understood; "
+            raise FormatError(f"{base / path}: motion trajectory layout {traj.shape} not understood; "
                               "expected (n_particles, n_frames, 2) or (n_frames, 2) in pixels")
         if ix[sel].max() >= traj.shape[0]:
-            raise FormatError(f"{base / path.lstrip('>')}: motion/idx {int(ix[sel].max())} past the end "
+            raise FormatError(f"{base / path}: motion/idx {int(ix[sel].max())} past the end "
                               f"({traj.shape[0]} trajectories)")
         t = traj[ix[sel]].astype(np.float64)
         out[sel] = np.sqrt((np.diff(t, axis=1) ** 2).sum(axis=2)).sum(axis=1) * psize[sel]
@@ -235,7 +236,7 @@ def _trajectory_loader(base: Path) -> Callable[[str], np.ndarray]:
 
     def load(path: str) -> np.ndarray:
         if path not in memo:
-            full = base / path.lstrip(">")
+            full = base / path
             if not full.is_file():
                 raise FormatError(f"{full}: motion trajectory file named by motion/path not found "
                                   "(pass --project-dir)")
@@ -305,7 +306,7 @@ def statistic_values(
         if not len(df):
             out["value"] = np.empty(0)
             return out
-        pos = ini.index.get_indexer(df["uid"])
+        pos = ini.index.get_indexer(pd.Index(df["uid"]))
         found = pos >= 0
         vals = np.full(len(df), np.nan)
         if found.any():

@@ -145,4 +145,5 @@ def arrow_to_numpy(col: pa.Array | pa.ChunkedArray, dt: np.dtype, shape: tuple[i
         if col.null_count:
             raise SchemaError(f"column has {col.null_count} missing values; cannot write dtype {dt.str}")
         out = col.to_numpy(zero_copy_only=False)
-    return out.astype(dt, copy=False)
+    res: np.ndarray = out.astype(dt, copy=False)
+    return res

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from typing import overload
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,41 @@ __all__ = [
     "parse_image_names",
     "rotvec_to_euler",
     "star_to_canonical",
+    "strip_path_prefix",
 ]
+
+PATH_PREFIX = ">"  # cryoSPARC marks paths of files it imported (`>J1/imported/x.mrcs`); one per value
+
+
+Column = np.ndarray | pd.Series | list[str] | list[bytes]
+"""A column of paths: a numpy array (``S`` or object), a pandas Series, or a list."""
+
+
+@overload
+def strip_path_prefix(values: str) -> str: ...
+@overload
+def strip_path_prefix(values: Column) -> np.ndarray: ...
+def strip_path_prefix(values: str | Column) -> str | np.ndarray:
+    """Paths without cryoSPARC's leading ``>`` marker: exactly one ``>`` removed per value.
+
+    A whole column at once (bytes decoded as UTF-8; returns an object array of ``str``), or one
+    ``str``.  ``">>a"`` becomes ``">a"``; a ``>`` elsewhere in the path is kept.
+    """
+    if isinstance(values, str):
+        return values.removeprefix(PATH_PREFIX)
+    s = pd.Series(np.asarray(values))
+    if s.dtype.kind == "S" or (len(s) and isinstance(s.iloc[0], bytes)):
+        s = s.str.decode("utf-8")
+    out: np.ndarray = s.astype(str).str.removeprefix(PATH_PREFIX).to_numpy(dtype=object)
+    return out
+
+
+def has_path_prefix(values: Column) -> bool:
+    """True when any value (the whole column, not a sample) starts with cryoSPARC's ``>``."""
+    a = np.asarray(values)
+    if a.dtype.kind == "S":
+        return bool(np.char.startswith(a, PATH_PREFIX.encode()).any())
+    return bool(pd.Series(a).astype(str).str.startswith(PATH_PREFIX).any())
 
 EXTRA_PREFIX = "_"  # extra STAR columns carrying canonical fields RELION has no label for: `_uid`, `_alignments3D/error`
 
@@ -40,12 +75,14 @@ def rotvec_to_euler(pose: np.ndarray) -> np.ndarray:
     """(n, 3) rotation vectors (rad) -> (n, 3) RELION (rot, tilt, psi) in degrees."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gimbal lock at tilt 0/180 is handled by scipy
-        return Rotation.from_rotvec(np.asarray(pose, dtype=np.float64)).as_euler("ZYZ", degrees=True)
+        out: np.ndarray = Rotation.from_rotvec(np.asarray(pose, dtype=np.float64)).as_euler("ZYZ", degrees=True)
+        return out
 
 
 def euler_to_rotvec(angles: np.ndarray) -> np.ndarray:
     """(n, 3) RELION (rot, tilt, psi) degrees -> (n, 3) rotation vectors (rad)."""
-    return Rotation.from_euler("ZYZ", np.asarray(angles, dtype=np.float64), degrees=True).as_rotvec()
+    out: np.ndarray = Rotation.from_euler("ZYZ", np.asarray(angles, dtype=np.float64), degrees=True).as_rotvec()
+    return out
 
 
 def parse_image_names(names: pd.Series, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +139,9 @@ def star_to_canonical(particles: pd.DataFrame, optics: pd.DataFrame | None, sour
     n = len(df)
     out: dict[str, np.ndarray] = {}
 
-    def col(label: str) -> np.ndarray | None:
-        return df[label].to_numpy() if label in df.columns else None
+    def col(label: str) -> np.ndarray:
+        """The column ``label`` (callers check that it exists)."""
+        return df[label].to_numpy()
 
     if "rlnImageName" in df.columns:
         idx, paths = parse_image_names(df["rlnImageName"], source)
@@ -124,9 +162,9 @@ def star_to_canonical(particles: pd.DataFrame, optics: pd.DataFrame | None, sour
 
     simple = {s.relion[0]: s for s in field_dictionary().values() if len(s.relion) == 1 and s.conversion in ("identity", "rad_deg")}
     for label, spec in simple.items():
-        v = col(label)
-        if v is None:
+        if label not in df.columns:
             continue
+        v = col(label)
         if spec.conversion == "rad_deg":
             v = np.deg2rad(v.astype(np.float64))
         out[spec.field] = _as(spec.field, v)
@@ -225,12 +263,11 @@ def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bo
         return np.array([x.decode() if isinstance(x, bytes) else str(x) for x in v], dtype=object)
 
     if has("blob/path") and has("blob/idx"):
-        paths = s(cols["blob/path"])
-        paths = np.array([p[1:] if p.startswith(">") else p for p in paths], dtype=object)
+        paths = strip_path_prefix(cols["blob/path"])
         idx = cols["blob/idx"].astype(np.int64) + 1
         out["rlnImageName"] = np.array([f"{i:06d}@{p}" for i, p in zip(idx, paths, strict=True)], dtype=object)
         used |= {"blob/idx"}
-        if not any(p.startswith(">") for p in s(cols["blob/path"][:1000])):
+        if not has_path_prefix(cols["blob/path"]):
             used.add("blob/path")  # else the '>' prefix travels in a `_blob/path` extra
     if has("location/micrograph_path"):
         out["rlnMicrographName"] = s(cols["location/micrograph_path"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoframe.errors import FormatError
+from cryoframe.storage.convert import strip_path_prefix
 from cryoframe.storage.formats.mrc import StackReader, stack_header
 from cryoframe.storage.store import StoreWriter
 
@@ -28,13 +29,9 @@ BlobSource = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
 """(start, stop) -> (paths as str objects, 0-based indices) of those particles."""
 
 
-def _clean(p: str) -> str:
-    return p[1:] if p.startswith(">") else p
-
-
 def resolve_base(first_path: str, candidates: Sequence[Path], source: str, field: str) -> Path:
     """The first candidate base directory under which ``first_path`` exists."""
-    rel = _clean(first_path)
+    rel = strip_path_prefix(first_path)
     if os.path.isabs(rel):
         return Path("/")
     for base in candidates:
@@ -71,14 +68,14 @@ def import_images(
     first = None
     vs = 0.0
     resolved: dict[str, Path] = {}
-    for p, m in max_idx.items():
-        full = base / _clean(p)
+    for p, rel, last in zip(max_idx, strip_path_prefix(list(max_idx)), max_idx.values(), strict=True):
+        full = base / rel
         if not full.is_file():
             raise FormatError(f"{source}: image file {str(full)!r} named by {field} not found")
         nz, ny, nx, v = stack_header(full)
-        if m >= nz:
+        if last >= nz:
             raise FormatError(
-                f"{source}: {field} index {m} (0-based) is past the end of {full} ({nz} images)"
+                f"{source}: {field} index {last} (0-based) is past the end of {full} ({nz} images)"
             )
         if ny != nx:
             raise FormatError(f"{full}: images are {ny}x{nx}; only square boxes are supported")
