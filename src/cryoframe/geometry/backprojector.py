@@ -1,0 +1,87 @@
+"""From Fourier sums to a map: Hermitian completion, regularised (Wiener-style) division, inverse
+transform on the padded grid, windowing to the box and gridding correction.
+
+The sums are those of :func:`cryoframe.geometry.fourier.insert_slices` on the padded half grid:
+``data = sum w CTF F`` and ``weight = sum w CTF^2``.  The estimate of the transform is
+
+    F = data / (weight + reg(shell))
+
+with ``reg`` per resolution shell:
+
+* ``None`` (no regulariser): RELION's ``relion_reconstruct`` default, ``weight`` is floored at
+  1/1000 of its shell average (so empty voxels do not divide by zero);
+* an array from :func:`fsc_regulariser`: RELION's MAP term ``1 / (T tau^2)``, with
+  ``tau^2 = SNR / <weight>_shell`` estimated from the FSC of the half maps
+  (``SNR = FSC / (1 - FSC)``; RELION ``BackProjector::updateSSNRarrays``);
+* a constant (float): the same value in every shell (in units of ``weight``).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from cryoframe.backend import to_host
+from cryoframe.geometry.fourier import gridding_correction, icfftn
+from cryoframe.geometry.fsc import shell_index
+
+__all__ = ["fsc_regulariser", "map_from_sums", "shell_mean_weight"]
+
+
+def shell_mean_weight(weight: Any, box: int, pad: int = 2, xp: ModuleType = np) -> np.ndarray:
+    """Average of ``weight`` (padded half grid) per shell ``0 .. box // 2`` (shells in cycles per box)."""
+    sh = shell_index(box, 3, pad, xp).ravel()
+    nsh = box // 2 + 1
+    keep = sh < nsh
+    s = xp.bincount(sh[keep], weights=weight.ravel()[keep].astype(xp.float64), minlength=nsh)
+    c = xp.bincount(sh[keep], minlength=nsh)
+    return to_host(s / xp.maximum(c, 1))
+
+
+def fsc_regulariser(curve: np.ndarray, mean_weight: np.ndarray, tau2_fudge: float = 1.0,
+                    full_map: bool = False) -> np.ndarray:
+    """RELION's regulariser ``1 / (T tau^2)`` per shell from a half-map FSC ``curve``.
+
+    ``SNR = FSC / (1 - FSC)`` for a half map (``2 FSC / (1 - FSC)`` for the map of both halves,
+    ``full_map``), ``tau^2 = SNR / <weight>_shell`` and ``reg = <weight>_shell / (T SNR)``.  FSC is
+    clipped to [1e-3, 0.999]: shells without signal get a regulariser 1000x their weight.
+    """
+    c = np.clip(np.asarray(curve, dtype=np.float64), 1e-3, 0.999)
+    snr = (2.0 if full_map else 1.0) * c / (1.0 - c)
+    return np.asarray(mean_weight, dtype=np.float64) / (tau2_fudge * snr)
+
+
+def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.ndarray | float | None = None,
+                  r_max: float | None = None, xp: ModuleType = np) -> Any:
+    """The map (box, box, box) float32 ``[z, y, x]`` from padded half-grid sums
+    ``(data real, data imaginary, weight)`` (Hermitian-complete, :func:`enforce_hermitian`).
+
+    ``reg``: see the module docstring.  ``r_max``: frequencies beyond it (cycles per box; default
+    ``box / 2``) are zero.
+    """
+    dre, dim, weight = sums
+    size = weight.shape[0]
+    r_max = box / 2 if r_max is None else r_max
+    sh = shell_index(box, 3, pad, xp)
+    nsh = box // 2 + 1
+    shc = xp.minimum(sh, nsh - 1)
+    if reg is None:
+        floor = xp.asarray(shell_mean_weight(weight, box, pad, xp) / 1000.0)
+        denom = xp.maximum(weight, floor[shc])
+    elif np.ndim(reg) == 0:
+        denom = weight + float(reg)
+    else:
+        denom = weight + xp.asarray(np.asarray(reg, dtype=np.float64))[shc]
+    # radius in cycles per box on the padded grid
+    k = np.fft.fftfreq(size) * size / pad
+    kx = np.fft.rfftfreq(size) * size / pad
+    r2 = xp.asarray(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    inside = (r2 <= r_max * r_max + 1e-9) & (denom > 0)
+    d = xp.where(inside, denom, 1.0)
+    f = xp.where(inside, dre / d, 0.0) + 1j * xp.where(inside, dim / d, 0.0)
+    full = icfftn(f, size, xp)
+    o = size // 2 - box // 2
+    vol = full[o:o + box, o:o + box, o:o + box] / gridding_correction(box, pad, xp)
+    return vol.astype(xp.float32)
