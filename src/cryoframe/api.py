@@ -20,7 +20,8 @@ from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["class2d", "demo", "export", "import_", "info", "open_store", "query", "select2d", "stats", "subset", "synth"]
+__all__ = ["class2d", "demo", "export", "import_", "info", "mask", "open_store", "project", "query", "reconstruct",
+           "select2d", "stats", "subset", "synth"]
 
 PathLike = str | os.PathLike[str]
 StoreLike = PathLike | ParticleStore
@@ -220,3 +221,27 @@ def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None =
 
     return _select2d(open_store(store), out, classes=list(classes) if classes else None, auto=auto,
                      threshold=threshold, regroup=regroup, overwrite=overwrite)
+
+
+def reconstruct(store: StoreLike, out: PathLike, *, scheduler: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """3D reconstruction into directory ``out`` (see :func:`cryoframe.jobs.reconstruct.reconstruct`)."""
+    from cryoframe.jobs.reconstruct import reconstruct as _reconstruct
+
+    with _scheduler(scheduler):
+        return _reconstruct(open_store(store), out, **kwargs)
+
+
+def project(map_path: PathLike, out: PathLike, *, poses: StoreLike | None = None, scheduler: str | None = None,
+            **kwargs: Any) -> ParticleStore:
+    """Project a map into a new store (see :func:`cryoframe.jobs.project.project`)."""
+    from cryoframe.jobs.project import project as _project
+
+    with _scheduler(scheduler):
+        return _project(map_path, out, poses=open_store(poses) if poses is not None else None, **kwargs)
+
+
+def mask(map_path: PathLike | None, out: PathLike, **kwargs: Any) -> dict[str, Any]:
+    """Write a mask MRC (see :func:`cryoframe.jobs.mask.mask`)."""
+    from cryoframe.jobs.mask import mask as _mask
+
+    return _mask(map_path, out, **kwargs)
