@@ -79,4 +79,4 @@ def fsc_weighted(vol: Any, curve: np.ndarray, xp: ModuleType = np) -> Any:
     sh = shell_index(box, 3, 1, np)
     wgrid = np.where(sh < len(w), w[np.minimum(sh, len(w) - 1)], 0.0)
     f = xp.fft.rfftn(xp.asarray(vol, dtype=xp.float64))
-    return xp.fft.irfftn(f * xp.asarray(wgrid), s=vol.shape).astype(xp.float32)
+    return xp.fft.irfftn(f * xp.asarray(wgrid), s=vol.shape, axes=(0, 1, 2)).astype(xp.float32)
