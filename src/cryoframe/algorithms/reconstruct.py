@@ -183,6 +183,7 @@ class Reconstructor:
         nyq = int(math.floor(rm))
         cut = curve.copy()
         cut[nyq + 1:] = 0.0  # beyond --max-resolution nothing was inserted
-        self.resolution_ = {str(t): resolution_at(cut, b, self.psize_A, t) for t in (0.143, 0.5)}
+        floor = self.max_resolution_A or 0.0  # nothing beyond --max-resolution was inserted: claim no better
+        self.resolution_ = {str(t): max(resolution_at(cut, b, self.psize_A, t), floor) for t in (0.143, 0.5)}
         self.resolution_unmasked_ = {str(t): resolution_at(self.fsc_, b, self.psize_A, t) for t in (0.143, 0.5)}
         self.map_filtered_ = to_host(fsc_weighted(self.map_, cut))

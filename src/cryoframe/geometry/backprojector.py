@@ -59,7 +59,7 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
     ``(data real, data imaginary, weight)`` (Hermitian-complete, :func:`enforce_hermitian`).
 
     ``reg``: see the module docstring.  ``r_max``: frequencies beyond it (cycles per box; default
-    ``box / 2``) are zero.
+    ``box / 2``) are zero (shells with rounded radius above it, after windowing to the box).
     """
     dre, dim, weight = sums
     size = weight.shape[0]
@@ -84,4 +84,7 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
     full = icfftn(f, size, xp)
     o = size // 2 - box // 2
     vol = full[o:o + box, o:o + box, o:o + box] / gridding_correction(box, pad, xp)
+    if r_max < box / 2:  # windowing the padded map leaks a little past the cut-off: cut again in the box
+        f = xp.fft.rfftn(vol, axes=(0, 1, 2))
+        vol = xp.fft.irfftn(xp.where(shell_index(box, 3, 1, xp) <= r_max, f, 0), s=vol.shape, axes=(0, 1, 2))
     return vol.astype(xp.float32)
