@@ -26,6 +26,7 @@ import numpy as np
 from cryoframe.backend import to_host
 from cryoframe.geometry.fourier import gridding_correction, icfftn
 from cryoframe.geometry.fsc import shell_index
+from cryoframe.geometry.masks import soft_mask_outside
 
 __all__ = ["fsc_regulariser", "map_from_sums", "shell_mean_weight"]
 
@@ -60,6 +61,9 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
 
     ``reg``: see the module docstring.  ``r_max``: frequencies beyond it (cycles per box; default
     ``box / 2``) are zero (shells with rounded radius above it, after windowing to the box).
+    As RELION, the windowed map is replaced by its background outside a sphere of radius
+    ``box / 2`` (3 px raised-cosine edge, :func:`cryoframe.geometry.masks.soft_mask_outside`) and
+    then gridding-corrected.
     """
     dre, dim, weight = sums
     size = weight.shape[0]
@@ -83,7 +87,7 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
     f = xp.where(inside, dre / d, 0.0) + 1j * xp.where(inside, dim / d, 0.0)
     full = icfftn(f, size, xp)
     o = size // 2 - box // 2
-    vol = full[o:o + box, o:o + box, o:o + box] / gridding_correction(box, pad, xp)
+    vol = soft_mask_outside(full[o:o + box, o:o + box, o:o + box], xp=xp) / gridding_correction(box, pad, xp)
     if r_max < box / 2:  # windowing the padded map leaks a little past the cut-off: cut again in the box
         f = xp.fft.rfftn(vol, axes=(0, 1, 2))
         vol = xp.fft.irfftn(xp.where(shell_index(box, 3, 1, xp) <= r_max, f, 0), s=vol.shape, axes=(0, 1, 2))
