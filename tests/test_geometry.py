@@ -163,3 +163,21 @@ def test_cupy_slices_match_numpy() -> None:
     fo.insert_slices(s_cp, cp.asarray(rot), cp.asarray(a), cp.asarray(c), None, box, xp=cp)
     for x, y in zip(s_np, s_cp, strict=True):
         np.testing.assert_allclose(x, to_host(y), atol=1e-3 * np.abs(x).max())
+
+
+def test_fused_partition_kernel_matches_vectorised_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryoframe.algorithms.reconstruct import partition_sums
+
+    box, n = 24, 40
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(n, box, box)).astype(np.float32)
+    rot = Rotation.random(n, random_state=1).as_matrix()
+    sh = rng.uniform(-2, 2, (n, 2))
+    ctf = {k: np.resize(x, n) for k, x in CTF.items()}
+    ctf["df1_A"] = rng.uniform(9e3, 2e4, n)
+    half, w = np.arange(n) % 2, rng.uniform(0, 1, n)
+    kw = {"box": box, "psize_A": 1.5, "sym": symmetry_matrices("C3")}
+    a = partition_sums(img, rot, sh, ctf, w, half, **kw)
+    monkeypatch.setattr(fo, "_use_numba", lambda xp, method: False)
+    b = partition_sums(img, rot, sh, ctf, w, half, **kw)
+    np.testing.assert_allclose(a, b, atol=1e-6 * np.abs(b).max())

@@ -54,10 +54,10 @@ def fsc_regulariser(curve: np.ndarray, mean_weight: np.ndarray, tau2_fudge: floa
     return np.asarray(mean_weight, dtype=np.float64) / (tau2_fudge * snr)
 
 
-def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.ndarray | float | None = None,
+def map_from_sums(sums: Any, box: int, pad: int = 2, reg: np.ndarray | float | None = None,
                   r_max: float | None = None, xp: ModuleType = np) -> Any:
     """The map (box, box, box) float32 ``[z, y, x]`` from padded half-grid sums
-    ``(data real, data imaginary, weight)`` (Hermitian-complete, :func:`enforce_hermitian`).
+    (:func:`cryoframe.geometry.fourier.new_sums`, Hermitian-complete: ``enforce_hermitian``).
 
     ``reg``: see the module docstring.  ``r_max``: frequencies beyond it (cycles per box; default
     ``box / 2``) are zero (shells with rounded radius above it, after windowing to the box).
@@ -65,7 +65,7 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
     ``box / 2`` (3 px raised-cosine edge, :func:`cryoframe.geometry.masks.soft_mask_outside`) and
     then gridding-corrected.
     """
-    dre, dim, weight = sums
+    dre, dim, weight = sums[..., 0], sums[..., 1], sums[..., 2]
     size = weight.shape[0]
     r_max = box / 2 if r_max is None else r_max
     sh = shell_index(box, 3, pad, xp)
