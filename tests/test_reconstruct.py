@@ -220,3 +220,21 @@ def test_bad_project_and_mask_inputs(data, tmp_path: Path, run_cli) -> None:  # 
     _fails(run_cli, tmp_path, tmp_path / "missing.mrc", "--n", "3", expect=["missing.mrc", "not found"], verb="project")
     _fails(run_cli, tmp_path, data["truth"], expect=["--poses", "--n"], verb="project")
     _fails(run_cli, tmp_path, data["truth"], "--threshold", "1e9", expect=["--threshold", "no voxels"], verb="mask")
+
+
+def test_project_copies_the_pose_rows_it_used(data, tmp_path: Path) -> None:  # noqa: ANN001
+    src = ParticleStore(data["p"])
+    out = api.project(data["truth"], tmp_path / "again.cf", poses=src, ctf=True)
+    cols = ["uid", "alignments3D/pose", "alignments3D/shift", "ctf/df1_A"]
+    assert out.table(cols).equals(src.table(cols))
+    assert out.psize_A == PSIZE and out.box == BOX
+    assert "project" in [s["op"] for s in out.lineage]
+
+
+@pytest.mark.gpu
+def test_gpu_reconstruction_matches_cpu(data, tmp_path: Path) -> None:  # noqa: ANN001
+    cpu = api.reconstruct(data["p"], tmp_path / "cpu", plots=False)
+    gpu = api.reconstruct(data["p"], tmp_path / "gpu", plots=False, device="gpu")
+    for k in ("map", "half_A", "half_B"):
+        x, y = _map(Path(cpu["files"][k])), _map(Path(gpu["files"][k]))
+        np.testing.assert_allclose(x, y, atol=1e-3 * np.abs(x).max())
