@@ -61,7 +61,7 @@ def lowpass_masked_cc(a: np.ndarray, b: np.ndarray, mask: np.ndarray, res_A: flo
     keep = (k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2) <= 1 / res_A**2
 
     def lp(x: np.ndarray) -> np.ndarray:
-        return np.fft.irfftn(np.fft.rfftn(x) * keep, s=x.shape)
+        return np.fft.irfftn(np.fft.rfftn(x) * keep, s=x.shape, axes=(0, 1, 2))
 
     la, lb = lp(a) * mask, lp(b) * mask
     la -= la.mean()
@@ -122,7 +122,7 @@ def main() -> None:
                     f"{f('relion_cc10', '{:.4f}')} | {ratio} |")
     record([
         "", f"## 3D reconstruction (`bench/bench_reconstruct.py`), {date.today().isoformat()}", "",
-        f"Machine: {machine()}. Synthetic chiral blob map, {PSIZE} Å/px; particles projected by `cryoframe project` "
+        f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}. Synthetic chiral blob map, {PSIZE} Å/px; particles projected by `cryoframe project` "
         f"(random poses, shifts ±3 px, CTF 10000–25000 Å, SNR {a.snr}), exported to one .star + .mrcs and "
         "imported back; both programs reconstruct these particles with the known poses. Wall time = process "
         "start to exit: `cryoframe reconstruct STORE --out DIR --no-plots` (half maps, map, FSC, FSC-weighted "
