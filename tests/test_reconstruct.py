@@ -76,12 +76,23 @@ def test_reconstruct_cli_writes_maps_fsc_plots_and_split(data, tmp_path: Path, r
     np.testing.assert_allclose(_map(tmp_path / "rec2" / "map_half_A.mrc"), a, atol=1e-4 * np.abs(a).max())
 
 
-def test_partitions_and_local_cluster_give_the_same_maps(data, tmp_path: Path) -> None:  # noqa: ANN001
-    one = api.reconstruct(data["p"], tmp_path / "one", partition_size=10_000, plots=False)
-    many = api.reconstruct(data["p"], tmp_path / "many", partition_size=70, plots=False, scheduler="local:2")
+def _same_maps(a: dict, b: dict) -> None:
     for k in ("map", "half_A", "half_B"):
-        x, y = _map(Path(one["files"][k])), _map(Path(many["files"][k]))
+        x, y = _map(Path(a["files"][k])), _map(Path(b["files"][k]))
         np.testing.assert_allclose(x, y, atol=1e-4 * np.abs(x).max())
+
+
+def test_partitions_give_the_same_maps(data, tmp_path: Path) -> None:  # noqa: ANN001
+    one = api.reconstruct(data["p"], tmp_path / "one", partition_size=10_000, plots=False)
+    many = api.reconstruct(data["p"], tmp_path / "many", partition_size=70, plots=False, scheduler="threads")
+    _same_maps(one, many)
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_the_same_maps(data, tmp_path: Path) -> None:  # noqa: ANN001
+    one = api.reconstruct(data["p"], tmp_path / "one", partition_size=10_000, plots=False)
+    dist = api.reconstruct(data["p"], tmp_path / "dist", partition_size=300, plots=False, scheduler="local:2")
+    _same_maps(one, dist)
 
 
 def _symmetrize(v: np.ndarray, name: str) -> np.ndarray:
