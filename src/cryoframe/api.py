@@ -45,8 +45,11 @@ __all__ = [
     "export",
     "import_",
     "info",
+    "mask",
     "open_store",
+    "project",
     "query",
+    "reconstruct",
     "select2d",
     "stats",
     "subset",
@@ -297,3 +300,45 @@ def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None =
 
     return _select2d(open_store(store), out, classes=list(classes) if classes else None, auto=auto,
                      threshold=threshold, regroup=regroup, overwrite=overwrite)
+
+
+def reconstruct(store: StoreLike, out: PathLike, *, symmetry: str = "C1", max_resolution_A: float | None = None,
+                mask: PathLike | None = None, ctf: bool = True, weights: str | None = None,
+                regulariser: str | float = "fsc", tau2_fudge: float = 1.0, pad: int = 2, seed: int = 0,
+                device: Device = "cpu", partition_size: int = 2000, plots: bool = True, overwrite: bool = False,
+                scheduler: str | None = None) -> dict[str, Any]:
+    """3D reconstruction of ``store``'s posed particles into directory ``out`` (map, half maps, FSC, plots);
+    see :func:`cryoframe.jobs.reconstruct.reconstruct`.  ``max_resolution_A`` in Å; ``mask`` an MRC of the
+    same box and pixel size; ``weights`` a per-particle weight field."""
+    from cryoframe.jobs.reconstruct import reconstruct as _reconstruct
+
+    with _scheduler(scheduler):
+        return _reconstruct(open_store(store), out, symmetry=symmetry, max_resolution_A=max_resolution_A,
+                            mask=mask, ctf=ctf, weights=weights, regulariser=regulariser, tau2_fudge=tau2_fudge,
+                            pad=pad, seed=seed, device=device, partition_size=partition_size, plots=plots,
+                            overwrite=overwrite)
+
+
+def project(map_path: PathLike, out: PathLike, *, poses: StoreLike | None = None, n: int | None = None,
+            ctf: bool = False, snr: float | None = None, seed: int = 0, max_shift_px: float = 0.0,
+            defocus_A: tuple[float, float] = (10000.0, 25000.0), psize_A: float | None = None, pad: int = 2,
+            device: Device = "cpu", overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
+    """Project a map (MRC) at the poses of ``poses`` (or ``n`` random poses) into a new store ``out``
+    (as relion_project); see :func:`cryoframe.jobs.project.project`.  Shifts in px, defocus in Å."""
+    from cryoframe.jobs.project import project as _project
+
+    with _scheduler(scheduler):
+        return _project(map_path, out, poses=open_store(poses) if poses is not None else None, n=n, ctf=ctf,
+                        snr=snr, seed=seed, max_shift_px=max_shift_px, defocus_A=defocus_A, psize_A=psize_A,
+                        pad=pad, device=device, overwrite=overwrite)
+
+
+def mask(map_path: PathLike | None, out: PathLike, *, threshold: float | None = None, extend_px: float = 0.0,
+         soft_edge_px: float = 0.0, radius_px: float | None = None, box: int | None = None,
+         psize_A: float | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write a mask MRC (as relion_mask_create): threshold a map, extend by ``extend_px``, raised-cosine
+    edge of ``soft_edge_px``; or a soft sphere of ``radius_px`` in a ``box``; see :func:`cryoframe.jobs.mask.mask`."""
+    from cryoframe.jobs.mask import mask as _mask
+
+    return _mask(map_path, out, threshold=threshold, extend_px=extend_px, soft_edge_px=soft_edge_px,
+                 radius_px=radius_px, box=box, psize_A=psize_A, overwrite=overwrite)

@@ -24,6 +24,9 @@ VERBS = {
     "stats": ("stats", "summarise a per-particle statistic; list the statistics a store provides"),
     "subset": ("subset", "split a store into sets by a statistic (GMM or thresholds)"),
     "synth": ("synth", "write a deterministic synthetic store with ground truth"),
+    "reconstruct": ("reconstruct", "3D reconstruction with CTF: half maps, map, FSC (poses from a refinement)"),
+    "project": ("project", "project a map at a store's (or random) poses into a new store, as relion_project"),
+    "mask": ("mask", "threshold/extend/soft-edge mask of a map (as relion_mask_create) or a soft sphere"),
 }
 
 

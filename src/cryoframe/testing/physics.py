@@ -24,6 +24,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from cryoframe.geometry.ctf import ctf_at, electron_wavelength_A  # the one CTF (re-exported here)
+
 __all__ = [
     "apply_ctf",
     "blob_model",
@@ -39,16 +41,6 @@ __all__ = [
 ]
 
 
-def electron_wavelength_A(accel_kv: ArrayLike) -> NDArray[np.float64]:
-    """Relativistic electron wavelength (Å) for an acceleration voltage in kV.
-
-    ``lambda = 12.2643247 / sqrt(V (1 + 0.978466e-6 V))`` with ``V`` in volts (RELION's formula);
-    300 kV gives 0.019687 Å.
-    """
-    v = np.asarray(accel_kv, dtype=np.float64) * 1e3
-    return 12.2643247 / np.sqrt(v * (1.0 + v * 0.978466e-6))
-
-
 def freq_grid(box: int, psize_A: float, rfft: bool = True) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Spatial frequencies ``(sx, sy)`` in 1/Å of a ``box`` px image, broadcastable to the FFT shape.
 
@@ -58,40 +50,6 @@ def freq_grid(box: int, psize_A: float, rfft: bool = True) -> tuple[NDArray[np.f
     sx = (np.fft.rfftfreq(box) if rfft else np.fft.fftfreq(box)) / psize_A
     sy = np.fft.fftfreq(box) / psize_A
     return sx[None, :], sy[:, None]
-
-
-def ctf_at(
-    sx: ArrayLike,
-    sy: ArrayLike,
-    df1_A: ArrayLike,
-    df2_A: ArrayLike,
-    df_angle_rad: ArrayLike,
-    accel_kv: ArrayLike,
-    cs_mm: ArrayLike,
-    amp_contrast: ArrayLike,
-    phase_shift_rad: ArrayLike = 0.0,
-) -> NDArray[np.float64]:
-    """CTF at spatial frequencies ``(sx, sy)`` (1/Å); all arguments broadcast together.
-
-    Defocus ``df1_A``/``df2_A`` (Å, positive = underfocus) along the astigmatism angle
-    ``df_angle_rad`` measured from the x axis and perpendicular to it (RELION's DefocusU/V and
-    DefocusAngle in radians): ``d(a) = (df1 + df2)/2 + (df1 - df2)/2 cos(2 (a - df_angle))``.
-    ``chi = pi lambda d s^2 - pi/2 Cs lambda^3 s^4 + phase_shift`` and
-    ``CTF = sqrt(1 - A^2) sin(chi) + A cos(chi)``, RELION's ``CTF::getCTF`` sign: ``CTF(0) = +A``,
-    so positive density images bright, as RELION expects of extracted (contrast-inverted) particles.
-    """
-    sx = np.asarray(sx, dtype=np.float64)
-    sy = np.asarray(sy, dtype=np.float64)
-    lam = electron_wavelength_A(accel_kv)
-    cs_A = np.asarray(cs_mm, dtype=np.float64) * 1e7
-    df1 = np.asarray(df1_A, dtype=np.float64)
-    df2 = np.asarray(df2_A, dtype=np.float64)
-    s2 = sx * sx + sy * sy
-    ang = np.arctan2(sy, sx)
-    d = 0.5 * (df1 + df2) + 0.5 * (df1 - df2) * np.cos(2.0 * (ang - np.asarray(df_angle_rad, dtype=np.float64)))
-    chi = np.pi * lam * d * s2 - 0.5 * np.pi * cs_A * lam**3 * s2 * s2 + np.asarray(phase_shift_rad, dtype=np.float64)
-    a = np.asarray(amp_contrast, dtype=np.float64)
-    return np.sqrt(1.0 - a * a) * np.sin(chi) + a * np.cos(chi)
 
 
 def ctf_2d(
@@ -111,7 +69,7 @@ def ctf_2d(
     Returns the **rfft2-shaped** array ``(*batch, box, box // 2 + 1)`` (unshifted, DC at
     ``[..., 0, 0]``), or the full ``fft2`` shape ``(*batch, box, box)`` when ``rfft=False``.
     ``batch`` is the broadcast shape of the per-particle parameters (e.g. ``(n,)`` for arrays of
-    ``n`` defoci; ``()`` for scalars).  See :func:`ctf_at` for the formula and sign.
+    ``n`` defoci; ``()`` for scalars).  See :mod:`cryoframe.geometry.ctf` for the formula and sign.
     """
     params = np.broadcast_arrays(*(np.asarray(p, dtype=np.float64) for p in
                                    (df1_A, df2_A, df_angle_rad, accel_kv, cs_mm, amp_contrast, phase_shift_rad)))

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.algorithms.class2d import kernels as kern
+from cryoframe.geometry.ctf import CTF_PARAMS, ctf_at
 
 __all__ = ["bilinear_table", "cfft2", "combine", "ctf_half", "estep_partition", "freq_select", "gather",
            "half_weights", "icfft2", "pad_real", "rotation_table", "shell_average", "shell_map", "shell_matrix",
@@ -113,7 +114,7 @@ def ctf_half(xp: ModuleType, box: int, psize_A: float, p: dict[str, Any]) -> Any
 
     ``p`` holds (c,) arrays ``df1_A``, ``df2_A`` (Å), ``df_angle_rad``, ``accel_kv`` (kV), ``cs_mm``
     (mm), ``amp_contrast`` and optionally ``phase_shift_rad`` and ``flip_phases`` (non-zero: only
-    the sign of the CTF, i.e. phase flipping); same formula as :func:`cryoframe.testing.ctf_at`.
+    the sign of the CTF, i.e. phase flipping); the one CTF of :mod:`cryoframe.geometry.ctf`.
     """
     fy, fx = freq_yx(box)
     sy = xp.asarray(fy / (box * psize_A))
@@ -123,15 +124,8 @@ def ctf_half(xp: ModuleType, box: int, psize_A: float, p: dict[str, Any]) -> Any
         v = p.get(name, default)
         return xp.asarray(v, dtype=xp.float64).reshape(-1, 1, 1)
 
-    v = col("accel_kv") * 1e3
-    lam = 12.2643247 / xp.sqrt(v * (1.0 + v * 0.978466e-6))
-    df1, df2 = col("df1_A"), col("df2_A")
-    s2 = sx * sx + sy * sy
-    d = 0.5 * (df1 + df2) + 0.5 * (df1 - df2) * xp.cos(2.0 * (xp.arctan2(sy, sx) - col("df_angle_rad")))
-    chi = (math.pi * lam * d * s2 - 0.5 * math.pi * col("cs_mm") * 1e7 * lam**3 * s2 * s2
-           + col("phase_shift_rad", 0.0))
-    a = col("amp_contrast")
-    ctf = (xp.sqrt(1.0 - a * a) * xp.sin(chi) + a * xp.cos(chi)).astype(xp.float32)
+    ctf = ctf_at(sx, sy, *(col(k, 0.0 if k == "phase_shift_rad" else None) for k in CTF_PARAMS),
+                 xp=xp).astype(xp.float32)
     if p.get("flip_phases") is not None:  # phase flipping only (RELION --only_flip_phases): sign of the CTF
         ctf = xp.where(col("flip_phases") > 0, xp.where(ctf >= 0, 1.0, -1.0), ctf).astype(xp.float32)
     return ctf

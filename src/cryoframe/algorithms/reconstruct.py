@@ -1,0 +1,220 @@
+"""CTF-weighted 3D reconstruction from particles with known poses, as a Dask reduction.
+
+Each partition of particles (its images, pose matrices, shifts, CTF parameters, weights and half
+labels) is turned into partial Fourier sums for both half sets — ``sum w CTF F`` and
+``sum w CTF^2`` on the padded half grid (:mod:`cryoframe.geometry.fourier`) — on NumPy (numba
+kernels) or CuPy; the partial sums are added by a tree sum (:func:`_tree_sum`), so the memory of a
+worker is bounded by its partition and a few grids, not by the number of particles.  The driver
+then forms the half maps, the FSC, RELION's FSC-based regulariser, the regularised half maps and
+the map of both halves, and the FSC-weighted map (see :class:`Reconstructor`).
+
+Symmetry: every particle is inserted once per operator ``g`` of the group, with pose ``g R``
+(a particle of a symmetric object is equally a view at ``g R``).  On the CPU the shift, the CTF and
+the insertion run fused in one numba loop (:func:`cryoframe.geometry._kernels.insert_ctf`); the
+vectorised path (CuPy, or NumPy without numba) applies them as array operations.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from cryoframe.backend import get_array_module, to_host
+from cryoframe.geometry import fourier as fo
+from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
+from cryoframe.geometry.ctf import ctf_grid
+from cryoframe.geometry.fsc import fsc, fsc_weighted, resolution_at, shell_frequencies
+from cryoframe.geometry.symmetry import symmetry_matrices
+
+__all__ = ["Reconstructor", "partition_sums"]
+
+
+def partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dict[str, np.ndarray] | None,
+                   weights: np.ndarray | None, half: np.ndarray, *, box: int, psize_A: float, pad: int = 2,
+                   r_max: float | None = None, sym: np.ndarray | None = None, device: str = "cpu",
+                   batch: int = 512) -> np.ndarray:
+    """Partial Fourier sums of one partition: (2, P, P, P // 2 + 1, 3) float32 — per half (0/1):
+    real and imaginary part of ``sum w CTF F`` and ``sum w CTF^2``.
+
+    ``images`` (n, box, box) real; ``rot`` (n, 3, 3) pose matrices; ``shifts_px`` (n, 2) the
+    translation (px of the images) that centres each particle; ``ctf`` (n,) arrays of
+    :data:`cryoframe.geometry.ctf.CTF_PARAMS` or None; ``weights`` (n,) or None; ``half`` (n,) 0/1.
+    """
+    xp = get_array_module(device)
+    sym = np.eye(3)[None] if sym is None else np.asarray(sym, dtype=np.float64)
+    fused = fo._use_numba(xp, "auto")
+    if fused:
+        from cryoframe.geometry import _kernels
+
+        kx, ky, flat = fo.image_freqs(box, r_max)
+    out = []
+    for h in (0, 1):
+        # float32 partial sums: half the memory traffic of the scattered updates (the cost of insertion);
+        # a partition adds at most a few thousand terms per voxel, far from float32's precision limit
+        sums = fo.new_sums(box, pad, xp, dtype=xp.float32)
+        sel = np.flatnonzero(half == h)
+        sel = sel[_view_order(rot[sel])]
+        for s in range(0, len(sel), batch):
+            idx = sel[s:s + batch]
+            img = xp.asarray(np.asarray(images[idx], dtype=np.float32))
+            f = fo.cfft2(img, xp)
+            c_par = None if ctf is None else {k: np.asarray(v)[idx] for k, v in ctf.items()}
+            w = np.ones(len(idx)) if weights is None else np.asarray(weights, dtype=np.float64)[idx]
+            if fused:  # shift, CTF and insertion in one compiled loop
+                for g in sym:
+                    _kernels.insert_ctf(sums, (g @ rot[idx]) * pad, kx, ky, flat, box, psize_A, f, c_par,
+                                        shifts_px[idx], w)
+                continue
+            f = f * fo.phase_shift(box, shifts_px[idx], xp)
+            c = None if c_par is None else ctf_grid(box, psize_A, c_par, xp=xp)
+            for g in sym:
+                r = g @ rot[idx]
+                fo.insert_slices(sums, r if xp is np else xp.asarray(r), f, c, w, box, pad, r_max, xp, method="xp")
+        out.append(to_host(sums).astype(np.float32))
+    return np.stack(out)
+
+
+def _view_order(rot: np.ndarray) -> np.ndarray:
+    """Order of particles by viewing direction (the slice normal ``R e_z``, sign folded): successive
+    slices then update neighbouring parts of the grid, which keeps the scattered updates in cache
+    (about 1.5x faster insertion than random order)."""
+    d = rot[:, :, 2] * np.where(rot[:, 0:1, 2] < 0, -1.0, 1.0)
+    return np.lexsort((np.arctan2(d[:, 1], d[:, 2]), np.round(np.arccos(np.clip(d[:, 0], -1.0, 1.0)) * 6)))
+
+
+def _add(*parts: np.ndarray) -> np.ndarray:
+    acc = parts[0].copy()
+    for p in parts[1:]:
+        acc += p
+    return acc
+
+
+def _tree_sum(parts: list[Any], fan_in: int = 8) -> Any:
+    """Sum of delayed arrays as a tree of ``fan_in``-ary additions (one delayed result)."""
+    import dask
+
+    parts = list(parts)
+    if not parts:
+        raise ValueError("nothing to sum")
+    while len(parts) > 1:
+        parts = [dask.delayed(_add)(*parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return parts[0]
+
+
+class Reconstructor:
+    """Reconstruct half maps, the map, FSC and FSC-weighted map from posed particles.
+
+    Parameters
+    ----------
+    box, psize_A : image size (px) and pixel size (Å/px).
+    pad : padding factor of the Fourier grids (2, as RELION).
+    symmetry : point group (:func:`cryoframe.geometry.symmetry.symmetry_matrices`).
+    max_resolution_A : frequencies beyond it (Å) are neither inserted nor kept; None: Nyquist.
+    regulariser : ``"fsc"`` (RELION's ``1 / (T tau^2)`` with tau^2 from the half-map FSC), ``"none"``
+        (``relion_reconstruct``'s default: weights floored at 1/1000 of their shell mean) or a float
+        constant added to every weight (see :mod:`cryoframe.geometry.backprojector`).
+    tau2_fudge : T of the ``"fsc"`` regulariser.
+    device : ``cpu``, ``gpu`` or ``auto`` (:func:`cryoframe.backend.get_array_module`).
+    partition_size : particles per Dask task.
+
+    Learned attributes: ``half_maps_`` (2, b, b, b) float32, ``map_``, ``map_filtered_``,
+    ``fsc_`` (unmasked, shells 0..b/2), ``fsc_masked_`` (or None), ``frequencies_`` (1/Å),
+    ``resolution_`` ({"0.143": Å, "0.5": Å} of the masked FSC when a mask was given, else unmasked),
+    ``resolution_unmasked_``, ``n_per_half_``, ``timings_`` (s).
+    """
+
+    def __init__(self, box: int, psize_A: float, *, pad: int = 2, symmetry: str = "C1",
+                 max_resolution_A: float | None = None, regulariser: str | float = "fsc", tau2_fudge: float = 1.0,
+                 device: str = "cpu", partition_size: int = 2000) -> None:
+        self.box = box
+        self.psize_A = psize_A
+        self.pad = pad
+        self.symmetry = symmetry
+        self.max_resolution_A = max_resolution_A
+        self.regulariser = regulariser
+        self.tau2_fudge = tau2_fudge
+        self.device = device
+        self.partition_size = partition_size
+
+    @property
+    def r_max_(self) -> float:
+        """Insertion radius in cycles per box."""
+        if self.max_resolution_A is None:
+            return self.box / 2
+        return min(self.box / 2, self.box * self.psize_A / self.max_resolution_A)
+
+    def fit(self, images: Any, rot: np.ndarray, shifts_px: np.ndarray, half: np.ndarray,
+            ctf: dict[str, np.ndarray] | None = None, weights: np.ndarray | None = None,
+            mask: np.ndarray | None = None) -> Reconstructor:
+        """Reconstruct from ``images``: a dask or NumPy array (n, b, b), or a reader ``images(lo, hi)``
+        returning particles ``lo:hi`` (called inside each partition's task, e.g.
+        ``ParticleStore.read_images``); other arguments as :func:`partition_sums`."""
+        import dask
+
+        t0 = time.perf_counter()
+        n = len(rot)
+        sym = symmetry_matrices(self.symmetry)
+        step = max(1, int(self.partition_size))
+        if type(images).__module__.startswith("dask"):  # a dask array: its blocks, rechunked to partitions
+            x = images.rechunk((step, images.shape[1], images.shape[2]))
+            blocks = list(x.to_delayed().ravel())
+            starts = np.cumsum((0,) + x.chunks[0])
+            ranges = list(zip(starts[:-1], starts[1:], strict=True))
+        else:  # a reader ``images(lo, hi)`` (read inside each task) or an in-memory array
+            ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+            if callable(images):
+                blocks = [dask.delayed(images)(int(lo), int(hi)) for lo, hi in ranges]
+            else:
+                arr = np.asarray(images)
+                blocks = [arr[lo:hi] for lo, hi in ranges]
+        parts = []
+        for b, (lo, hi) in zip(blocks, ranges, strict=True):
+            sl = slice(int(lo), int(hi))
+            parts.append(dask.delayed(partition_sums)(
+                b, rot[sl], shifts_px[sl], None if ctf is None else {k: v[sl] for k, v in ctf.items()},
+                None if weights is None else weights[sl], half[sl], box=self.box, psize_A=self.psize_A,
+                pad=self.pad, r_max=self.r_max_, sym=sym, device=self.device))
+        (total,) = dask.compute(_tree_sum(parts))
+        t1 = time.perf_counter()
+        self._finish(total, mask)
+        self.n_per_half_ = [int(np.sum(half == 0)), int(np.sum(half == 1))]
+        self.n_particles_ = n
+        self.timings_ = {"insert_s": t1 - t0, "maps_s": time.perf_counter() - t1}
+        return self
+
+    def _finish(self, total: np.ndarray, mask: np.ndarray | None) -> None:
+        xp = np if self.device == "cpu" else get_array_module(self.device)
+        b, pad, rm = self.box, self.pad, self.r_max_
+        halves = []
+        for h in (0, 1):
+            s = xp.asarray(total[h], dtype=xp.float64)
+            fo.enforce_hermitian(s, xp)
+            halves.append(s)
+        raw = [to_host(map_from_sums(s, b, pad, None, rm, xp)) for s in halves]
+        both = halves[0] + halves[1]
+        if isinstance(self.regulariser, str) and self.regulariser == "fsc":
+            c0 = fsc(raw[0], raw[1])
+            regs = [fsc_regulariser(c0, shell_mean_weight(s[..., 2], b, pad, xp), self.tau2_fudge) for s in halves]
+            reg_all = fsc_regulariser(c0, shell_mean_weight(both[..., 2], b, pad, xp), self.tau2_fudge, full_map=True)
+            hm = [to_host(map_from_sums(s, b, pad, r, rm, xp)) for s, r in zip(halves, regs, strict=True)]
+            full = to_host(map_from_sums(both, b, pad, reg_all, rm, xp))
+        else:
+            reg = None if self.regulariser == "none" else float(self.regulariser)
+            hm = raw if reg is None else [to_host(map_from_sums(s, b, pad, reg, rm, xp)) for s in halves]
+            full = to_host(map_from_sums(both, b, pad, reg, rm, xp))
+        self.half_maps_ = np.stack(hm).astype(np.float32)
+        self.map_ = full.astype(np.float32)
+        self.frequencies_ = shell_frequencies(b, self.psize_A)
+        self.fsc_ = fsc(hm[0], hm[1])
+        self.fsc_masked_ = None if mask is None else fsc(hm[0], hm[1], mask)
+        curve = self.fsc_ if mask is None else self.fsc_masked_
+        nyq = int(math.floor(rm))
+        cut = curve.copy()
+        cut[nyq + 1:] = 0.0  # beyond --max-resolution nothing was inserted
+        floor = self.max_resolution_A or 0.0  # nothing beyond --max-resolution was inserted: claim no better
+        self.resolution_ = {str(t): max(resolution_at(cut, b, self.psize_A, t), floor) for t in (0.143, 0.5)}
+        self.resolution_unmasked_ = {str(t): resolution_at(self.fsc_, b, self.psize_A, t) for t in (0.143, 0.5)}
+        self.map_filtered_ = to_host(fsc_weighted(self.map_, cut))

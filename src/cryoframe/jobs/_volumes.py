@@ -1,0 +1,128 @@
+"""MRC maps (volumes) and the per-particle geometry of a store, shared by the 3D jobs."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoframe.errors import FormatError, InputError
+from cryoframe.geometry.ctf import CTF_PARAMS
+from cryoframe.geometry.rotations import pose_matrix
+from cryoframe.storage.store import ParticleStore
+
+__all__ = ["CTF_FIELDS", "POSE_FIELD", "SHIFT_FIELD", "SPLIT_FIELD", "particle_geometry", "read_map", "write_map"]
+
+POSE_FIELD = "alignments3D/pose"
+SHIFT_FIELD = "alignments3D/shift"
+SPLIT_FIELD = "alignments3D/split"
+CTF_FIELDS = {k: f"ctf/{k}" for k in CTF_PARAMS}
+_CTF_REQUIRED = [f for k, f in CTF_FIELDS.items() if k != "phase_shift_rad"]
+
+
+def write_map(path: str | os.PathLike[str], vol: np.ndarray, psize_A: float) -> Path:
+    """Write a ``[z, y, x]`` float32 volume as MRC (mode 2) with voxel size ``psize_A`` Å and origin 0."""
+    import mrcfile
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.tmp")
+    with mrcfile.new(tmp, overwrite=True) as m:
+        m.set_data(np.ascontiguousarray(vol, dtype=np.float32))
+        m.voxel_size = float(psize_A)
+        m.header.origin = (0.0, 0.0, 0.0)
+        m.header.nxstart = m.header.nystart = m.header.nzstart = 0
+        m.update_header_stats()
+    os.replace(tmp, p)
+    return p
+
+
+def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
+    """A cubic MRC map as ``([z, y, x] float32 array, voxel size Å or 0 when the header has none)``."""
+    import mrcfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: map not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(p, mode="r", permissive=True) as m:
+                if m.data is None:
+                    raise FormatError(f"{p}: MRC file without data")
+                data = np.asarray(m.data, dtype=np.float32)
+                vs = float(m.voxel_size.x)
+    except (ValueError, OSError) as exc:
+        raise FormatError(f"{p}: not a readable MRC map ({exc})") from exc
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(f"{p}: expected a cubic 3D map, got shape {data.shape}")
+    return data, vs
+
+
+def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = True) -> dict[str, Any]:
+    """Pose matrices, shifts (px of the images), CTF parameters, box and pixel size of ``store``.
+
+    Raises :class:`InputError` naming the field when poses (or, with ``ctf``, CTF fields) are missing
+    or the particles have mixed box sizes.
+    """
+    fields = set(store.fields)
+    if POSE_FIELD not in fields:
+        raise InputError(f"{store.path}: field {POSE_FIELD} is missing: 3D reconstruction needs poses from a "
+                         "refinement or ab-initio (e.g. a cryoSPARC refinement .cs or a RELION refine3d "
+                         "_data.star with rlnAngleRot/Tilt/Psi)")
+    if need_images and not store.has_images:
+        raise InputError(f"{store.path}: store has no particle images (imported with --metadata-only?)")
+    if ctf:
+        missing = [f for f in _CTF_REQUIRED if f not in fields]
+        if missing:
+            raise InputError(f"{store.path}: --ctf needs field(s) {', '.join(missing)}; use --no-ctf "
+                             "(reconstruct) or leave out --ctf (project)")
+    box = store.box
+    if "blob/shape" in fields:
+        shapes = store.table(["blob/shape"]).column(0).to_numpy(zero_copy_only=False)
+        shapes = np.stack(shapes) if shapes.dtype == object else np.asarray(shapes)
+        u = np.unique(shapes.reshape(len(shapes), -1), axis=0) if len(shapes) else np.zeros((0, 2))
+        if len(u) > 1:
+            raise InputError(f"{store.path}: particles have mixed box sizes (blob/shape values "
+                             f"{', '.join(str(tuple(int(v) for v in r)) for r in u[:4])}); reconstruct one box size "
+                             "at a time (query on blob/shape)")
+        if box is None and len(u):
+            box = int(u[0][0])
+    if box is None:
+        raise InputError(f"{store.path}: unknown box size (no images and no blob/shape)")
+    psize = store.psize_A
+    if not psize and "blob/psize_A" in fields:
+        psize = float(store.table(["blob/psize_A"]).column(0).to_numpy()[0])
+    if not psize:
+        raise InputError(f"{store.path}: unknown pixel size (no psize_A in the manifest and no blob/psize_A)")
+    cols = [POSE_FIELD] + [f for f in (SHIFT_FIELD, "alignments3D/psize_A", SPLIT_FIELD) if f in fields]
+    if ctf:
+        cols += [f for f in CTF_FIELDS.values() if f in fields]
+    t = store.table(cols)
+
+    def vec(name: str, k: int) -> np.ndarray:
+        col = t.column(name)
+        return np.asarray(col.combine_chunks().flatten().to_numpy(), dtype=np.float64).reshape(-1, k)
+
+    pose = vec(POSE_FIELD, 3)
+    if not np.all(np.isfinite(pose)):
+        raise InputError(f"{store.path}: {POSE_FIELD} has non-finite values")
+    out: dict[str, Any] = {"box": int(box), "psize_A": float(psize), "n": store.n, "pose": pose,
+                           "rot": pose_matrix(pose)}
+    shifts = np.zeros((store.n, 2))
+    if SHIFT_FIELD in fields:
+        shifts = vec(SHIFT_FIELD, 2)
+        if "alignments3D/psize_A" in fields:  # shifts are in px of the alignment's pixel size
+            pa = t.column("alignments3D/psize_A").to_numpy().astype(np.float64)
+            pa = np.where(pa > 0, pa, psize)
+            shifts = shifts * (pa / psize)[:, None]
+    out["shifts_px"] = shifts
+    out["split"] = t.column(SPLIT_FIELD).to_numpy().astype(np.int64) if SPLIT_FIELD in fields else None
+    if ctf:
+        out["ctf"] = {k: t.column(f).to_numpy().astype(np.float64) if f in t.column_names else np.zeros(store.n)
+                      for k, f in CTF_FIELDS.items()}
+    else:
+        out["ctf"] = None
+    return out
