@@ -16,6 +16,7 @@ temporary directory, so a failed or killed operation never leaves a partial stor
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import uuid
@@ -39,6 +40,8 @@ from cryoframe.storage.manifest import (
 )
 
 __all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows", "prefetch"]
+
+_log = logging.getLogger(__name__)
 
 IMAGE_ROW = "_image_row"
 """Internal column: row of this particle in the (possibly shared) image array."""
@@ -140,11 +143,18 @@ class StoreWriter:
             self.abort()
 
     def abort(self) -> None:
+        """Stop background work and remove the temporary store.  Errors of the background Parquet
+        writes are logged (they are usually the cause of the abort, or a symptom of it)."""
         self._hasher.shutdown(wait=False, cancel_futures=True)
         try:
-            self._finish_files()
-        except Exception:
-            pass
+            self._close_file()
+        except Exception as exc:  # noqa: BLE001 - aborting anyway: report, then clean up
+            _log.warning("%s: closing a Parquet file failed during abort: %r", self.tmp, exc)
+        while self._inflight:
+            try:
+                self._drain(self._inflight.pop(0))
+            except Exception as exc:  # noqa: BLE001
+                _log.warning("%s: a background Parquet write failed during abort: %r", self.tmp, exc)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._done = True
 
@@ -248,6 +258,17 @@ class StoreWriter:
         return self.tmp / "extras"
 
     # -- commit ----------------------------------------------------------------------------
+    def derive(self, parent: ParticleStore, **info: Any) -> ParticleStore:
+        """Commit a store derived from ``parent`` (a selection or annotation of its particles): link
+        ``parent``'s images, copy its optics table, and keep its pixel size (Å/px), box (px) and
+        import source unless ``info`` overrides them.  The metadata must already be written."""
+        self.link_images(parent)
+        opt = parent.optics()
+        if opt is not None:
+            self.write_optics(opt)
+        base = {"psize_A": parent.psize_A, "box_px": parent.box, "source": parent.manifest.get("source")}
+        return self.commit(**{**base, **info})
+
     def commit(self, **info: Any) -> ParticleStore:
         """Finish files, write the manifest, rename into place; returns the opened store."""
         self._finish_files()
@@ -314,6 +335,7 @@ class ParticleStore:
         self._files = sorted((self.path / "metadata").glob("*.parquet"))
         if not self._files:
             raise StoreError(f"{self.path}: metadata/ holds no Parquet files")
+        self._image_rows: np.ndarray | None = None
 
     open = classmethod(lambda cls, path: cls(path))
 
@@ -426,8 +448,13 @@ class ParticleStore:
         return zarr.open_array(str(p), mode="r")
 
     def image_rows(self) -> np.ndarray:
-        """Row of each particle (store order) in :meth:`image_array`."""
-        return self.table([IMAGE_ROW]).column(0).to_numpy()
+        """Row of each particle (store order) in :meth:`image_array` (read once per store object;
+        stores are immutable; the array is read-only)."""
+        if self._image_rows is None:
+            rows = self.table([IMAGE_ROW]).column(0).to_numpy()
+            rows.flags.writeable = False
+            self._image_rows = rows
+        return self._image_rows
 
     def images(self) -> Any:
         """Lazy dask array (n, box, box) of this store's particle images in store order."""

@@ -11,6 +11,7 @@ statistics (stochastic EM, i.e. preconditioned gradient steps on the references)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -29,7 +30,6 @@ from cryoframe.errors import InputError
 
 __all__ = ["Class2D"]
 
-CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast")
 _BUDGET = 256 << 20  # bytes of E-step work arrays per partition (sets the automatic chunk size)
 _E_MARGIN = 10  # E-step shells beyond the current resolution (RELION's incr_size)
 _GROUP_PRIOR = 10.0  # a group's noise spectrum is shrunk towards the global one with this many particles
@@ -38,7 +38,7 @@ _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
 _SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correction)
 _SPLIT_MAX = 2000  # at most this many members of a class enter a split
 _PARTICLE_KEYS = ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "scale")
-_RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size"}
+_RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size", "warm_start"}
 
 
 def _tree(parts: list[Any]) -> Any:
@@ -66,7 +66,11 @@ class Class2D(BaseEstimator):
     this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
     (duplicate classes, correlation above it, are re-seeded too; None: off); ``scale_correction``
     (per-particle contrast scale in the likelihood); ``chunk_size`` (particles per partition; None:
-    from a 128 MiB budget); ``checkpoint_dir`` (state after every iteration, for ``resume``).
+    from the ``_BUDGET`` of E-step work arrays per partition); ``checkpoint_dir`` (state after every
+    iteration); ``warm_start`` (scikit-learn convention: ``fit`` continues from the last completed
+    iteration in ``checkpoint_dir``, else from this estimator's previous ``fit``, up to ``n_iter``
+    iterations in total; data and every parameter except ``n_iter``, ``device``, ``chunk_size`` and
+    ``checkpoint_dir`` must be those of the run it continues).
 
     Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
@@ -87,7 +91,8 @@ class Class2D(BaseEstimator):
                  init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
                  batch_size: int | None = None, reseed_min_fraction: float = 0.05,
                  reseed_similarity: float | None = 0.95, scale_correction: bool = True,
-                 chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+                 chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
+                 warm_start: bool = False) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
         self.tau_fudge = tau_fudge
@@ -112,12 +117,14 @@ class Class2D(BaseEstimator):
         self.scale_correction = scale_correction
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
+        self.warm_start = warm_start
 
     # -- inputs and geometry -------------------------------------------------------------------
     def _data(self, X: Any, ctf_params: dict[str, Any] | None,
               fitted_psize: float | None = None) -> tuple[Any, dict[str, np.ndarray] | None, float]:
         import dask.array as da
 
+        from cryoframe.storage.ctf import CTF_KEYS, OPTIONAL_CTF_KEYS, read_ctf_params
         from cryoframe.storage.store import ParticleStore
 
         psize = self.psize_A if self.psize_A is not None else fitted_psize
@@ -125,9 +132,7 @@ class Class2D(BaseEstimator):
             if psize is None:
                 psize = X.psize_A
             if self.ctf and ctf_params is None:
-                keys = [*CTF_KEYS, *(["phase_shift_rad"] if "ctf/phase_shift_rad" in X.fields else [])]
-                tab = X.table([f"ctf/{k}" for k in keys])
-                ctf_params = {k: tab.column(f"ctf/{k}").to_numpy() for k in keys}
+                ctf_params = read_ctf_params(X, hint="or pass ctf=False")
             X = X.images()
         else:
             if self.ctf and psize is None:
@@ -144,9 +149,9 @@ class Class2D(BaseEstimator):
                                  "accel_kv, cs_mm, amp_contrast) or a ParticleStore with ctf/ fields; "
                                  "or pass ctf=False")
             ctf = {}
-            for k in (*CTF_KEYS, "phase_shift_rad"):
+            for k in (*CTF_KEYS, *OPTIONAL_CTF_KEYS):
                 v = ctf_params.get(k, ctf_params.get(f"ctf/{k}"))
-                if v is None and k == "phase_shift_rad":
+                if v is None and k in OPTIONAL_CTF_KEYS:
                     continue
                 if v is None:
                     raise InputError(f"ctf_params lacks {k!r}")
@@ -428,7 +433,11 @@ class Class2D(BaseEstimator):
                 meta = json.loads(str(z["meta"]))
                 if (meta["n"] != n or meta["box"] != box or meta["params"] != self._params_json()
                         or np.atleast_2d(z["sigma2"]).shape[0] != n_groups):
-                    raise InputError(f"{f}: checkpoint written for other data or parameters; cannot resume")
+                    mine, theirs = json.loads(self._params_json()), json.loads(meta["params"])
+                    diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+                    what = f"parameters differ: {', '.join(diff)}" if diff else "other data"
+                    raise InputError(f"{f}: checkpoint written for other data or parameters ({what}); "
+                                     "cannot resume")
                 st = {key: z[key] for key in z.files if key != "meta" and not key.startswith("run_")}
                 run = {key[4:]: z[key] for key in z.files if key.startswith("run_")}
                 st.update({key: zp[key] for key in zp.files if key != "meta"})
@@ -437,14 +446,13 @@ class Class2D(BaseEstimator):
         return None
 
     # -- public API ---------------------------------------------------------------------------------
-    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, resume: bool = False,
-            groups: Any = None) -> Class2D:
+    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, groups: Any = None) -> Class2D:
         """Classify ``X``: a ParticleStore, a dask array or an array (n, box, box) of images.
 
         ``ctf_params``: per-particle arrays (or scalars) ``df1_A``, ``df2_A`` (Å), ``df_angle_rad``,
         ``accel_kv`` (kV), ``cs_mm`` (mm), ``amp_contrast`` (optionally ``phase_shift_rad``; keys may
-        carry the ``ctf/`` prefix); read from the store when X is one.  ``resume``: continue from the
-        last completed iteration in ``checkpoint_dir`` (same data and parameters; ``n_iter`` may grow).
+        carry the ``ctf/`` prefix); read from the store when X is one (:func:`read_ctf_params`).
+        With ``warm_start``, continues the previous run (see the class docstring).
         ``groups``: per-particle noise-group labels (any values, e.g. micrograph ids or RELION's
         rlnGroupNumber); each group gets its own noise power spectrum.  None: one group.
         """
@@ -467,15 +475,19 @@ class Class2D(BaseEstimator):
         if self.checkpoint_dir is not None:
             d = Path(self.checkpoint_dir)
             d.mkdir(parents=True, exist_ok=True)
-            if resume:
+            if self.warm_start:
                 loaded = self._load(n, box, geo["n_groups"])
                 if loaded is not None:
                     st, rng.bit_generator.state = loaded
             else:
                 for f in d.glob("class2d_it*.npz"):
                     f.unlink()
-        elif resume:
-            raise InputError("resume=True needs checkpoint_dir")
+        prev = getattr(self, "_last", None)
+        if st is None and self.warm_start and prev is not None:
+            if prev["key"] != (n, box, geo["n_groups"], self._params_json()):
+                raise InputError("warm_start: the previous fit was on other data or parameters; cannot continue")
+            st = {k: (v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v)) for k, v in prev["st"].items()}
+            rng.bit_generator.state = prev["rng"]
         if st is None:
             st = self._initial(Xd, ctf, geo, rng)
         for t in range(int(st["iteration"]), int(self.n_iter)):
@@ -513,6 +525,8 @@ class Class2D(BaseEstimator):
             if self.checkpoint_dir is not None:
                 self._save(st, rng, n, box)
         self._set_attrs(st, geo)
+        self._last = {"key": (n, box, geo["n_groups"], self._params_json()), "st": st,
+                      "rng": rng.bit_generator.state}
         return self
 
     def _set_attrs(self, st: dict[str, Any], geo: dict[str, Any]) -> None:
