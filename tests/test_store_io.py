@@ -55,3 +55,32 @@ def test_export_images_reads_the_image_row_column_once(tmp_path: Path, monkeypat
 
     got = mrcfile.read(tmp_path / "o.mrcs")
     np.testing.assert_array_equal(got, np.asarray(sub.images()))
+
+
+def test_atomic_outputs_leave_nothing_on_failure_and_refuse_existing(tmp_path: Path) -> None:
+    from cryoframe.errors import FormatError, StoreError
+    from cryoframe.storage.atomic import atomic_path, check_output, write_json_atomic
+    from cryoframe.storage.formats.mrc import write_stack
+
+    with pytest.raises(FormatError, match="wrote 2 images, expected 3"):
+        write_stack(tmp_path / "s.mrcs", 3, 4, [np.zeros((2, 4, 4), np.float32)])
+    assert list(tmp_path.iterdir()) == []
+    write_json_atomic(tmp_path / "a.json", {"x": np.float32(1.5), "p": tmp_path})
+    assert (tmp_path / "a.json").read_text().replace(" ", "").replace("\n", "") == \
+        '{"x":1.5,"p":"' + str(tmp_path) + '"}'
+    with pytest.raises(StoreError, match="already exists"):
+        check_output(tmp_path / "a.json", overwrite=False)
+    with pytest.raises(StoreError, match="output directory does not exist"):
+        check_output(tmp_path / "no" / "b.json", overwrite=True)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "d") as tmp:
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["old.txt"]
+    with atomic_path(tmp_path / "d") as tmp:  # a directory replaces a directory
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "d"]

@@ -206,14 +206,9 @@ class _Source:
         """Σ over partitions of ``fn(part, *args)``: one pass, tree-reduced by dask when lazy."""
         if not self.lazy:
             return _sum(*self.map_all(fn, *args))
-        import dask
+        from cryoframe.distributed.mapreduce import map_partitions
 
-        tasks = [dask.delayed(fn, pure=True)(p, *args) for p in self.parts]
-        while len(tasks) > 1:
-            tasks = [dask.delayed(_sum, pure=True)(*tasks[i : i + _SPLIT_EVERY])
-                     for i in range(0, len(tasks), _SPLIT_EVERY)]
-        (out,) = dask.compute(tasks[0])
-        return out
+        return map_partitions(fn, self.parts, *args, reduce=_sum, fan_in=_SPLIT_EVERY)
 
 
 # -- the estimator ---------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,13 @@ import pyarrow.parquet as pq
 
 from cryoframe.errors import StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
+from cryoframe.storage.atomic import check_output, replace_into, temp_path, write_json_atomic
 from cryoframe.storage.manifest import (
     FORMAT_VERSION,
+    Manifest,
     file_hash,
     lineage_step,
     read_manifest,
-    temp_path,
-    write_json_atomic,
 )
 
 __all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows", "prefetch"]
@@ -103,17 +102,13 @@ class StoreWriter:
         parent: ParticleStore | None = None,
         overwrite: bool = False,
     ) -> None:
-        self.final = Path(path).absolute()
-        if self.final.exists() and not overwrite:
-            raise StoreError(f"{self.final}: already exists (choose another --out or pass --overwrite)")
-        if not self.final.parent.is_dir():
-            raise StoreError(f"{self.final.parent}: output directory does not exist")
+        self.final = check_output(path, overwrite)
         self.overwrite = overwrite
         self.tmp = temp_path(self.final)
         (self.tmp / "metadata").mkdir(parents=True)
         (self.tmp / "extras").mkdir()
         self.parent = parent
-        self.lineage: list[dict[str, Any]] = list(parent.manifest.get("lineage", [])) if parent else []
+        self.lineage: list[dict[str, Any]] = list(parent.manifest.lineage) if parent else []
         self._step = (op, params or {}, list(inputs))
         self._writer: pq.ParquetWriter | None = None
         self._pool: Any = None
@@ -140,6 +135,16 @@ class StoreWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None or not self._done:
+            self.abort()
+
+    @property
+    def closed(self) -> bool:
+        """True once committed or aborted."""
+        return self._done
+
+    def close(self) -> None:
+        """Abort unless already committed or aborted (for ``finally:`` clauses)."""
+        if not self._done:
             self.abort()
 
     def abort(self) -> None:
@@ -246,8 +251,8 @@ class StoreWriter:
         self.images = {
             "path": os.path.join("..", rel),
             "abs_path": str(src),
-            "shape": source.manifest["images"]["shape"],
-            "dtype": source.manifest["images"]["dtype"],
+            "shape": source.manifest.images["shape"],
+            "dtype": source.manifest.images["dtype"],
             "owner": False,
         }
 
@@ -266,7 +271,7 @@ class StoreWriter:
         opt = parent.optics()
         if opt is not None:
             self.write_optics(opt)
-        base = {"psize_A": parent.psize_A, "box_px": parent.box, "source": parent.manifest.get("source")}
+        base = {"psize_A": parent.psize_A, "box_px": parent.box, "source": parent.manifest.source}
         return self.commit(**{**base, **info})
 
     def commit(self, **info: Any) -> ParticleStore:
@@ -296,33 +301,28 @@ class StoreWriter:
         for f in self.schema:
             dt, shape = numpy_dtype_of(f)
             fields.append({"name": f.name, "numpy_dtype": dt.str, "shape": list(shape), "arrow_type": str(f.type)})
-        manifest = {
-            "format": "cryoframe-store",
-            "format_version": FORMAT_VERSION,
-            "schema_version": 1,
-            "cryoframe_version": __version__,
-            "n_particles": self.n,
-            "box_px": self.images["shape"][1] if self.images else info.pop("box_px", None),
-            "psize_A": info.pop("psize_A", None),
-            "fields": fields,
-            "images": self.images,
-            "optics": "optics.parquet" if (self.tmp / "optics.parquet").exists() else None,
-            "content_hash": f"blake2b:{h.hexdigest()}",
-            **info,
-            "lineage": self.lineage + [lineage_step(op, params, ins)],
-        }
-        write_json_atomic(self.tmp / "manifest.json", manifest)
-        old = None
-        if self.final.exists():
-            if not self.overwrite:
-                self.abort()
-                raise StoreError(f"{self.final}: already exists")
-            old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
+        box = self.images["shape"][1] if self.images else info.pop("box_px", None)
+        info.pop("box_px", None)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            cryoframe_version=__version__,
+            n_particles=self.n,
+            box_px=box,
+            psize_A=info.pop("psize_A", None),
+            fields=fields,
+            images=self.images,
+            optics="optics.parquet" if (self.tmp / "optics.parquet").exists() else None,
+            content_hash=f"blake2b:{h.hexdigest()}",
+            source=info.pop("source", None),
+            lineage=self.lineage + [lineage_step(op, params, ins)],
+            extras=info,
+        )
+        write_json_atomic(self.tmp / "manifest.json", manifest.to_dict())
+        if self.final.exists() and not self.overwrite:
+            self.abort()
+            raise StoreError(f"{self.final}: already exists")
+        replace_into(self.tmp, self.final)
         self._done = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return ParticleStore(self.final)
 
 
@@ -331,7 +331,7 @@ class ParticleStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
-        self.manifest = read_manifest(self.path)
+        self.manifest = Manifest.from_dict(read_manifest(self.path), where=str(self.path / "manifest.json"))
         self._files = sorted((self.path / "metadata").glob("*.parquet"))
         if not self._files:
             raise StoreError(f"{self.path}: metadata/ holds no Parquet files")
@@ -366,6 +366,11 @@ class ParticleStore:
     @property
     def lineage(self) -> list[dict[str, Any]]:
         return self.manifest.get("lineage", [])
+
+    @property
+    def metadata_files(self) -> list[Path]:
+        """The store's Parquet metadata files, in store order."""
+        return list(self._files)
 
     @property
     def schema(self) -> pa.Schema:

@@ -41,15 +41,6 @@ _PARTICLE_KEYS = ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik"
 _RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size", "warm_start"}
 
 
-def _tree(parts: list[Any]) -> Any:
-    import dask
-
-    while len(parts) > 1:
-        parts = [dask.delayed(es.combine, pure=True)(*parts[i : i + _FAN_IN])
-                 for i in range(0, len(parts), _FAN_IN)]
-    return parts[0]
-
-
 class Class2D(BaseEstimator):
     """Reference-free 2D classification of particle images (RELION 2D / EMAN2 e2refine2d-like).
 
@@ -214,21 +205,12 @@ class Class2D(BaseEstimator):
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
              per_rows: list[np.ndarray] | None = None, reduce: bool = True) -> Any:
-        """Map ``fn(block, ctf_rows, *args)`` over row chunks of X; tree-``combine`` or list."""
-        import dask
+        """Map ``fn(block, ctf_rows, *row_slices, *args)`` over ``chunk``-row partitions of X; tree-
+        ``combine`` the results (``reduce``) or return their list."""
+        from cryoframe.distributed.mapreduce import map_partitions
 
-        X = X.rechunk({0: chunk, 1: -1, 2: -1})
-        # big shared arguments (the model) enter the graph once, not once per partition
-        args = tuple(dask.delayed(a, pure=True) if isinstance(a, dict | np.ndarray) else a for a in args)
-        tasks, s = [], 0
-        for blk, m in zip(X.to_delayed().ravel(), X.chunks[0], strict=True):
-            c = None if ctf is None else {k: v[s : s + m] for k, v in ctf.items()}
-            extra = [r[s : s + m] for r in per_rows or []]
-            tasks.append(dask.delayed(fn, pure=True)(blk, c, *extra, *args))
-            s += m
-        if reduce:
-            return dask.compute(_tree(tasks))[0]
-        return list(dask.compute(*tasks))
+        return map_partitions(fn, X, *args, per_rows=[ctf, *(per_rows or [])], chunk=chunk,
+                              reduce=es.combine if reduce else None, fan_in=_FAN_IN)
 
     # -- M-step ----------------------------------------------------------------------------------
     def _e_shell(self, st: dict[str, Any], geo: dict[str, Any]) -> int:
