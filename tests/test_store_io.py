@@ -84,3 +84,20 @@ def test_atomic_outputs_leave_nothing_on_failure_and_refuse_existing(tmp_path: P
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "d"]
+
+
+def test_manifest_is_typed_and_round_trips_the_json(tmp_path: Path) -> None:
+    import json
+
+    from cryoframe.errors import StoreError
+    from cryoframe.storage.manifest import Manifest
+
+    s = api.synth(tmp_path / "p.cf", n=10, box=16, classes=2, seed=1, kind="2d")
+    on_disk = json.loads((s.path / "manifest.json").read_text())
+    m = s.manifest
+    assert isinstance(m, Manifest) and m.to_dict() == on_disk
+    assert (m.n_particles, m.box_px, m.psize_A, m.lineage[-1]["op"]) == (10, 16, 2.0, "synth")
+    assert m["images"] == m.images and m.get("source") is None and m.get("nope", 3) == 3
+    assert Manifest.from_dict({**on_disk, "future_key": [1]}).to_dict()["future_key"] == [1]
+    with pytest.raises(StoreError, match="missing content_hash"):
+        Manifest.from_dict({k: v for k, v in on_disk.items() if k != "content_hash"})

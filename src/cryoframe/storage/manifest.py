@@ -126,7 +126,11 @@ class Manifest(Mapping[str, Any]):
 
     # read-only mapping view of the JSON
     def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
+        if key == "format":
+            return self.FORMAT
+        if key != "extras" and key in self.__dataclass_fields__:
+            return getattr(self, key)
+        return self.extras[key]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.to_dict())
