@@ -30,12 +30,13 @@ def test_continue_as_in_the_readme_takes_options_from_the_checkpoint(tiny, run_c
     monkeypatch.chdir(tiny)
     code, _, err = run_cli("-q", "class2d", "p.cf", *FIRST, "--out", "c2d.cf")
     assert code == 0, err
-    code, _, err = run_cli("-q", "class2d", "c2d.cf", "--continue", "--iters", "4", "--no-plots", "--out", "c2d.cf")
+    code, _, err = run_cli("-q", "class2d", "c2d.cf", "--continue", "--iters", "4", "--out", "c2d.cf")  # as README
     assert code == 0, err
     s = api.open_store(tiny / "c2d.cf")
     model = json.loads((s.extras_dir() / "model.json").read_text())
     assert model["n_classes"] == 3
     assert [h["iteration"] for h in model["history"]] == [1, 2, 3, 4]
+    assert (s.extras_dir() / "class_gallery.png").is_file() and (s.extras_dir() / "convergence.png").is_file()
     last = s.lineage[-1]["params"]
     assert (last["classes"], last["tau_fudge"], last["psi_step_deg"], last["mask_diameter_A"], last["seed"]) == \
         (3, 3.0, 30.0, 40.0, 5)
