@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from cryoframe.errors import InputError
 from cryoframe.schema import arrow_field, numpy_to_arrow
+from cryoframe.storage.atomic import write_json_atomic
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
 __all__ = ["class2d", "select2d"]
@@ -203,12 +204,12 @@ def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
         per_class.append({"class": c, "count": int(sizes[c]), "fraction": float(sizes[c] / n),
                           "resolution_A": None if not np.isfinite(res[c]) else float(res[c]),
                           "mean_ess": float(ess[sel].mean()) if sel.any() else None})
-    (d / "model.json").write_text(json.dumps({
+    write_json_atomic(d / "model.json", {
         "n_classes": k, "box_px": box, "psize_A": psize, "n_iter": int(model.n_iter_),
         "classes": per_class, "history": model.history_,
         "noise": {"groups": int(model.group_noise_spectra_.shape[0]),
                   "shell_A": [box * psize / max(s, 1) for s in range(box // 2)],
-                  "spectrum": model.noise_spectrum_.tolist()}}, indent=1, default=float))
+                  "spectrum": model.noise_spectrum_.tolist()}})
     if plots:
         from cryoframe import plot
 
