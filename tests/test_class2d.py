@@ -128,14 +128,20 @@ def test_resume_continues_like_an_uninterrupted_run(moderate, tmp_path: Path) ->
     full = Class2D(n_iter=6, checkpoint_dir=tmp_path / "full", **FAST).fit(moderate)
     first = Class2D(n_iter=3, checkpoint_dir=tmp_path / "part", **FAST).fit(moderate)
     assert first.n_iter_ == 3 and (tmp_path / "part" / "class2d_it003.npz").exists()
-    resumed = Class2D(n_iter=6, checkpoint_dir=tmp_path / "part", **FAST).fit(moderate, resume=True)
+    resumed = Class2D(n_iter=6, checkpoint_dir=tmp_path / "part", warm_start=True, **FAST).fit(moderate)
     assert resumed.n_iter_ == 6 and [h["iteration"] for h in resumed.history_] == list(range(1, 7))
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
     np.testing.assert_array_equal(resumed.class_averages_, full.class_averages_)
     np.testing.assert_array_equal(resumed.shifts_px_, full.shifts_px_)
-    with pytest.raises(InputError, match="other data or parameters"):
-        other = Class2D(n_iter=7, checkpoint_dir=tmp_path / "part", **{**FAST, "tau_fudge": 3.0})
-        other.fit(moderate, resume=True)
+    with pytest.raises(InputError, match="other data or parameters.*tau_fudge"):
+        other = Class2D(n_iter=7, checkpoint_dir=tmp_path / "part", warm_start=True, **{**FAST, "tau_fudge": 3.0})
+        other.fit(moderate)
+    # scikit-learn warm start without a checkpoint: fit continues this estimator's previous run
+    mem = Class2D(n_iter=3, warm_start=True, **FAST).fit(moderate)
+    mem.set_params(n_iter=6).fit(moderate)
+    assert [h["iteration"] for h in mem.history_] == list(range(1, 7))
+    np.testing.assert_array_equal(mem.labels_, full.labels_)
+    np.testing.assert_array_equal(mem.class_averages_, full.class_averages_)
 
 
 def test_predict_agrees_with_the_fitted_labels(fitted: Class2D, moderate) -> None:  # noqa: ANN001

@@ -15,6 +15,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cryoframe.algorithms import _gmm_kernels as kern
 from cryoframe.algorithms.gmm import GaussianMixture
@@ -243,3 +244,27 @@ def test_gpu_fit_matches_cpu_fit(bimodal: np.ndarray) -> None:
     with dask.config.set(scheduler="threads"):
         gpu_dask = GaussianMixture(2, random_state=0, device="gpu").fit(da.from_array(bimodal, chunks=50_000))
     assert_same_fit(gpu_dask, cpu, rtol=1e-9)
+
+
+# -- scikit-learn's estimator checks ------------------------------------------------------------------
+# GaussianMixture is univariate by design (one value per particle): it accepts X of shape (n,) or
+# (n, 1) and refuses more features with a clear error.  The checks below fit multi-feature X, so
+# they cannot apply; check_fit1d asks that 1-D X be refused, which this estimator accepts on purpose.
+_MULTI_FEATURE = "univariate estimator: the check fits X with several features"
+GMM_XFAIL = {name: _MULTI_FEATURE for name in (
+    "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
+    "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_dtype_object",
+    "check_pipeline_consistency", "check_estimators_pickle", "check_f_contiguous_array_estimator",
+    "check_methods_sample_order_invariance", "check_methods_subset_invariance", "check_fit2d_1sample",
+    "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted", "check_n_features_in",
+    "check_fit2d_predict1d", "check_estimators_nan_inf")}
+GMM_XFAIL["check_fit1d"] = "1-D X (n,) is accepted on purpose: one value per particle"
+
+
+@parametrize_with_checks([GaussianMixture(n_components=2, random_state=0)],
+                         expected_failed_checks=lambda est: GMM_XFAIL)
+def test_sklearn_estimator_checks(estimator, check) -> None:  # noqa: ANN001
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check(estimator)

@@ -198,13 +198,13 @@ def export(store: StoreLike, out: PathLike, *, format: ExportFormat | None = Non
 def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0.05, seed: int = 0,
           kind: SynthKind = "2d", metadata_only: bool = False, overwrite: bool = False, psize_A: float = 2.0,
           ctf: bool = True, batch_size: int = 262_144) -> ParticleStore:
-    """Write a deterministic synthetic store with ground truth (see :func:`cryoframe.testing.synth_store`).
+    """Write a deterministic synthetic store with ground truth (see :func:`cryoframe.synthetic.synth_store`).
 
     ``n`` particles of ``box`` px at ``psize_A`` Å/px from ``classes`` 2D templates or 3D volumes
     (``kind``), with CTF (``ctf``) and noise at signal-to-noise (variance) ratio ``snr``;
     ``batch_size`` rows are generated at a time.
     """
-    from cryoframe.testing import synth_store
+    from cryoframe.synthetic import synth_store
 
     return synth_store(out, n, box=box, classes=classes, snr=snr, seed=seed, kind=kind,
                        metadata_only=metadata_only, overwrite=overwrite, psize_A=psize_A, ctf=ctf,
@@ -213,7 +213,7 @@ def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0
 
 def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed: int = 0) -> dict[str, Any]:
     """Run the end-to-end tour on synthetic data; returns what was done and where the files are."""
-    from cryoframe.demo import run_demo
+    from cryoframe.jobs.demo import run_demo
 
     return run_demo(workdir, n=n, box=box, seed=seed)
 
@@ -262,13 +262,14 @@ def subset(store: StoreLike, out: PathLike, *, by: str, mode: SubsetMode = "gmm"
                        tol=tol, max_iter=max_iter, plots=plots, device=device, overwrite=overwrite)
 
 
-def class2d(store: StoreLike, out: PathLike, *, classes: int = 50, iters: int = 25, tau_fudge: float = 2.0,
-            mask_diameter_A: float | None = None, psi_step_deg: float = 6.0, offset_range_px: float = 5,
-            offset_step_px: float = 1, ctf: bool = True, ctf_mode: CtfMode = "full", zero_mask: bool = True,
-            limit_e_step_resolution_A: float | None = None, center: bool = True,
-            algorithm: Class2DAlgorithm = "em", init: Class2DInit = "random", nbasis: int = 10, seed: int = 0,
-            device: Device = "cpu", resume: bool = False, plots: bool = True, overwrite: bool = False,
-            scheduler: str | None = None) -> ParticleStore:
+def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iters: int | None = None,
+            tau_fudge: float | None = None, mask_diameter_A: float | None = None, psi_step_deg: float | None = None,
+            offset_range_px: float | None = None, offset_step_px: float | None = None, ctf: bool | None = None,
+            ctf_mode: CtfMode | None = None, zero_mask: bool | None = None,
+            limit_e_step_resolution_A: float | None = None, center: bool | None = None,
+            algorithm: Class2DAlgorithm | None = None, init: Class2DInit | None = None, nbasis: int | None = None,
+            seed: int | None = None, device: Device = "cpu", resume: bool = False, plots: bool = True,
+            overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
     """2D classification of the store's images into ``classes`` classes (RELION-style EM or VDAM).
 
     ``tau_fudge`` is RELION's T; ``mask_diameter_A`` (Å, default 0.9 x box) the soft circular mask;
@@ -276,7 +277,10 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int = 50, iters: int = 
     ``ctf_mode`` ``full`` or ``flip`` (phase flipping only); ``limit_e_step_resolution_A`` (Å)
     the E-step resolution limit; ``center`` re-centres class averages; ``init`` ``random`` or
     ``msa`` (PCA basis of ``nbasis``); ``resume`` continues from the store's checkpoint (CLI
-    ``--continue``).  See :func:`cryoframe.jobs.class2d.class2d`.
+    ``--continue``).  Options left None take the documented defaults
+    (:data:`cryoframe.jobs.class2d.DEFAULTS`: K 50, 25 iterations, T 2, psi 6 deg, offsets 5/1 px, full CTF,
+    EM, random init, seed 0) or, with ``resume``, the values of the run being continued; an option given
+    explicitly that differs from the checkpoint is refused.  See :func:`cryoframe.jobs.class2d.class2d`.
     """
     from cryoframe.jobs.class2d import class2d as _class2d
 

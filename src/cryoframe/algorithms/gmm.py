@@ -32,7 +32,12 @@ from sklearn.utils.validation import check_is_fitted
 from cryoframe.algorithms import _gmm_kernels as kern
 from cryoframe.errors import InputError
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GMMInputError", "GaussianMixture"]
+
+
+class GMMInputError(InputError, ValueError):
+    """Bad parameters or data: an :class:`InputError` (the CLI prints one line) that is also the
+    ``ValueError`` scikit-learn's estimator conventions expect."""
 
 _INIT_PARAMS = ("k-means++", "kmeans", "random", "random_from_data")
 _MAX_CHUNK = 1 << 21  # rows per internal NumPy chunk on the CPU (16 MiB of float64)
@@ -127,11 +132,20 @@ def _is_dask_frame(X: Any) -> bool:
 def _host_array(X: Any) -> np.ndarray:
     if hasattr(X, "iloc"):
         if X.ndim == 2 and X.shape[1] != 1:
-            raise InputError(f"X must have one column (a 1-D feature), got {X.shape[1]}")
+            raise GMMInputError(f"X must have one column (a 1-D feature), got {X.shape[1]}")
         return _as_1d(X)
-    x = np.asarray(X)
+    from sklearn.utils import check_array
+
+    try:  # sparse, complex, empty, object and ragged input: scikit-learn's checks and messages
+        x = check_array(X, ensure_2d=False, allow_nd=True, dtype=[np.float64, np.float32],
+                        ensure_all_finite=False, ensure_min_samples=1, ensure_min_features=1)
+    except (TypeError, ValueError) as exc:
+        raise GMMInputError(str(exc)) from exc
+    bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+    if bad:
+        raise GMMInputError(f"X contains {bad} non-finite value(s) (NaN or ±inf) among {x.size} values")
     if x.ndim > 2 or (x.ndim == 2 and x.shape[1] != 1) or x.ndim == 0:
-        raise InputError(f"X must have shape (n,) or (n, 1), got {x.shape}")
+        raise GMMInputError(f"X must have shape (n,) or (n, 1), got {x.shape}")
     x = x.ravel()
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float64)
 
@@ -144,11 +158,11 @@ class _Source:
         self.pool: ThreadPoolExecutor | None = None
         if _is_dask_array(X):
             if X.ndim not in (1, 2) or (X.ndim == 2 and X.shape[1] != 1):
-                raise InputError(f"X must have shape (n,) or (n, 1), got {X.shape}")
+                raise GMMInputError(f"X must have shape (n,) or (n, 1), got {X.shape}")
             self.lazy, self.parts = True, list(X.to_delayed().ravel())
         elif _is_dask_frame(X):
             if X.ndim == 2 and len(X.columns) != 1:
-                raise InputError(f"X must have one column (a 1-D feature), got {len(X.columns)}")
+                raise GMMInputError(f"X must have one column (a 1-D feature), got {len(X.columns)}")
             self.lazy, self.parts = True, list(X.to_delayed())
         else:
             x = _host_array(X)
@@ -192,14 +206,9 @@ class _Source:
         """Σ over partitions of ``fn(part, *args)``: one pass, tree-reduced by dask when lazy."""
         if not self.lazy:
             return _sum(*self.map_all(fn, *args))
-        import dask
+        from cryoframe.distributed.mapreduce import map_partitions
 
-        tasks = [dask.delayed(fn, pure=True)(p, *args) for p in self.parts]
-        while len(tasks) > 1:
-            tasks = [dask.delayed(_sum, pure=True)(*tasks[i : i + _SPLIT_EVERY])
-                     for i in range(0, len(tasks), _SPLIT_EVERY)]
-        (out,) = dask.compute(tasks[0])
-        return out
+        return map_partitions(fn, self.parts, *args, reduce=_sum, fan_in=_SPLIT_EVERY)
 
 
 # -- the estimator ---------------------------------------------------------------------------------
@@ -262,9 +271,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             lengths = [s[0] for s in summ]
             n, bad = sum(lengths), sum(s[1] for s in summ)
             if bad:
-                raise InputError(f"X contains {bad} non-finite value(s) (NaN or ±inf) among {n} values")
+                raise GMMInputError(f"X contains {bad} non-finite value(s) (NaN or ±inf) among {n} values")
             if n < max(2, k):
-                raise InputError(f"X has {n} value(s): need at least max(2, n_components={k})")
+                raise GMMInputError(f"X has {n} value(s): need at least max(2, n_components={k})")
             c = sum(s[2] for s in summ) / n
             rs = check_random_state(self.random_state)
             sample = None if all(v is not None for v in inits) else self._sample(src, lengths, rs)
@@ -307,7 +316,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         ]
         for ok, msg in checks:
             if not ok:
-                raise InputError(msg)
+                raise GMMInputError(msg)
         return int(k)
 
     def _resolve_device(self) -> str:
@@ -320,16 +329,16 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, dtype=np.float64).ravel()
             if w.shape != (k,) or np.any(w < 0) or np.any(w > 1) or not abs(1 - w.sum()) <= 1e-8:
-                raise InputError(f"weights_init must be {k} values in [0, 1] summing to 1, got {w}")
+                raise GMMInputError(f"weights_init must be {k} values in [0, 1] summing to 1, got {w}")
         if self.means_init is not None:
             mu = np.asarray(self.means_init, dtype=np.float64)
             if mu.size != k or mu.ndim > 2 or not np.all(np.isfinite(mu)):
-                raise InputError(f"means_init must have shape ({k}, 1), got {mu.shape}")
+                raise GMMInputError(f"means_init must have shape ({k}, 1), got {mu.shape}")
             mu = mu.ravel()
         if self.precisions_init is not None:
             prec = np.asarray(self.precisions_init, dtype=np.float64)
             if prec.size != k or prec.ndim > 3 or not np.all(prec > 0):
-                raise InputError(f"precisions_init must be {k} positive values of shape ({k}, 1, 1)")
+                raise GMMInputError(f"precisions_init must be {k} positive values of shape ({k}, 1, 1)")
             prec = prec.ravel()
         return w, mu, prec
 
@@ -355,7 +364,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                 return
         found = np.unique(np.concatenate(src.map_all(_distinct, k))).shape[0]
         if found < k:
-            raise InputError(f"X has {found} distinct value(s), fewer than n_components={k}")
+            raise GMMInputError(f"X has {found} distinct value(s), fewer than n_components={k}")
 
     def _initial(self, sample: np.ndarray | None, inits: tuple[Any, ...], rs: np.random.RandomState,
                  k: int) -> tuple[np.ndarray, ...]:
@@ -422,7 +431,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         d = s / nk
         var = np.maximum((q - 2 * d * s + d * d * big_n) / nk, 0.0) + self.reg_covar
         if np.any(var <= 0) or not np.all(np.isfinite(var)):
-            raise InputError("Fitting the mixture model failed because some components have ill-defined "
+            raise GMMInputError("Fitting the mixture model failed because some components have ill-defined "
                              "empirical covariance (for instance caused by singleton or collapsed samples). "
                              "Try to decrease the number of components, increase reg_covar, or scale the "
                              "input data.")
@@ -444,7 +453,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         k = cst.shape[0]
         if _is_dask_array(X):
             if X.ndim not in (1, 2) or (X.ndim == 2 and X.shape[1] != 1):
-                raise InputError(f"X must have shape (n,) or (n, 1), got {X.shape}")
+                raise GMMInputError(f"X must have shape (n,) or (n, 1), got {X.shape}")
             kw: dict[str, Any] = {"dtype": np.int64 if what == "label" else np.float64}
             if what == "proba":
                 kw["chunks"] = (X.chunks[0], (k,))
@@ -457,7 +466,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             import pandas as pd
 
             if X.ndim == 2 and len(X.columns) != 1:
-                raise InputError(f"X must have one column (a 1-D feature), got {len(X.columns)}")
+                raise GMMInputError(f"X must have one column (a 1-D feature), got {len(X.columns)}")
             meta = (pd.DataFrame({j: pd.Series(dtype="float64") for j in range(k)}) if what == "proba"
                     else pd.Series(dtype="int64" if what == "label" else "float64", name=what))
             return X.map_partitions(_predict_frame, cst, pc, mpc, what, meta=meta)

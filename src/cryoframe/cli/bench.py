@@ -20,9 +20,12 @@ SCRIPTS = {
 
 
 def bench_dir() -> Path:
-    import cryoframe
+    """``./bench``, else the bench/ folder of the source checkout cryoframe runs from (bench/ is not
+    part of the wheel)."""
+    from cryoframe._resources import checkout_root
 
-    for cand in (Path.cwd() / "bench", Path(cryoframe.__file__).resolve().parents[2] / "bench"):
+    root = checkout_root()
+    for cand in (Path.cwd() / "bench", *([root / "bench"] if root is not None else [])):
         if (cand / "bench_import.py").is_file():
             return cand
     raise CryoframeError("bench/ scripts not found: run from a checkout of the cryoframe repository")

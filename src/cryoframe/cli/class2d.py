@@ -13,27 +13,27 @@ from cryoframe.types import Class2DAlgorithm, Class2DInit, CtfMode, Device, choi
 def add_args(p: argparse.ArgumentParser) -> None:
     add_scheduler_args(p)
     p.add_argument("store")
-    p.add_argument("--classes", type=int, default=50, help="number of classes K")
-    p.add_argument("--iters", type=int, default=25, help="iterations (total, including resumed ones)")
-    p.add_argument("--T", dest="tau_fudge", type=float, default=2.0, help="regularisation T (RELION --tau2_fudge)")
+    p.add_argument("--classes", type=int, help="number of classes K (default 50)")
+    p.add_argument("--iters", type=int, help="iterations (total, including resumed ones; default 25)")
+    p.add_argument("--T", dest="tau_fudge", type=float, help="regularisation T (RELION --tau2_fudge; default 2)")
     p.add_argument("--mask-diameter", type=float, help="soft circular mask diameter (Å); default 0.9 x box")
-    p.add_argument("--psi-step", type=float, default=6.0, help="in-plane angular step (deg)")
-    p.add_argument("--offset-range", type=float, default=5, help="translation search range (px)")
-    p.add_argument("--offset-step", type=float, default=1, help="translation step (px)")
-    p.add_argument("--ctf", dest="ctf", action="store_true", default=True, help="CTF-correct (default)")
-    p.add_argument("--no-ctf", dest="ctf", action="store_false")
-    p.add_argument("--ctf-mode", choices=choices(CtfMode), default="full",
-                   help="full CTF in the likelihood, or phase flipping only (RELION --only_flip_phases)")
-    p.add_argument("--no-zero-mask", dest="zero_mask", action="store_false",
+    p.add_argument("--psi-step", type=float, help="in-plane angular step (deg; default 6)")
+    p.add_argument("--offset-range", type=float, help="translation search range (px; default 5)")
+    p.add_argument("--offset-step", type=float, help="translation step (px; default 1)")
+    p.add_argument("--ctf", dest="ctf", action="store_true", default=None, help="CTF-correct (default)")
+    p.add_argument("--no-ctf", dest="ctf", action="store_false", default=None)
+    p.add_argument("--ctf-mode", choices=choices(CtfMode),
+                   help="full CTF in the likelihood (default), or phase flipping only (RELION --only_flip_phases)")
+    p.add_argument("--no-zero-mask", dest="zero_mask", action="store_false", default=None,
                    help="do not mask particles with zeros outside --mask-diameter (averages are still masked)")
     p.add_argument("--limit-e-step-resolution", type=float, help="E-step resolution limit (Å)")
-    p.add_argument("--no-center", dest="center", action="store_false", help="do not re-centre class averages")
-    p.add_argument("--algorithm", choices=choices(Class2DAlgorithm), default="em")
-    p.add_argument("--init", choices=choices(Class2DInit), default="random")
-    p.add_argument("--nbasis", type=int, default=10, help="MSA: PCA basis size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-center", dest="center", action="store_false", default=None, help="do not re-centre class averages")
+    p.add_argument("--algorithm", choices=choices(Class2DAlgorithm), help="default em")
+    p.add_argument("--init", choices=choices(Class2DInit), help="default random")
+    p.add_argument("--nbasis", type=int, help="MSA: PCA basis size (default 10)")
+    p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--device", choices=choices(Device), default="cpu")
-    p.add_argument("--continue", dest="resume", action="store_true", help="resume from the store's checkpoint")
+    p.add_argument("--continue", dest="resume", action="store_true", help="resume from the store's checkpoint, with its options")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -47,6 +47,6 @@ def main(args: argparse.Namespace) -> int:
                     limit_e_step_resolution_A=args.limit_e_step_resolution, center=args.center,
                     algorithm=args.algorithm, init=args.init, nbasis=args.nbasis, seed=args.seed,
                     device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
-    print(f"classified {s.n} particles into {args.classes} classes -> {s.path} "
+    print(f"classified {s.n} particles into {s.lineage[-1]['params']['classes']} classes -> {s.path} "
           f"(class averages, model.json, gallery in {s.extras_dir()})")
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli.subset import _ints
+from cryoframe.cli.subset import int_list
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    s = api.select2d(args.store, args.out, classes=_ints(args.classes), auto=args.auto, threshold=args.threshold,
+    s = api.select2d(args.store, args.out, classes=int_list(args.classes), auto=args.auto, threshold=args.threshold,
                      regroup=args.regroup, overwrite=args.overwrite)
     print(f"selected {s.n} particles -> {s.path}")
     return 0

@@ -8,7 +8,7 @@ import json
 
 from cryoframe import api
 from cryoframe.cli import add_scheduler_args
-from cryoframe.cli.subset import _ints
+from cryoframe.cli.subset import int_list
 from cryoframe.types import ClassAgg, choices
 
 
@@ -24,7 +24,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    d = api.stats(args.store, args.by, initial=args.initial, class_indices=_ints(args.class_indices),
+    d = api.stats(args.store, args.by, initial=args.initial, class_indices=int_list(args.class_indices),
                   class_agg=args.class_agg, project_dir=args.project_dir)
     if args.json:
         print(json.dumps(d, indent=1))

@@ -21,7 +21,8 @@ def _floats(s: str | None) -> list[float]:
         raise InputError(f"--thresholds must be comma-separated numbers, got {s!r}") from exc
 
 
-def _ints(s: str | None) -> list[int] | None:
+def int_list(s: str | None) -> list[int] | None:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (None for an empty option); shared by the verbs taking index lists."""
     if not s:
         return None
     try:
@@ -59,7 +60,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     res = api.subset(args.store, args.out, by=args.by, mode=args.mode, components=args.components,
                      min_prob=args.min_prob, thresholds=_floats(args.thresholds), initial=args.initial,
-                     class_indices=_ints(args.class_indices), class_agg=args.class_agg, on_missing=args.on_missing,
+                     class_indices=int_list(args.class_indices), class_agg=args.class_agg, on_missing=args.on_missing,
                      format=args.format, project_dir=args.project_dir, seed=args.seed, tol=args.tol,
                      max_iter=args.max_iter, plots=not args.no_plots, device=args.device, overwrite=args.overwrite)
     s = res.summary

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 VALID_SPECS = ("threads", "processes", "synchronous", "local:N", "cuda", "tcp://HOST:PORT", "slurm", "pbs")
 CONNECT_TIMEOUT_S = 10.0
-_REPO = Path(__file__).resolve().parents[3]  # src/cryoframe/distributed/cluster.py -> repository root
 _REQUIRED = ("cores", "memory", "walltime")
 _OPTIONAL = ("queue", "account", "processes", "n_workers", "gpus", "worker_command", "job_extra_directives",
              "local_directory", "interface", "log_directory", "job_script_prologue", "python", "death_timeout")
@@ -260,15 +259,20 @@ def _cuda_cluster(http: dict[str, Any], silence: int) -> Any:
 # -- dask-jobqueue (SLURM / PBS) -----------------------------------------------------------------------
 
 def _resolve_config(kind: str, config: str | None) -> Path:
+    from cryoframe._resources import package_data
+
     name = config or f"deploy/{kind}.yaml"
     p = Path(name).expanduser()
-    candidates = [p] if p.is_absolute() else [Path.cwd() / p, _REPO / p]
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p]
+    shipped = package_data("_deploy", "deploy")
+    if config is None and shipped is not None:  # the default config shipped with the package
+        candidates.append(shipped / f"{kind}.yaml")
     for c in candidates:
         if c.is_file():
             return c
     looked = ", ".join(dict.fromkeys(str(c) for c in candidates))
     raise SchedulerError(f"{kind} config {name} not found (looked at {looked}); pass --config PATH "
-                         f"(deploy/{kind}.yaml in the cryoframe repository is a commented template)")
+                         f"(deploy/{kind}.yaml, shipped with cryoframe, is a commented template)")
 
 
 def load_jobqueue_config(kind: str, config: str | None = None) -> tuple[dict[str, Any], Path]:

@@ -20,12 +20,11 @@ import pyarrow as pa
 
 from cryoframe.errors import InputError
 from cryoframe.schema import arrow_field, numpy_to_arrow
+from cryoframe.storage.atomic import write_json_atomic
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
 __all__ = ["class2d", "select2d"]
 
-CTF_FIELDS = {"df1_A": "ctf/df1_A", "df2_A": "ctf/df2_A", "df_angle_rad": "ctf/df_angle_rad",
-              "accel_kv": "ctf/accel_kv", "cs_mm": "ctf/cs_mm", "amp_contrast": "ctf/amp_contrast"}
 OUT_FIELDS = {  # field -> (numpy dtype, shape)
     "alignments2D/class": ("<u4", ()), "alignments2D/class_posterior": ("<f4", ()), "alignments2D/pose": ("<f4", ()),
     "alignments2D/shift": ("<f4", (2,)), "alignments2D/psize_A": ("<f4", ()), "alignments2D/error": ("<f4", ()),
@@ -36,14 +35,6 @@ STALE_RELION = ("rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYA
                 "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution",
                 "rlnNormCorrection")
 CKPT = "class2d_checkpoint"
-
-
-def _ctf_params(store: ParticleStore) -> dict[str, np.ndarray]:
-    missing = [f for f in CTF_FIELDS.values() if f not in store.fields]
-    if missing:
-        raise InputError(f"{store.path}: --ctf needs field(s) {', '.join(missing)}; use --no-ctf")
-    t = store.table(list(CTF_FIELDS.values()))
-    return {k: t.column(f).to_numpy().astype(np.float64) for k, f in CTF_FIELDS.items()}
 
 
 NOISE_GROUP_FIELDS = ("rlnGroupNumber", "location/micrograph_uid", "location/micrograph_path")
@@ -58,59 +49,110 @@ def noise_groups(store: ParticleStore) -> np.ndarray | None:
     return None
 
 
-def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 50, iters: int = 25,
-            tau_fudge: float = 2.0, mask_diameter_A: float | None = None, psi_step_deg: float = 6.0,
-            offset_range_px: float = 5, offset_step_px: float = 1, ctf: bool = True, ctf_mode: str = "full",
-            zero_mask: bool = True,
-            limit_e_step_resolution_A: float | None = None, center: bool = True, algorithm: str = "em",
-            init: str = "random", nbasis: int = 10, seed: int = 0, device: str = "cpu",
+DEFAULTS: dict[str, Any] = {
+    "classes": 50, "iters": 25, "tau_fudge": 2.0, "mask_diameter_A": None, "psi_step_deg": 6.0,
+    "offset_range_px": 5.0, "offset_step_px": 1.0, "ctf": True, "ctf_mode": "full", "zero_mask": True,
+    "limit_e_step_resolution_A": None, "center": True, "algorithm": "em", "init": "random", "nbasis": 10,
+    "seed": 0,
+}
+"""Documented defaults of :func:`class2d`'s options (``mask_diameter_A`` None: 0.9 x box; ``limit_e_step_resolution_A``
+None: no limit).  ``--continue`` takes every option not given from the checkpointed run instead."""
+OPTION_NAMES = {"classes": "--classes", "iters": "--iters", "tau_fudge": "--T", "mask_diameter_A": "--mask-diameter",
+                "psi_step_deg": "--psi-step", "offset_range_px": "--offset-range", "offset_step_px": "--offset-step",
+                "ctf": ("--no-ctf", "--ctf"), "ctf_mode": "--ctf-mode", "zero_mask": ("--no-zero-mask", "--zero-mask"),
+                "limit_e_step_resolution_A": "--limit-e-step-resolution", "center": ("--no-center", "--center"),
+                "algorithm": "--algorithm", "init": "--init", "nbasis": "--nbasis", "seed": "--seed"}
+RESUME_FREE = {"iters"}  # may differ from the checkpointed run
+
+
+def _option(name: str, value: Any) -> str:
+    opt = OPTION_NAMES.get(name, name)
+    if isinstance(opt, tuple):
+        return opt[0] if value is False else opt[1]
+    return f"{opt} {value}"
+
+
+def resolve_options(store: ParticleStore, given: dict[str, Any], resume: bool) -> dict[str, Any]:
+    """The run's options: ``given`` (None = not given) over the checkpointed run's (``resume``) or
+    :data:`DEFAULTS`.  With ``resume``, an option given explicitly that differs from the checkpointed
+    run's raises :class:`InputError` naming it (only ``iters`` may change)."""
+    if not resume:
+        return {k: (given.get(k) if given.get(k) is not None else d) for k, d in DEFAULTS.items()}
+    steps = [s for s in store.lineage if s["op"] == "class2d"]
+    if not steps:
+        raise InputError(f"{store.path}: --continue needs a store written by class2d")
+    prev = {**DEFAULTS, **{k: v for k, v in steps[-1]["params"].items() if k in DEFAULTS}}
+    bad = []
+    for k, v in given.items():
+        if v is None or k not in DEFAULTS or k in RESUME_FREE:
+            continue
+        same = (v == prev[k]) if not isinstance(v, float | int) or isinstance(v, bool) or prev[k] is None \
+            else np.isclose(float(v), float(prev[k]), rtol=1e-9, atol=0)
+        if not same:
+            bad.append(f"{_option(k, v)} (the checkpoint has {_option(k, prev[k])})")
+    if bad:
+        raise InputError(f"{store.path}: --continue keeps the options of the run it continues; "
+                         f"cannot change {'; '.join(bad)}")
+    return {k: (given[k] if k in RESUME_FREE and given.get(k) is not None else prev[k]) for k in DEFAULTS}
+
+
+def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int | None = None,
+            iters: int | None = None, tau_fudge: float | None = None, mask_diameter_A: float | None = None,
+            psi_step_deg: float | None = None, offset_range_px: float | None = None,
+            offset_step_px: float | None = None, ctf: bool | None = None, ctf_mode: str | None = None,
+            zero_mask: bool | None = None, limit_e_step_resolution_A: float | None = None,
+            center: bool | None = None, algorithm: str | None = None, init: str | None = None,
+            nbasis: int | None = None, seed: int | None = None, device: str = "cpu",
             resume: bool = False, plots: bool = True, overwrite: bool = False) -> ParticleStore:
-    """Classify ``store``'s particle images into ``classes`` 2D classes; returns the output store."""
+    """Classify ``store``'s particle images into ``classes`` 2D classes; returns the output store.
+
+    Options left None take :data:`DEFAULTS`, or with ``resume`` (``--continue``) the values of the
+    class2d run that wrote ``store`` (its checkpoint); ``iters`` counts all iterations, resumed ones
+    included.  Units: ``mask_diameter_A`` and ``limit_e_step_resolution_A`` Å, ``psi_step_deg`` deg,
+    offsets px.
+    """
     from cryoframe.algorithms.class2d import Class2D
+    from cryoframe.storage.ctf import read_ctf_params
 
     if not store.has_images:
         raise InputError(f"{store.path}: 2D classification needs particle images (store is metadata-only)")
-    if classes > store.n:
-        raise InputError(f"--classes {classes} is larger than the number of particles ({store.n})")
-    psize = store.psize_A or 1.0
-    if mask_diameter_A is not None and mask_diameter_A > store.box * psize:
-        raise InputError(f"--mask-diameter {mask_diameter_A} Å is larger than the box "
-                         f"({store.box} px x {psize} Å/px = {store.box * psize:.1f} Å)")
     ckpt_src = store.extras_dir() / CKPT
     if resume and not any(ckpt_src.glob("*.npz")):
         raise InputError(f"{store.path}: --continue needs a 2D classification checkpoint in {ckpt_src}")
-    if resume and "class2d" not in [s["op"] for s in store.lineage]:
-        raise InputError(f"{store.path}: --continue needs a store written by class2d")
-    ctfp = _ctf_params(store) if ctf else None
-    params = {"classes": classes, "iters": iters, "tau_fudge": tau_fudge, "mask_diameter_A": mask_diameter_A,
-              "psi_step_deg": psi_step_deg, "offset_range_px": offset_range_px, "offset_step_px": offset_step_px,
-              "ctf": ctf, "ctf_mode": ctf_mode, "zero_mask": zero_mask,
-              "limit_e_step_resolution_A": limit_e_step_resolution_A, "center": center,
-              "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed, "resume": resume}
+    o = resolve_options(store, {
+        "classes": classes, "iters": iters, "tau_fudge": tau_fudge, "mask_diameter_A": mask_diameter_A,
+        "psi_step_deg": psi_step_deg, "offset_range_px": offset_range_px, "offset_step_px": offset_step_px,
+        "ctf": ctf, "ctf_mode": ctf_mode, "zero_mask": zero_mask, "limit_e_step_resolution_A": limit_e_step_resolution_A,
+        "center": center, "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed}, resume)
+    if o["classes"] > store.n:
+        raise InputError(f"--classes {o['classes']} is larger than the number of particles ({store.n})")
+    psize = store.psize_A or 1.0
+    if o["mask_diameter_A"] is not None and o["mask_diameter_A"] > store.box * psize:
+        raise InputError(f"--mask-diameter {o['mask_diameter_A']} Å is larger than the box "
+                         f"({store.box} px x {psize} Å/px = {store.box * psize:.1f} Å)")
+    ctfp = read_ctf_params(store) if o["ctf"] else None
+    params = {**o, "resume": resume}
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="class2d", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
         ckpt = w.extras_dir() / CKPT
         if resume:
             shutil.copytree(ckpt_src, ckpt)
-        model = Class2D(n_classes=classes, n_iter=iters, tau_fudge=tau_fudge, psi_step_deg=psi_step_deg,
-                        offset_range_px=offset_range_px, offset_step_px=offset_step_px,
-                        mask_diameter_A=mask_diameter_A, psize_A=psize, ctf=ctf, ctf_mode=ctf_mode,
-                        zero_mask=zero_mask,
-                        limit_e_step_resolution_A=limit_e_step_resolution_A, center=center, algorithm=algorithm,
-                        init=init, nbasis=nbasis, random_state=seed, device=device, checkpoint_dir=str(ckpt))
+        model = Class2D(n_classes=o["classes"], n_iter=o["iters"], tau_fudge=o["tau_fudge"],
+                        psi_step_deg=o["psi_step_deg"], offset_range_px=o["offset_range_px"],
+                        offset_step_px=o["offset_step_px"], mask_diameter_A=o["mask_diameter_A"], psize_A=psize,
+                        ctf=o["ctf"], ctf_mode=o["ctf_mode"], zero_mask=o["zero_mask"],
+                        limit_e_step_resolution_A=o["limit_e_step_resolution_A"], center=o["center"],
+                        algorithm=o["algorithm"], init=o["init"], nbasis=o["nbasis"], random_state=o["seed"],
+                        device=device, checkpoint_dir=str(ckpt), warm_start=resume)
         try:
-            model.fit(store.images(), ctf_params=ctfp, resume=resume, groups=noise_groups(store))
+            model.fit(store.images(), ctf_params=ctfp, groups=noise_groups(store))
         except (ValueError, FileNotFoundError) as exc:
             if resume:
                 raise InputError(f"{store.path}: cannot continue from its checkpoint ({exc})") from exc
             raise
         _write_metadata(w, store, model, psize)
-        w.link_images(store)
-        opt = store.optics()
-        if opt is not None:
-            w.write_optics(opt)
         _write_extras(w.extras_dir(), model, psize, plots)
-        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+        return w.derive(store)
 
 
 def _write_metadata(w: StoreWriter, store: ParticleStore, model: Any, psize: float) -> None:
@@ -162,12 +204,12 @@ def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
         per_class.append({"class": c, "count": int(sizes[c]), "fraction": float(sizes[c] / n),
                           "resolution_A": None if not np.isfinite(res[c]) else float(res[c]),
                           "mean_ess": float(ess[sel].mean()) if sel.any() else None})
-    (d / "model.json").write_text(json.dumps({
+    write_json_atomic(d / "model.json", {
         "n_classes": k, "box_px": box, "psize_A": psize, "n_iter": int(model.n_iter_),
         "classes": per_class, "history": model.history_,
         "noise": {"groups": int(model.group_noise_spectra_.shape[0]),
                   "shell_A": [box * psize / max(s, 1) for s in range(box // 2)],
-                  "spectrum": model.noise_spectrum_.tolist()}}, indent=1, default=float))
+                  "spectrum": model.noise_spectrum_.tolist()}})
     if plots:
         from cryoframe import plot
 
@@ -226,11 +268,7 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
     params = {"classes": chosen, "regroup": regroup}
     with StoreWriter(out, op="select2d", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
         w.write_metadata(t)
-        w.link_images(store)
-        opt = store.optics()
-        if opt is not None:
-            w.write_optics(opt)
-        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+        return w.derive(store)
 
 
 def regroup_labels(t: pa.Table, n_groups: int) -> np.ndarray:

@@ -10,11 +10,8 @@ and ``plots/``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +21,7 @@ import numpy as np
 
 from cryoframe.errors import InputError, StoreError
 from cryoframe.query.stats import resolve_statistic, statistic_values
-from cryoframe.storage.manifest import temp_path
+from cryoframe.storage.atomic import atomic_path, check_output, write_json_atomic
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
 __all__ = ["SubsetResult", "subset"]
@@ -164,17 +161,13 @@ def subset(
     overwrite: bool = False,
 ) -> SubsetResult:
     """Split ``store`` into sets by statistic ``by``; see the module docstring for outputs."""
-    out = Path(out).absolute()
     if mode not in ("gmm", "thresholds"):
         raise InputError(f"--mode must be gmm or thresholds, not {mode!r}")
     if on_missing not in ("error", "drop", "separate"):
         raise InputError(f"--on-missing must be error, drop or separate, not {on_missing!r}")
     if export_format not in (None, "cs", "star"):
         raise InputError(f"--format must be cs or star, not {export_format!r}")
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out}: already exists (choose another --out or pass --overwrite)")
-    if not out.parent.is_dir():
-        raise StoreError(f"{out.parent}: output directory does not exist")
+    out = check_output(out, overwrite)
     stat, fields = resolve_statistic(by, store)
     if mode == "thresholds":
         _labels_thresholds(np.zeros(1), thresholds)  # validate before any work
@@ -206,9 +199,8 @@ def subset(
     n_dropped = int((labels == DROPPED).sum())
     n_dropped_prob = int((lab == DROPPED).sum())
 
-    tmp = temp_path(out)
-    tmp.mkdir()
-    try:
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
         summary = _write_outputs(store, tmp, out, labels, values, n_sets, by=by, stat_fields=fields, mode=mode,
                                  initial=initial, params={
                                      "statistic": by, "mode": mode, "components": components if mode == "gmm" else None,
@@ -219,17 +211,7 @@ def subset(
                                  export_format=export_format, plots=plots, gmm_info=gmm_info)
         summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
                        unit=stat.unit, description=stat.description)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json_atomic(tmp / "summary.json", summary)
     res = SubsetResult(out=out, summary=summary, model=model)
     res.sets = [ParticleStore(out / s["path"]) for s in summary["sets"]]
     if (out / "dropped.cf").exists():
@@ -265,18 +247,10 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
                     col = batch.column("alignments3D/pose").take(sel)
                     poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
             start += m
-        stores = {}
-        opt = store.optics()
-        for k, w in writers.items():
-            if store.has_images:
-                w.link_images(store)
-            if opt is not None:
-                w.write_optics(opt)
-            stores[k] = w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+        stores = {k: w.derive(store) for k, w in writers.items()}
     finally:
         for w in writers.values():
-            if not w._done:
-                w.abort()
+            w.close()
     sets = []
     per_set = _set_stats(values, labels, n_sets)
     for k in range(n_sets):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cryoframe.errors import InputError
+from cryoframe.storage.atomic import write_bytes_atomic
 
 if TYPE_CHECKING:  # pragma: no cover
     import holoviews
@@ -307,16 +307,6 @@ def gallery_figure(images: np.ndarray, labels: Sequence[str] | None = None, *, n
 
 
 # --------------------------------------------------------------------------------------------- saving
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 _HTML_TEMPLATE = ("{% block css_resources %}{{ cf_css | safe }}{% endblock %}"
                   "{% block js_resources %}{{ cf_js | safe }}{% endblock %}")
 
@@ -359,11 +349,11 @@ def save_figure(obj: Any, path_stem: str | os.PathLike[str], *, png: bool = True
         with plt.ioff():
             data, _info = renderer(obj, fmt="png")
         path = stem.with_name(stem.name + ".png")
-        _write_atomic(path, data)
+        write_bytes_atomic(path, data)
         written.append(path)
     if html:
         page = _standalone_html(hv.renderer("bokeh").get_plot(obj).state, title=stem.name)
         path = stem.with_name(stem.name + ".html")
-        _write_atomic(path, page.encode("utf-8"))
+        write_bytes_atomic(path, page.encode("utf-8"))
         written.append(path)
     return written

@@ -164,7 +164,7 @@ def filter_table(store: ParticleStore, where: str | None = None, columns: Sequen
         cols = store.fields
     try:
         expr = arrow_filter(store, where)
-        parts = [pq.read_table(f, columns=cols, filters=expr) for f in store._files]
+        parts = [pq.read_table(f, columns=cols, filters=expr) for f in store.metadata_files]
         return pa.concat_tables(parts)
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         ddf = query_frame(store, where, columns, include_internal=include_internal)
@@ -200,7 +200,7 @@ def filter_store(
     try:
         expr = arrow_filter(store, where)
         names = [k.name for k in keep]
-        arrow_parts = [functools.partial(pq.read_table, f, columns=names, filters=expr) for f in store._files]
+        arrow_parts = [functools.partial(pq.read_table, f, columns=names, filters=expr) for f in store.metadata_files]
         first = arrow_parts[0]()  # evaluation errors surface here, before anything is written
         arrow_parts[0] = lambda: first
     except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
@@ -221,9 +221,4 @@ def filter_store(
             wrote = True
         if not wrote:
             w.write_metadata(out_schema.empty_table())
-        if store.has_images:
-            w.link_images(store)
-        opt = store.optics()
-        if opt is not None:
-            w.write_optics(opt)
-        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+        return w.derive(store)

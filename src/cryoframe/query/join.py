@@ -121,12 +121,7 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
     params = {"join": [str(s.path) for s in stores], "where": where, "columns": list(columns) if columns else None}
     with StoreWriter(out, op="join", params=params, inputs=list(stores), parent=first, overwrite=overwrite) as w:
         w.write_metadata(sub)
-        if first.has_images:
-            w.link_images(first)
-        opt = first.optics()
-        if opt is not None:  # rows and their ctf/exp_group_id come from the first store
-            w.write_optics(opt)
-        return w.commit(psize_A=first.psize_A, box_px=first.box, source=first.manifest.get("source"))
+        return w.derive(first)  # images, and optics: rows and their ctf/exp_group_id come from the first store
 
 
 class _JoinedView:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,14 @@ class FieldSpec:
 
 
 def schemas_dir() -> Path:
-    """Directory holding the schema data files (packaged copy first, then the source tree)."""
-    try:
-        packaged = resources.files("cryoframe") / "_schemas"
-        if packaged.is_dir():
-            return Path(str(packaged))
-    except (ModuleNotFoundError, FileNotFoundError):
-        pass
-    src = Path(__file__).resolve().parents[3] / "schemas"
-    if src.is_dir():
-        return src
-    raise SchemaError("cannot find the schemas/ directory (is cryoframe installed correctly?)")
+    """Directory holding the schema data files (``cryoframe/_schemas`` of the installed package; the
+    checkout's ``schemas/`` for an editable install)."""
+    from cryoframe._resources import package_data
+
+    d = package_data("_schemas", "schemas")
+    if d is None:
+        raise SchemaError("cannot find the schemas/ directory (is cryoframe installed correctly?)")
+    return d
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,7 @@ from cryoframe.schema import (
     numpy_dtype_of,
     optics_labels,
 )
+from cryoframe.storage.atomic import check_output
 from cryoframe.storage.convert import canonical_to_relion, split_optics
 from cryoframe.storage.formats.cs import write_cs
 from cryoframe.storage.formats.mrc import write_stack
@@ -34,13 +35,6 @@ __all__ = ["export_cs", "export_star"]
 
 PathLike = str | os.PathLike[str]
 RELION30_ONLY = ("rlnOriginX", "rlnOriginY", "rlnMagnification", "rlnDetectorPixelSize")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise StoreError(f"{out}: already exists (pass --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise StoreError(f"{out.parent}: output directory does not exist")
 
 
 def _write_images(store: ParticleStore, stack: Path) -> None:
@@ -68,8 +62,7 @@ def export_cs(store: ParticleStore, out: PathLike, *, images: bool = False, over
     With ``images``, a ``<out stem>_particles.mrcs`` stack is written beside it and
     ``blob/path`` (relative to the .cs directory) / ``blob/idx`` / ``blob/shape`` point into it.
     """
-    out = Path(out).absolute()
-    _check_out(out, overwrite)
+    out = check_output(out, overwrite)
     schema = store.schema
     descr: list[tuple[str, np.dtype, tuple[int, ...]]] = []
     for f in schema:
@@ -140,8 +133,7 @@ def export_star(
 
     With ``images``, ``<out stem>.mrcs`` is written beside it and rlnImageName points into it.
     """
-    out = Path(out).absolute()
-    _check_out(out, overwrite)
+    out = check_output(out, overwrite)
     t = store.table()
     n = t.num_rows
     canon: dict[str, np.ndarray] = {}
@@ -166,7 +158,7 @@ def export_star(
         col = t.column(c).to_numpy(zero_copy_only=False)
         vals[c] = col
     ordered = {**vals, **{k: v for k, v in labels.items() if k not in vals}}
-    src_cols = (store.manifest.get("source") or {}).get("columns") or []
+    src_cols = (store.manifest.source or {}).get("columns") or []
     if src_cols:  # the column order of the imported .star first
         rank = {c: i for i, c in enumerate(src_cols)}
         ordered = dict(sorted(ordered.items(), key=lambda kv: rank.get(kv[0], len(rank))))

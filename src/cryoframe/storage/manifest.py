@@ -6,12 +6,16 @@ import datetime as _dt
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from cryoframe.errors import StoreError
+from cryoframe.storage.atomic import _jsonable, temp_path, write_json_atomic
 
-__all__ = ["FORMAT_VERSION", "file_hash", "lineage_step", "read_manifest", "temp_path", "write_json_atomic"]
+__all__ = ["FORMAT_VERSION", "Manifest", "file_hash", "lineage_step", "read_manifest", "temp_path",
+           "write_json_atomic"]
 
 FORMAT_VERSION = 1
 _FULL_HASH_LIMIT = 64 << 20  # files above 64 MiB are hashed by size + 64 sampled 256 KiB blocks
@@ -56,26 +60,6 @@ def lineage_step(op: str, params: dict[str, Any], inputs: list[dict[str, str]]) 
     }
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    if hasattr(x, "item"):
-        return x.item()
-    return str(x)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1))
-    os.replace(tmp, path)
-
-
 def read_manifest(store_path: Path) -> dict[str, Any]:
     mpath = store_path / "manifest.json"
     if not store_path.exists():
@@ -93,30 +77,63 @@ def read_manifest(store_path: Path) -> dict[str, Any]:
     return man
 
 
-def temp_path(final: Path) -> Path:
-    """A hidden temporary sibling of ``final`` (``.NAME.tmp-PID-RAND``) to write and then rename.
 
-    Leftovers of processes that died mid-write (killed, power loss) are removed here, so an
-    interrupted operation leaves the old state or the new one, and eventually no debris.
+
+@dataclass
+class Manifest(Mapping[str, Any]):
+    """A store's ``manifest.json``, typed.  Also a read-only mapping of the JSON keys
+    (``manifest["images"]``, ``manifest.get("source")``), for code that reads it as a dict.
+
+    ``box_px`` px, ``psize_A`` Å/px (None when unknown); ``fields``: one dict per Parquet column
+    (name, numpy_dtype, shape, arrow_type); ``images``: the image-array reference (path relative
+    to the store, abs_path, shape, dtype, owner) or None; ``optics``: the optics file name or None;
+    ``lineage``: every step that produced the store; ``source``: what was imported (or None);
+    ``extras``: keys this version does not know, kept for the round trip.
     """
-    import shutil
-    import uuid
 
-    for old in final.parent.glob(f".{final.name}.tmp-*"):
-        parts = old.name.rsplit(".tmp-", 1)[-1].split("-")
-        if len(parts) == 2 and parts[0].isdigit() and not _alive(int(parts[0])):
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-    return final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    n_particles: int
+    content_hash: str
+    fields: list[dict[str, Any]]
+    format_version: int = FORMAT_VERSION
+    box_px: int | None = None
+    psize_A: float | None = None
+    images: dict[str, Any] | None = None
+    optics: str | None = None
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+    source: dict[str, Any] | None = None
+    schema_version: int = 1
+    cryoframe_version: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
 
+    FORMAT = "cryoframe-store"
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
+        known = {f.name for f in fields(cls)} - {"extras"}
+        missing = [k for k in ("n_particles", "content_hash", "fields") if k not in d]
+        if d.get("format") != cls.FORMAT or missing:
+            raise StoreError(f"{where}: not a cryoframe store manifest"
+                             + (f" (missing {', '.join(missing)})" if missing else ""))
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   extras={k: v for k, v in d.items() if k not in known and k != "format"})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format": self.FORMAT}
+        for f in fields(self):
+            if f.name != "extras":
+                out[f.name] = getattr(self, f.name)
+        return {**out, **self.extras}
+
+    # read-only mapping view of the JSON
+    def __getitem__(self, key: str) -> Any:
+        if key == "format":
+            return self.FORMAT
+        if key != "extras" and key in self.__dataclass_fields__:
+            return getattr(self, key)
+        return self.extras[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())

@@ -16,9 +16,9 @@ temporary directory, so a failed or killed operation never leaves a partial stor
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,18 @@ import pyarrow.parquet as pq
 
 from cryoframe.errors import StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
+from cryoframe.storage.atomic import check_output, replace_into, temp_path, write_json_atomic
 from cryoframe.storage.manifest import (
     FORMAT_VERSION,
+    Manifest,
     file_hash,
     lineage_step,
     read_manifest,
-    temp_path,
-    write_json_atomic,
 )
 
 __all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows", "prefetch"]
+
+_log = logging.getLogger(__name__)
 
 IMAGE_ROW = "_image_row"
 """Internal column: row of this particle in the (possibly shared) image array."""
@@ -100,17 +102,13 @@ class StoreWriter:
         parent: ParticleStore | None = None,
         overwrite: bool = False,
     ) -> None:
-        self.final = Path(path).absolute()
-        if self.final.exists() and not overwrite:
-            raise StoreError(f"{self.final}: already exists (choose another --out or pass --overwrite)")
-        if not self.final.parent.is_dir():
-            raise StoreError(f"{self.final.parent}: output directory does not exist")
+        self.final = check_output(path, overwrite)
         self.overwrite = overwrite
         self.tmp = temp_path(self.final)
         (self.tmp / "metadata").mkdir(parents=True)
         (self.tmp / "extras").mkdir()
         self.parent = parent
-        self.lineage: list[dict[str, Any]] = list(parent.manifest.get("lineage", [])) if parent else []
+        self.lineage: list[dict[str, Any]] = list(parent.manifest.lineage) if parent else []
         self._step = (op, params or {}, list(inputs))
         self._writer: pq.ParquetWriter | None = None
         self._pool: Any = None
@@ -139,12 +137,29 @@ class StoreWriter:
         if exc_type is not None or not self._done:
             self.abort()
 
+    @property
+    def closed(self) -> bool:
+        """True once committed or aborted."""
+        return self._done
+
+    def close(self) -> None:
+        """Abort unless already committed or aborted (for ``finally:`` clauses)."""
+        if not self._done:
+            self.abort()
+
     def abort(self) -> None:
+        """Stop background work and remove the temporary store.  Errors of the background Parquet
+        writes are logged (they are usually the cause of the abort, or a symptom of it)."""
         self._hasher.shutdown(wait=False, cancel_futures=True)
         try:
-            self._finish_files()
-        except Exception:
-            pass
+            self._close_file()
+        except Exception as exc:  # noqa: BLE001 - aborting anyway: report, then clean up
+            _log.warning("%s: closing a Parquet file failed during abort: %r", self.tmp, exc)
+        while self._inflight:
+            try:
+                self._drain(self._inflight.pop(0))
+            except Exception as exc:  # noqa: BLE001
+                _log.warning("%s: a background Parquet write failed during abort: %r", self.tmp, exc)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._done = True
 
@@ -236,8 +251,8 @@ class StoreWriter:
         self.images = {
             "path": os.path.join("..", rel),
             "abs_path": str(src),
-            "shape": source.manifest["images"]["shape"],
-            "dtype": source.manifest["images"]["dtype"],
+            "shape": source.manifest.images["shape"],
+            "dtype": source.manifest.images["dtype"],
             "owner": False,
         }
 
@@ -248,6 +263,17 @@ class StoreWriter:
         return self.tmp / "extras"
 
     # -- commit ----------------------------------------------------------------------------
+    def derive(self, parent: ParticleStore, **info: Any) -> ParticleStore:
+        """Commit a store derived from ``parent`` (a selection or annotation of its particles): link
+        ``parent``'s images, copy its optics table, and keep its pixel size (Å/px), box (px) and
+        import source unless ``info`` overrides them.  The metadata must already be written."""
+        self.link_images(parent)
+        opt = parent.optics()
+        if opt is not None:
+            self.write_optics(opt)
+        base = {"psize_A": parent.psize_A, "box_px": parent.box, "source": parent.manifest.source}
+        return self.commit(**{**base, **info})
+
     def commit(self, **info: Any) -> ParticleStore:
         """Finish files, write the manifest, rename into place; returns the opened store."""
         self._finish_files()
@@ -275,33 +301,28 @@ class StoreWriter:
         for f in self.schema:
             dt, shape = numpy_dtype_of(f)
             fields.append({"name": f.name, "numpy_dtype": dt.str, "shape": list(shape), "arrow_type": str(f.type)})
-        manifest = {
-            "format": "cryoframe-store",
-            "format_version": FORMAT_VERSION,
-            "schema_version": 1,
-            "cryoframe_version": __version__,
-            "n_particles": self.n,
-            "box_px": self.images["shape"][1] if self.images else info.pop("box_px", None),
-            "psize_A": info.pop("psize_A", None),
-            "fields": fields,
-            "images": self.images,
-            "optics": "optics.parquet" if (self.tmp / "optics.parquet").exists() else None,
-            "content_hash": f"blake2b:{h.hexdigest()}",
-            **info,
-            "lineage": self.lineage + [lineage_step(op, params, ins)],
-        }
-        write_json_atomic(self.tmp / "manifest.json", manifest)
-        old = None
-        if self.final.exists():
-            if not self.overwrite:
-                self.abort()
-                raise StoreError(f"{self.final}: already exists")
-            old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
+        box = self.images["shape"][1] if self.images else info.pop("box_px", None)
+        info.pop("box_px", None)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            cryoframe_version=__version__,
+            n_particles=self.n,
+            box_px=box,
+            psize_A=info.pop("psize_A", None),
+            fields=fields,
+            images=self.images,
+            optics="optics.parquet" if (self.tmp / "optics.parquet").exists() else None,
+            content_hash=f"blake2b:{h.hexdigest()}",
+            source=info.pop("source", None),
+            lineage=self.lineage + [lineage_step(op, params, ins)],
+            extras=info,
+        )
+        write_json_atomic(self.tmp / "manifest.json", manifest.to_dict())
+        if self.final.exists() and not self.overwrite:
+            self.abort()
+            raise StoreError(f"{self.final}: already exists")
+        replace_into(self.tmp, self.final)
         self._done = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return ParticleStore(self.final)
 
 
@@ -310,10 +331,11 @@ class ParticleStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
-        self.manifest = read_manifest(self.path)
+        self.manifest = Manifest.from_dict(read_manifest(self.path), where=str(self.path / "manifest.json"))
         self._files = sorted((self.path / "metadata").glob("*.parquet"))
         if not self._files:
             raise StoreError(f"{self.path}: metadata/ holds no Parquet files")
+        self._image_rows: np.ndarray | None = None
 
     open = classmethod(lambda cls, path: cls(path))
 
@@ -344,6 +366,11 @@ class ParticleStore:
     @property
     def lineage(self) -> list[dict[str, Any]]:
         return self.manifest.get("lineage", [])
+
+    @property
+    def metadata_files(self) -> list[Path]:
+        """The store's Parquet metadata files, in store order."""
+        return list(self._files)
 
     @property
     def schema(self) -> pa.Schema:
@@ -426,8 +453,13 @@ class ParticleStore:
         return zarr.open_array(str(p), mode="r")
 
     def image_rows(self) -> np.ndarray:
-        """Row of each particle (store order) in :meth:`image_array`."""
-        return self.table([IMAGE_ROW]).column(0).to_numpy()
+        """Row of each particle (store order) in :meth:`image_array` (read once per store object;
+        stores are immutable; the array is read-only)."""
+        if self._image_rows is None:
+            rows = self.table([IMAGE_ROW]).column(0).to_numpy()
+            rows.flags.writeable = False
+            self._image_rows = rows
+        return self._image_rows
 
     def images(self) -> Any:
         """Lazy dask array (n, box, box) of this store's particle images in store order."""

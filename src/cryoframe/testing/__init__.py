@@ -1,4 +1,5 @@
-"""Deterministic synthetic cryo-EM data for tests, demos and benchmarks.
+"""Test helpers: metrics, image-formation physics, and (re-exported from :mod:`cryoframe.synthetic`)
+the deterministic synthetic data generators.
 
 Importing this package is cheap: nothing is generated until a function is called.
 """
@@ -11,21 +12,6 @@ from cryoframe.testing.physics import (
     electron_wavelength_A,
     freq_grid,
     project,
-)
-from cryoframe.testing.synth import (
-    BLOCK,
-    MIXTURES,
-    OPTICS,
-    SynthDataset,
-    is_main_field,
-    make_metadata,
-    make_particles,
-    make_templates,
-    make_truth,
-    make_volumes,
-    synth_store,
-    write_cs_dataset,
-    write_star_dataset,
 )
 
 __all__ = [
@@ -50,3 +36,16 @@ __all__ = [
     "write_cs_dataset",
     "write_star_dataset",
 ]
+
+_SYNTHETIC = {"BLOCK", "MIXTURES", "OPTICS", "SynthDataset", "is_main_field", "make_metadata", "make_particles",
+              "make_templates", "make_truth", "make_volumes", "synth_store", "write_cs_dataset", "write_star_dataset"}
+
+
+def __getattr__(name: str) -> object:
+    """The generators live in :mod:`cryoframe.synthetic` (which imports this package's physics),
+    so they are re-exported lazily, on first access."""
+    if name in _SYNTHETIC:
+        import cryoframe.synthetic
+
+        return getattr(cryoframe.synthetic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,20 +1,22 @@
 """Reference-free 2D classification (RELION-like regularised likelihood) as a scikit-learn estimator.
 
-One iteration = one pass over the particle partitions (a dask graph): each partition runs the
-E-step of :mod:`.estep` (posterior over class x in-plane angle x translation, translations by
-batched FFT cross-correlation) and returns M-step sufficient statistics, which dask tree-reduces;
-the driver then updates class averages (Wiener-like, regularised by ``tau_fudge``), class priors
-and the noise spectrum.  Memory is bounded by the partition size, not by the number of particles.
+One iteration = one pass over the particle partitions (a dask graph, through
+:func:`cryoframe.distributed.mapreduce.map_partitions`): each partition runs the E-step of
+:mod:`.estep` (posterior over class x in-plane angle x translation; per class, the cross terms of
+every angle and translation are one real matrix product over the Fourier components within the
+E-step limit) and returns M-step sufficient statistics, which are tree-reduced; the driver then
+runs the M-step of :mod:`.mstep` (class averages regularised by ``tau_fudge``, class priors, noise
+spectra per group).  :mod:`.checkpoint` saves the state after every iteration.  Memory is bounded
+by the partition size, not by the number of particles.
 ``algorithm="vdam"`` processes growing random minibatches and keeps running averages of the
 statistics (stochastic EM, i.e. preconditioned gradient steps on the references).
 """
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,31 +25,19 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from cryoframe.algorithms.class2d import checkpoint as ck
 from cryoframe.algorithms.class2d import estep as es
 from cryoframe.algorithms.class2d import init as ini
+from cryoframe.algorithms.class2d import mstep as ms
 from cryoframe.errors import InputError
 
 __all__ = ["Class2D"]
 
-CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast")
-_BUDGET = 256 << 20  # bytes of E-step work arrays per partition (sets the automatic chunk size)
-_E_MARGIN = 10  # E-step shells beyond the current resolution (RELION's incr_size)
-_GROUP_PRIOR = 10.0  # a group's noise spectrum is shrunk towards the global one with this many particles
+_BUDGET = 256 << 20  # 256 MiB of E-step work arrays per partition (sets the automatic chunk size)
 _FAN_IN = 8
 _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
 _SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correction)
 _SPLIT_MAX = 2000  # at most this many members of a class enter a split
-_PARTICLE_KEYS = ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "scale")
-_RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size"}
-
-
-def _tree(parts: list[Any]) -> Any:
-    import dask
-
-    while len(parts) > 1:
-        parts = [dask.delayed(es.combine, pure=True)(*parts[i : i + _FAN_IN])
-                 for i in range(0, len(parts), _FAN_IN)]
-    return parts[0]
 
 
 class Class2D(BaseEstimator):
@@ -66,7 +56,11 @@ class Class2D(BaseEstimator):
     this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
     (duplicate classes, correlation above it, are re-seeded too; None: off); ``scale_correction``
     (per-particle contrast scale in the likelihood); ``chunk_size`` (particles per partition; None:
-    from a 128 MiB budget); ``checkpoint_dir`` (state after every iteration, for ``resume``).
+    from the ``_BUDGET`` of E-step work arrays per partition); ``checkpoint_dir`` (state after every
+    iteration); ``warm_start`` (scikit-learn convention: ``fit`` continues from the last completed
+    iteration in ``checkpoint_dir``, else from this estimator's previous ``fit``, up to ``n_iter``
+    iterations in total; data and every parameter except ``n_iter``, ``device``, ``chunk_size`` and
+    ``checkpoint_dir`` must be those of the run it continues).
 
     Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
@@ -87,7 +81,8 @@ class Class2D(BaseEstimator):
                  init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
                  batch_size: int | None = None, reseed_min_fraction: float = 0.05,
                  reseed_similarity: float | None = 0.95, scale_correction: bool = True,
-                 chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None) -> None:
+                 chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
+                 warm_start: bool = False) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
         self.tau_fudge = tau_fudge
@@ -112,12 +107,14 @@ class Class2D(BaseEstimator):
         self.scale_correction = scale_correction
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
+        self.warm_start = warm_start
 
     # -- inputs and geometry -------------------------------------------------------------------
     def _data(self, X: Any, ctf_params: dict[str, Any] | None,
               fitted_psize: float | None = None) -> tuple[Any, dict[str, np.ndarray] | None, float]:
         import dask.array as da
 
+        from cryoframe.storage.ctf import CTF_KEYS, OPTIONAL_CTF_KEYS, read_ctf_params
         from cryoframe.storage.store import ParticleStore
 
         psize = self.psize_A if self.psize_A is not None else fitted_psize
@@ -125,9 +122,7 @@ class Class2D(BaseEstimator):
             if psize is None:
                 psize = X.psize_A
             if self.ctf and ctf_params is None:
-                keys = [*CTF_KEYS, *(["phase_shift_rad"] if "ctf/phase_shift_rad" in X.fields else [])]
-                tab = X.table([f"ctf/{k}" for k in keys])
-                ctf_params = {k: tab.column(f"ctf/{k}").to_numpy() for k in keys}
+                ctf_params = read_ctf_params(X, hint="or pass ctf=False")
             X = X.images()
         else:
             if self.ctf and psize is None:
@@ -144,9 +139,9 @@ class Class2D(BaseEstimator):
                                  "accel_kv, cs_mm, amp_contrast) or a ParticleStore with ctf/ fields; "
                                  "or pass ctf=False")
             ctf = {}
-            for k in (*CTF_KEYS, "phase_shift_rad"):
+            for k in (*CTF_KEYS, *OPTIONAL_CTF_KEYS):
                 v = ctf_params.get(k, ctf_params.get(f"ctf/{k}"))
-                if v is None and k == "phase_shift_rad":
+                if v is None and k in OPTIONAL_CTF_KEYS:
                     continue
                 if v is None:
                     raise InputError(f"ctf_params lacks {k!r}")
@@ -202,100 +197,27 @@ class Class2D(BaseEstimator):
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
-                "offsets": geo["offsets"], "e_shell": self._e_shell(st, geo),
+                "offsets": geo["offsets"], "e_shell": ms.e_shell(st, geo),
                 "mask": geo["mask"] if self.zero_mask else np.ones_like(geo["mask"]),
                 "scale_range": _SCALE_RANGE if self.scale_correction else None,
                 "psize_A": geo["psize_A"]}
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
              per_rows: list[np.ndarray] | None = None, reduce: bool = True) -> Any:
-        """Map ``fn(block, ctf_rows, *args)`` over row chunks of X; tree-``combine`` or list."""
-        import dask
+        """Map ``fn(block, ctf_rows, *row_slices, *args)`` over ``chunk``-row partitions of X; tree-
+        ``combine`` the results (``reduce``) or return their list."""
+        from cryoframe.distributed.mapreduce import map_partitions
 
-        X = X.rechunk({0: chunk, 1: -1, 2: -1})
-        # big shared arguments (the model) enter the graph once, not once per partition
-        args = tuple(dask.delayed(a, pure=True) if isinstance(a, dict | np.ndarray) else a for a in args)
-        tasks, s = [], 0
-        for blk, m in zip(X.to_delayed().ravel(), X.chunks[0], strict=True):
-            c = None if ctf is None else {k: v[s : s + m] for k, v in ctf.items()}
-            extra = [r[s : s + m] for r in per_rows or []]
-            tasks.append(dask.delayed(fn, pure=True)(blk, c, *extra, *args))
-            s += m
-        if reduce:
-            return dask.compute(_tree(tasks))[0]
-        return list(dask.compute(*tasks))
+        return map_partitions(fn, X, *args, per_rows=[ctf, *(per_rows or [])], chunk=chunk,
+                              reduce=es.combine if reduce else None, fan_in=_FAN_IN)
 
     # -- M-step ----------------------------------------------------------------------------------
-    def _e_shell(self, st: dict[str, Any], geo: dict[str, Any]) -> int:
-        """E-step frequency limit: current resolution + ``_E_MARGIN`` shells, within ``e_max`` (RELION's
-        ``current_size``)."""
-        return int(min(geo["e_max"], int(np.max(st["res_shell"], initial=0)) + _E_MARGIN))
-
-    def _noise(self, st: dict[str, Any], stats: dict[str, np.ndarray], box: int) -> np.ndarray:
-        """Per-group noise spectra (G, nsh): each group's residual power, shrunk towards the global
-        spectrum with the weight of ``_GROUP_PRIOR`` particles; groups absent from the batch keep theirs."""
-        ms = 2.0 * es.shell_matrix(box).sum(0)  # real components per shell
-        cnt = stats["count"].astype(np.float64)
-        glob = stats["noise"].sum(0) / (ms * max(float(cnt.sum()), 1e-300))
-        new = (stats["noise"] + _GROUP_PRIOR * ms * glob) / (ms[None] * (cnt[:, None] + _GROUP_PRIOR))
-        old = np.broadcast_to(st["sigma2"], new.shape)
-        return np.maximum(np.where((cnt[:, None] > 0) & np.isfinite(new), new, old), 1e-30)
-
     def _mstep(self, st: dict[str, Any], stats: dict[str, np.ndarray], n: float, geo: dict[str, Any]) -> None:
-        """Regularised class averages A = num / (den + 1 / (T tau2)) (num, den carry 1/sigma2 of each
-        particle's group, as RELION's weighted back-projection), priors, noise spectra, resolution."""
-        box, k = geo["box"], geo["K"]
-        sh = np.minimum(es.shell_map(box), box // 2 - 1)
-        num, den = stats["num"], stats["den"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            raw = np.where(den > 0, num / den, 0)  # unregularised average: estimates tau2 of new shells
-            t_raw = es.shell_average(raw.real**2 + raw.imag**2, box) / 2.0 - np.where(
-                es.shell_average(den, box) > 0, 1.0 / es.shell_average(den, box), 0.0)
-        # shells the previous averages had no data for (the E-step limit grew) take tau2 from the data
-        e_now, e_before = self._e_shell(st, geo), int(st.get("e_data", box // 2 - 1))
-        fresh = (np.arange(box // 2) > e_before) & (np.arange(box // 2) <= e_now)
-        tau2 = np.where(fresh[None], np.maximum(np.nan_to_num(t_raw), 0.0), st["tau2"])
-        tau = tau2[:, sh]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            reg = np.where(tau > 0, 1.0 / (self.tau_fudge * tau), np.inf)
-            a = np.where(den > 0, num / (den + reg), 0.0)
-        a = np.nan_to_num(a)
-        if self.scale_correction:  # fix the scale degeneracy A <-> a: mean particle scale 1 per class
-            with np.errstate(divide="ignore", invalid="ignore"):
-                mean_a = np.where(stats["wsum"] > 0, stats["asum"] / stats["wsum"], 1.0)
-            a = a * np.where(mean_a > 0, mean_a, 1.0)[:, None, None]
-        st["refs"] = self._finish_refs(a, geo)
-        st["priors"] = np.maximum(stats["wsum"], 0) / max(float(stats["wsum"].sum()), 1e-300)
-        st["sigma2"] = self._noise(st, stats, box)
-        st["tau2"] = self._tau2(st["refs"], box)
-        ssnr = st["tau2"] * es.shell_average(den, box)
-        res = np.zeros(k, dtype=np.int64)
-        for j in range(k):
-            low = np.nonzero(ssnr[j, 1:] < 1.0)[0]
-            res[j] = (low[0] if len(low) else box // 2 - 1)
-        st["res_shell"] = res
-        st["e_data"] = np.asarray(e_now)
-        st["wsum"] = stats["wsum"] * (n / max(float(stats["wsum"].sum()), 1e-300))
+        ms.m_step(st, stats, n, geo, tau_fudge=self.tau_fudge, scale_correction=self.scale_correction,
+                  center=self.center)
 
-    def _finish_refs(self, a_f: np.ndarray, geo: dict[str, Any]) -> np.ndarray:
-        box = geo["box"]
-        if self.center:
-            img = es.icfft2(np, a_f, box) * geo["mask"]
-            pos = np.maximum(img, 0)
-            g = np.arange(box) - box // 2
-            tot = pos.sum((1, 2))
-            ok = tot > 0
-            cx = np.where(ok, (pos * g[None, None, :]).sum((1, 2)) / np.where(ok, tot, 1), 0.0)
-            cy = np.where(ok, (pos * g[None, :, None]).sum((1, 2)) / np.where(ok, tot, 1), 0.0)
-            fy, fx = es.freq_yx(box)
-            phase = fx[None] * cx[:, None, None] + fy[None] * cy[:, None, None]
-            a_f = a_f * np.exp(2j * np.pi * phase / box)  # moves the centre of mass to the box centre
-        return (es.icfft2(np, a_f, box) * geo["mask"]).astype(np.float32)
-
-    @staticmethod
-    def _tau2(refs: np.ndarray, box: int) -> np.ndarray:
-        f = es.cfft2(np, refs.astype(np.float64))
-        return es.shell_average(f.real**2 + f.imag**2, box) / 2.0
+    def _params_json(self) -> str:
+        return ck.params_json(self.get_params())
 
     # -- initialisation ----------------------------------------------------------------------------
     def _initial(self, X: Any, ctf: dict[str, np.ndarray] | None, geo: dict[str, Any],
@@ -326,7 +248,7 @@ class Class2D(BaseEstimator):
         sigma2 = np.maximum(es.shell_average(var, box) / 2.0, 1e-30)
         cnt = np.maximum(tot["count"], 1.0)
         return {"refs": refs, "priors": cnt / cnt.sum(), "sigma2": np.tile(sigma2, (geo["n_groups"], 1)),
-                "tau2": self._tau2(refs, box), "res_shell": np.zeros(k, dtype=np.int64),
+                "tau2": ms.tau2(refs, box), "res_shell": np.zeros(k, dtype=np.int64),
                 "e_data": np.asarray(box // 2 - 1), "wsum": tot["count"] * 1.0,
                 "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
                 "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
@@ -345,7 +267,7 @@ class Class2D(BaseEstimator):
         n, k, box = X.shape[0], geo["K"], geo["box"]
         small = list(np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0])
         if self.reseed_similarity is not None and k > 1 and st["wsum"].max() > 1.5 * n / k:
-            sim = ini.similar_pairs(st["refs"], min(self._e_shell(st, geo), box // 4))
+            sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
             for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
                 i, j = divmod(int(flat), k)
                 if j <= i or sim[i, j] <= float(self.reseed_similarity):
@@ -369,11 +291,11 @@ class Class2D(BaseEstimator):
                                         geo["psize_A"], int(self.nbasis), self._seed())
             worse = int(np.argmin([st["loglik"][members][side == j].mean() for j in (0, 1)]))
             frac = float(np.mean(side == worse))
-            refs = self._finish_refs(np.where(rec, avg, 0), geo)
+            refs = ms.finish_refs(np.where(rec, avg, 0), geo, self.center)
             st["refs"][cls], st["refs"][big] = refs[worse], refs[1 - worse]
             tot = st["priors"][big]
             st["priors"][cls], st["priors"][big] = tot * frac, tot * (1 - frac)
-            st["tau2"][[cls, big]] = self._tau2(st["refs"][[cls, big]], box)
+            st["tau2"][[cls, big]] = ms.tau2(st["refs"][[cls, big]], box)
             wb = st["wsum"][big]
             st["wsum"][cls], st["wsum"][big] = wb * frac, wb * (1 - frac)
             lab[members[side == worse]] = cls
@@ -393,58 +315,14 @@ class Class2D(BaseEstimator):
             return n
         return int(min(n, round(b0 * (n / b0) ** (t / ramp))))
 
-    # -- checkpoints --------------------------------------------------------------------------------
-    def _params_json(self) -> str:
-        p = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in self.get_params().items()
-             if k not in _RESUME_FREE}
-        return json.dumps(p, sort_keys=True)
-
-    def _save(self, st: dict[str, Any], rng: np.random.Generator, n: int, box: int) -> None:
-        d = Path(self.checkpoint_dir)
-        it = st["iteration"]
-        model = {key: st[key] for key in ("refs", "priors", "sigma2", "tau2", "res_shell", "wsum", "e_data")}
-        meta = {"iteration": it, "n": n, "box": box, "params": self._params_json(), "history": st["history"],
-                "rng": rng.bit_generator.state}
-        run = {f"run_{key}": v for key, v in (st["run"] or {}).items()}
-        parts = {key: st[key] for key in _PARTICLE_KEYS}
-        pfile = d / f"class2d_it{it:03d}_particles.npz"
-        for path, arrays in ((pfile, parts), (d / f"class2d_it{it:03d}.npz", {**model, **run})):
-            tmp = path.with_name(path.name + ".tmp.npz")
-            np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
-            os.replace(tmp, path)
-        for old in d.glob("class2d_it*_particles.npz"):
-            if old != pfile:
-                old.unlink()
-
-    def _load(self, n: int, box: int, n_groups: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        d = Path(self.checkpoint_dir)
-        found = [(int(m.group(1)), f) for f in d.glob("class2d_it*.npz")
-                 if (m := re.fullmatch(r"class2d_it(\d+)\.npz", f.name))]
-        for _, f in sorted(found, reverse=True):
-            pf = f.with_name(f.stem + "_particles.npz")
-            if not pf.exists():
-                continue
-            with np.load(f, allow_pickle=False) as z, np.load(pf, allow_pickle=False) as zp:
-                meta = json.loads(str(z["meta"]))
-                if (meta["n"] != n or meta["box"] != box or meta["params"] != self._params_json()
-                        or np.atleast_2d(z["sigma2"]).shape[0] != n_groups):
-                    raise InputError(f"{f}: checkpoint written for other data or parameters; cannot resume")
-                st = {key: z[key] for key in z.files if key != "meta" and not key.startswith("run_")}
-                run = {key[4:]: z[key] for key in z.files if key.startswith("run_")}
-                st.update({key: zp[key] for key in zp.files if key != "meta"})
-            st.update(run=run or None, history=meta["history"], iteration=meta["iteration"])
-            return st, meta["rng"]
-        return None
-
     # -- public API ---------------------------------------------------------------------------------
-    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, resume: bool = False,
-            groups: Any = None) -> Class2D:
+    def fit(self, X: Any, ctf_params: dict[str, Any] | None = None, groups: Any = None) -> Class2D:
         """Classify ``X``: a ParticleStore, a dask array or an array (n, box, box) of images.
 
         ``ctf_params``: per-particle arrays (or scalars) ``df1_A``, ``df2_A`` (Å), ``df_angle_rad``,
         ``accel_kv`` (kV), ``cs_mm`` (mm), ``amp_contrast`` (optionally ``phase_shift_rad``; keys may
-        carry the ``ctf/`` prefix); read from the store when X is one.  ``resume``: continue from the
-        last completed iteration in ``checkpoint_dir`` (same data and parameters; ``n_iter`` may grow).
+        carry the ``ctf/`` prefix); read from the store when X is one (:func:`read_ctf_params`).
+        With ``warm_start``, continues the previous run (see the class docstring).
         ``groups``: per-particle noise-group labels (any values, e.g. micrograph ids or RELION's
         rlnGroupNumber); each group gets its own noise power spectrum.  None: one group.
         """
@@ -467,15 +345,19 @@ class Class2D(BaseEstimator):
         if self.checkpoint_dir is not None:
             d = Path(self.checkpoint_dir)
             d.mkdir(parents=True, exist_ok=True)
-            if resume:
-                loaded = self._load(n, box, geo["n_groups"])
+            if self.warm_start:
+                loaded = ck.load(Path(self.checkpoint_dir), n, box, geo["n_groups"], self._params_json())
                 if loaded is not None:
                     st, rng.bit_generator.state = loaded
             else:
                 for f in d.glob("class2d_it*.npz"):
                     f.unlink()
-        elif resume:
-            raise InputError("resume=True needs checkpoint_dir")
+        prev = getattr(self, "_last", None)
+        if st is None and self.warm_start and prev is not None:
+            if prev["key"] != (n, box, geo["n_groups"], self._params_json()):
+                raise InputError("warm_start: the previous fit was on other data or parameters; cannot continue")
+            st = {k: (v.copy() if isinstance(v, np.ndarray) else copy.deepcopy(v)) for k, v in prev["st"].items()}
+            rng.bit_generator.state = prev["rng"]
         if st is None:
             st = self._initial(Xd, ctf, geo, rng)
         for t in range(int(st["iteration"]), int(self.n_iter)):
@@ -493,7 +375,7 @@ class Class2D(BaseEstimator):
             prev = st["labels"][rows]
             seen = prev >= 0
             changes = float(np.mean(prev[seen] != part["label"][seen])) if seen.any() else 1.0
-            for key in _PARTICLE_KEYS:
+            for key in ck.PARTICLE_KEYS:
                 st[key][rows] = part["label" if key == "labels" else key]
             if self.algorithm == "vdam":
                 eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
@@ -511,8 +393,10 @@ class Class2D(BaseEstimator):
                                   "resolution_A": box * psize / max(int(np.max(st["res_shell"])), 1),
                                   "seconds": time.perf_counter() - t0})
             if self.checkpoint_dir is not None:
-                self._save(st, rng, n, box)
+                ck.save(Path(self.checkpoint_dir), st, rng, n, box, self._params_json())
         self._set_attrs(st, geo)
+        self._last = {"key": (n, box, geo["n_groups"], self._params_json()), "st": st,
+                      "rng": rng.bit_generator.state}
         return self
 
     def _set_attrs(self, st: dict[str, Any], geo: dict[str, Any]) -> None:
@@ -546,7 +430,7 @@ class Class2D(BaseEstimator):
         if Xd.shape[1] != geo["box"]:
             raise InputError(f"images are {Xd.shape[1]} px; the model was fitted on {geo['box']} px")
         st = {"refs": self.class_averages_, "priors": self.class_priors_, "sigma2": self.noise_spectrum_,
-              "res_shell": np.asarray([self._e_last - _E_MARGIN])}
+              "res_shell": np.asarray([self._e_last - ms.E_MARGIN])}
         res = self._map(es.estep_task, Xd, ctf, geo["chunk"], self._model(st, geo), self.device, False,
                         per_rows=[np.zeros(Xd.shape[0], dtype=np.int64)])
         return res["particles"]["label"].astype(np.int64)

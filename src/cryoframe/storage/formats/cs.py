@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoframe.errors import FormatError
-from cryoframe.storage.manifest import temp_path
+from cryoframe.storage.atomic import atomic_path
 
 __all__ = ["CsFile", "write_cs"]
 
@@ -154,24 +154,18 @@ def write_cs(
     """
     path = Path(path)
     dtype = np.dtype([(name, dt, shape) if shape else (name, dt) for name, dt, shape in descr])
-    tmp = temp_path(path)
     written = 0
-    try:
-        with tmp.open("wb") as fh:
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
-            np.lib.format.write_array_header_2_0(fh, header) if len(repr(header)) > 65000 else (
-                np.lib.format.write_array_header_1_0(fh, header)
-            )
-            for batch in batches:
-                m = len(next(iter(batch.values()))) if batch else 0
-                rec = np.empty(m, dtype=dtype)
-                for name, _, _ in descr:
-                    rec[name] = batch[name]
-                fh.write(rec.tobytes())
-                written += m
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+        np.lib.format.write_array_header_2_0(fh, header) if len(repr(header)) > 65000 else (
+            np.lib.format.write_array_header_1_0(fh, header)
+        )
+        for batch in batches:
+            m = len(next(iter(batch.values()))) if batch else 0
+            rec = np.empty(m, dtype=dtype)
+            for name, _, _ in descr:
+                rec[name] = batch[name]
+            fh.write(rec.tobytes())
+            written += m
         if written != n:
             raise FormatError(f"{path}: internal error, wrote {written} rows, expected {n}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoframe.errors import FormatError
-from cryoframe.storage.manifest import temp_path
+from cryoframe.storage.atomic import atomic_path
 
 __all__ = ["StackReader", "stack_header", "write_stack"]
 
@@ -94,20 +94,14 @@ def write_stack(
     import mrcfile
 
     path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
-            m.set_image_stack()
-            i = 0
-            for b in blocks:
-                m.data[i : i + len(b)] = b
-                i += len(b)
-            if i != n:
-                raise FormatError(f"{path}: internal error, wrote {i} images, expected {n}")
-            if psize_A:
-                m.voxel_size = float(psize_A)
-            m.update_header_stats()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
+        m.set_image_stack()
+        i = 0
+        for b in blocks:
+            m.data[i : i + len(b)] = b
+            i += len(b)
+        if i != n:
+            raise FormatError(f"{path}: internal error, wrote {i} images, expected {n}")
+        if psize_A:
+            m.voxel_size = float(psize_A)
+        m.update_header_stats()

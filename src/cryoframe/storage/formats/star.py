@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from cryoframe.errors import FormatError
-from cryoframe.storage.manifest import temp_path
+from cryoframe.storage.atomic import atomic_path
 
 __all__ = ["StarParticles", "read_particles_star", "write_particles_star"]
 
@@ -83,14 +83,9 @@ def write_particles_star(path: str | os.PathLike[str], particles: pd.DataFrame, 
     import starfile
 
     path = Path(path)
-    tmp = temp_path(path)
     data = {}
     if optics is not None:
         data["optics"] = optics
     data["particles"] = particles
-    try:
+    with atomic_path(path) as tmp:
         starfile.write(data, tmp, float_format=None, sep="\t")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

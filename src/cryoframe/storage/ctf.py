@@ -1,0 +1,34 @@
+"""Per-particle CTF parameters of a store, read in one place for every job and estimator.
+
+Units: defoci in Å, astigmatism angle and phase shift in rad, voltage in kV, Cs in mm,
+amplitude contrast as a fraction (cryoSPARC's ``ctf/`` fields).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cryoframe.errors import InputError
+
+if TYPE_CHECKING:
+    from cryoframe.storage.store import ParticleStore
+
+__all__ = ["CTF_KEYS", "OPTIONAL_CTF_KEYS", "read_ctf_params"]
+
+CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast")
+"""Required CTF parameters (store fields ``ctf/<key>``)."""
+OPTIONAL_CTF_KEYS = ("phase_shift_rad",)
+"""Read when the store has them (phase plates); absent means zero."""
+
+
+def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf") -> dict[str, np.ndarray]:
+    """``{key: float64 array (n,)}`` for :data:`CTF_KEYS` plus ``phase_shift_rad`` when the store
+    has ``ctf/phase_shift_rad``.  Raises :class:`InputError` naming the store and every missing field."""
+    missing = [f"ctf/{k}" for k in CTF_KEYS if f"ctf/{k}" not in store.fields]
+    if missing:
+        raise InputError(f"{store.path}: CTF correction needs field(s) {', '.join(missing)}; {hint}")
+    keys = [*CTF_KEYS, *(k for k in OPTIONAL_CTF_KEYS if f"ctf/{k}" in store.fields)]
+    t = store.table([f"ctf/{k}" for k in keys])
+    return {k: t.column(f"ctf/{k}").to_numpy().astype(np.float64) for k in keys}
