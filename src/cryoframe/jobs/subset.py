@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from cryoframe.errors import InputError, StoreError
-from cryoframe.query.stats import resolve_statistic, statistic_values
+from cryoframe.query.stats import STATISTICS, resolve_statistic, statistic_values
 from cryoframe.storage.manifest import temp_path
-from cryoframe.storage.store import ParticleStore, StoreWriter
+from cryoframe.storage.store import ParticleStore
 
 __all__ = ["SubsetResult", "subset"]
 
@@ -48,20 +49,23 @@ class SubsetResult:
 
 
 def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: int, tol: float,
-                max_iter: int, device: str) -> tuple[np.ndarray, Any, dict[str, Any], np.ndarray]:
+                max_iter: int, device: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
     from cryoframe.algorithms.gmm import GaussianMixture
 
     if components < 1:
         raise InputError("--components must be at least 1")
+    import time
+
+    t0 = time.perf_counter()
     gmm = GaussianMixture(n_components=components, tol=tol, max_iter=max_iter, random_state=seed,
                           device=device).fit(v)
+    fit_seconds = time.perf_counter() - t0
     order = np.argsort(gmm.means_.ravel())
     rank = np.empty_like(order)
     rank[order] = np.arange(components)
     if min_prob is not None and not 0 <= min_prob <= 1:
         raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
     labels = np.empty(len(v), dtype=np.int16)
-    pbest = np.empty(len(v), dtype=np.float32)
     step = 4_000_000  # bounded (n, K) probabilities
     for a in range(0, len(v), step):
         proba = gmm.predict_proba(v[a : a + step])
@@ -71,7 +75,6 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
         if min_prob is not None:
             lab[pb < min_prob] = DROPPED
         labels[a : a + step] = lab
-        pbest[a : a + step] = pb
     info = {
         "weights": gmm.weights_[order].tolist(),
         "means": gmm.means_.ravel()[order].tolist(),
@@ -79,8 +82,17 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
         "log_likelihood": float(gmm.lower_bound_),
         "n_iter": int(gmm.n_iter_),
         "converged": bool(gmm.converged_),
+        "fit_seconds": fit_seconds,
     }
-    return labels, gmm, info, pbest
+    return labels, gmm, info
+
+
+def _is_field(by: str, stat: Any, fields: list[str]) -> bool:
+    """Whether statistic ``by`` is the value of its one field verbatim (then views need not store it)."""
+    derived = ("class_prob3d", "helical_tilt", "motion", "defocus")
+    if stat.difference or len(fields) != 1 or by in derived or by not in STATISTICS:
+        return False
+    return not (by in ("ess2d", "ess3d") and fields[0].endswith("class_posterior"))
 
 
 def _labels_thresholds(v: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -194,7 +206,7 @@ def subset(
     gmm_info: dict[str, Any] | None = None
     model = None
     if mode == "gmm":
-        lab, model, gmm_info, _ = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
+        lab, model, gmm_info = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
         n_sets = components
     else:
         lab = _labels_thresholds(v, thresholds)
@@ -216,7 +228,8 @@ def subset(
                                      else None, "class_indices": list(class_indices) if class_indices else None,
                                      "class_agg": class_agg, "on_missing": on_missing, "seed": seed, "tol": tol,
                                      "max_iter": max_iter, "initial": str(initial.path) if initial else None},
-                                 export_format=export_format, plots=plots, gmm_info=gmm_info)
+                                 export_format=export_format, plots=plots, gmm_info=gmm_info,
+                                 identity=_is_field(by, stat, fields))
         summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
                        unit=stat.unit, description=stat.description)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -242,41 +255,35 @@ def subset(
 def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarray, values: np.ndarray, n_sets: int,
                    *, by: str, stat_fields: list[str], mode: str, initial: ParticleStore | None,
                    params: dict[str, Any], export_format: str | None, plots: bool,
-                   gmm_info: dict[str, Any] | None) -> dict[str, Any]:
+                   gmm_info: dict[str, Any] | None, identity: bool = False) -> dict[str, Any]:
     names = {k: f"set_{k:03d}.cf" for k in range(n_sets)}
     if (labels == DROPPED).any():
         names[DROPPED] = "dropped.cf"
     if (labels == MISSING).any():
         names[MISSING] = "missing.cf"
-    inputs: list[Any] = [store] + ([initial] if initial is not None else [])
-    writers = {k: StoreWriter(tmp / nm, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
-                              inputs=inputs, parent=store) for k, nm in names.items()}
+    from cryoframe.storage.view import read_rows, write_view
+
+    # every output is a view of ``store``: a selection + what the job adds (no metadata copy)
+    stat_col = stat_fields[0] if identity else "subset/statistic"
+    computed = {"subset/probability": {"op": "gmm_max_posterior", "of": stat_col, **{
+        k: gmm_info[k] for k in ("weights", "means", "variances")}}} if gmm_info is not None else None
     has_pose = "alignments3D/pose" in store.fields
     poses: dict[int, list[np.ndarray]] = {k: [] for k in range(n_sets)}
-    try:
-        start = 0
-        for batch in store.iter_batches():
-            m = batch.num_rows
-            lab = labels[start : start + m]
-            for k, w in writers.items():
-                sel = np.nonzero(lab == k)[0]
-                w.write_metadata(batch.take(sel))
-                if has_pose and k >= 0 and sel.size and sum(len(p) for p in poses[k]) < 200_000:
-                    col = batch.column("alignments3D/pose").take(sel)
-                    poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
-            start += m
-        stores = {}
-        opt = store.optics()
-        for k, w in writers.items():
-            if store.has_images:
-                w.link_images(store)
-            if opt is not None:
-                w.write_optics(opt)
-            stores[k] = w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
-    finally:
-        for w in writers.values():
-            if not w._done:
-                w.abort()
+    stores = {}
+    for k, nm in names.items():
+        mask = labels == k
+        added = None
+        if not identity:
+            from cryoframe.schema.types import arrow_field
+
+            added = pa.Table.from_arrays([pa.array(values[mask])],
+                                         schema=pa.schema([arrow_field("subset/statistic", np.dtype("<f8"))]))
+        stores[k] = write_view(tmp / nm, store, mask, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
+                               added=added, computed=computed, inputs=[initial] if initial is not None else [])
+        if has_pose and plots and k >= 0 and mask.any():
+            first = np.flatnonzero(mask)[:200_000]
+            col = read_rows(store, first, ["alignments3D/pose"]).column(0)
+            poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
     sets = []
     per_set = _set_stats(values, labels, n_sets)
     for k in range(n_sets):

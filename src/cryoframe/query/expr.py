@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from cryoframe.errors import InputError
-from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
+from cryoframe.storage.store import IMAGE_ROW, ParticleStore
 
 __all__ = ["arrow_filter", "filter_store", "filter_table", "query_frame"]
 
@@ -111,6 +111,10 @@ def filter_table(store: ParticleStore, where: str | None = None, columns: Sequen
     elif not include_internal:
         cols = store.fields
     try:
+        if store.view is not None:
+            from cryoframe.storage.view import match_positions, read_rows
+
+            return read_rows(store, match_positions(store, where), cols)
         expr = arrow_filter(store, where)
         parts = [pq.read_table(f, columns=cols, filters=expr) for f in store._files]
         return pa.concat_tables(parts)
@@ -127,42 +131,12 @@ def filter_store(
     *,
     overwrite: bool = False,
 ) -> ParticleStore:
-    """Write the rows of ``store`` matching ``where`` as a new store referencing its images."""
-    import dask
-    import pyarrow.parquet as pq
+    """Write the rows of ``store`` matching ``where`` as a view of it (selection only, no metadata copy)."""
+    from cryoframe.storage.view import match_positions, write_view
 
-    from cryoframe.query.arrow_expr import Unsupported
-
-    ddf = query_frame(store, where, columns, include_internal=True)  # validates names and syntax
-    schema = store.schema
-    keep = [schema.field(c) for c in ddf.columns]
-    out_schema = pa.schema(keep, metadata=schema.metadata)
+    cols = _columns(store, columns, True)
+    if cols is not None:
+        store._check_columns(cols)
     params = {"where": where, "columns": list(columns) if columns else None}
-    try:
-        expr = arrow_filter(store, where)
-        arrow_parts = [(lambda f=f: pq.read_table(f, columns=[k.name for k in keep], filters=expr))
-                       for f in store._files]
-        first = arrow_parts[0]()  # evaluation errors surface here, before anything is written
-        arrow_parts[0] = lambda: first
-    except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        arrow_parts = None
-    with StoreWriter(out, op="query", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
-        wrote = False
-        parts = arrow_parts if arrow_parts is not None else ddf.to_delayed()
-        for part in parts:
-            try:
-                tbl = part() if arrow_parts is not None else pa.Table.from_pandas(dask.compute(part)[0],
-                                                                                 preserve_index=False)
-            except Exception as exc:
-                raise _explain(store, where or "", exc) from exc
-            tbl = pa.Table.from_arrays([tbl.column(f.name).cast(f.type) for f in keep], schema=out_schema)
-            w.write_metadata(tbl)
-            wrote = True
-        if not wrote:
-            w.write_metadata(out_schema.empty_table())
-        if store.has_images:
-            w.link_images(store)
-        opt = store.optics()
-        if opt is not None:
-            w.write_optics(opt)
-        return w.commit(psize_A=store.psize_A, box_px=store.box, source=store.manifest.get("source"))
+    return write_view(out, store, match_positions(store, where), op="query", params=params, columns=cols,
+                      overwrite=overwrite)
