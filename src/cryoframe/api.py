@@ -20,7 +20,8 @@ from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["class2d", "demo", "export", "import_", "info", "open_store", "query", "select2d", "stats", "subset", "synth"]
+__all__ = ["class2d", "demo", "export", "import_", "info", "materialize", "open_store", "query", "select2d", "stats",
+           "subset", "synth"]
 
 PathLike = str | os.PathLike[str]
 StoreLike = PathLike | ParticleStore
@@ -85,8 +86,15 @@ def info(store: StoreLike) -> dict[str, Any]:
         images = {"path": str(s.images_path()), "shape": list(z.shape), "chunks": list(z.chunks),
                   "dtype": str(z.dtype), "shared_with_parent": not man["images"].get("owner", True)}
     opt = s.optics()
+    view = None
+    if s.view is not None:
+        v = man["view"]
+        view = {"parent": str(s.view.root.path), "parent_hash": v["parent_hash"], "n_parent": v["n_parent"],
+                "n_selected": v["n_selected"], "encoding": v["encoding"],
+                "added": [c for c in s.fields if c in s.view.added_names], "computed": sorted(v.get("computed") or {})}
     return {
         "path": str(s.path),
+        "view": view,
         "n_particles": s.n,
         "box_px": s.box,
         "psize_A": s.psize_A,
@@ -145,6 +153,13 @@ def export(store: StoreLike, out: PathLike, *, format: str | None = None, images
     if fmt == "star":
         return export_star(s, out, images=images, extra_fields=extra_fields, overwrite=overwrite)
     raise InputError(f"unknown export format {fmt!r}: expected cs or star")
+
+
+def materialize(view: StoreLike, out: PathLike, *, overwrite: bool = False) -> ParticleStore:
+    """Write a view's rows (parent columns + added/computed ones) as a plain store at ``out``."""
+    from cryoframe.storage.view import materialize as _materialize
+
+    return _materialize(open_store(view), out, overwrite=overwrite)
 
 
 def synth(out: PathLike, **kwargs: Any) -> ParticleStore:

@@ -19,6 +19,7 @@ VERBS = {
     "cluster": ("cluster", "start a Dask cluster (local/cuda/slurm/pbs) or print its job script"),
     "import": ("import_", "import a .cs (+ passthroughs), .star or .mrcs into a store"),
     "info": ("info", "describe a store"),
+    "materialize": ("materialize", "write a view store's rows as a full (plain) store"),
     "query": ("query", "filter a store with a pandas query expression"),
     "export": ("export", "export a store to .cs or .star"),
     "stats": ("stats", "summarise a per-particle statistic; list the statistics a store provides"),
