@@ -65,14 +65,19 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
     rank[order] = np.arange(components)
     if min_prob is not None and not 0 <= min_prob <= 1:
         raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
+    from cryoframe.algorithms._gmm_kernels import kernel_params
+
+    # label = argmax_k log(w_k N(x; mu_k, var_k)): no exp/log unless --min-prob needs the posterior
+    cst, pc, mpc = kernel_params(gmm.weights_, gmm.means_, gmm.precisions_cholesky_)
     labels = np.empty(len(v), dtype=np.int16)
-    step = 4_000_000  # bounded (n, K) probabilities
+    step = 1 << 20  # bounded (n, K) temporaries
     for a in range(0, len(v), step):
-        proba = gmm.predict_proba(v[a : a + step])
-        best = proba.argmax(axis=1)
-        pb = proba[np.arange(len(best)), best]
+        y = v[a : a + step, None] * pc - mpc
+        lp = cst - 0.5 * y * y
+        best = lp.argmax(axis=1)
         lab = rank[best].astype(np.int16)
         if min_prob is not None:
+            pb = 1.0 / np.exp(lp - lp[np.arange(len(best)), best][:, None]).sum(axis=1)
             lab[pb < min_prob] = DROPPED
         labels[a : a + step] = lab
     info = {
@@ -122,33 +127,50 @@ def _collect(frame: Any, n: int) -> np.ndarray:
     return out
 
 
-def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 4_000_000) -> list[dict[str, Any]]:
-    """count/mean/std/min/max of the statistic per set, accumulated in chunks (float64, centred)."""
+def _read_column(store: ParticleStore, name: str) -> np.ndarray:
+    """One scalar column as float64 (nulls -> NaN), filled batch by batch into one array."""
+    import pyarrow.compute as pc
+
+    out = np.empty(store.n, dtype=np.float64)
+    pos = 0
+    for t in store.iter_batches([name], batch_size=1 << 20):
+        a = pc.cast(t.column(0), pa.float64()).to_numpy()
+        out[pos : pos + len(a)] = a
+        pos += len(a)
+    if pos != store.n:
+        raise StoreError(f"{store.path}: {name} has {pos} values for {store.n} particles")
+    return out
+
+
+def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 1 << 22) -> list[dict[str, Any]]:
+    """count/mean/std/min/max of the statistic per set, accumulated in chunks (float64; the
+    variance combines per-chunk centred sums, Chan et al.)."""
     cnt = np.zeros(n_sets, np.int64)
-    s1 = np.zeros(n_sets)
+    mean = np.zeros(n_sets)
+    m2 = np.zeros(n_sets)
     mn = np.full(n_sets, np.inf)
     mx = np.full(n_sets, -np.inf)
     for a in range(0, len(values), step):
         v, lab = values[a : a + step], labels[a : a + step]
-        ok = lab >= 0
-        v, lab = v[ok], lab[ok].astype(np.int64)
-        cnt += np.bincount(lab, minlength=n_sets)
-        s1 += np.bincount(lab, weights=v, minlength=n_sets)
-        np.minimum.at(mn, lab, v)
-        np.maximum.at(mx, lab, v)
-    mean = np.where(cnt > 0, s1 / np.maximum(cnt, 1), 0.0)
-    s2 = np.zeros(n_sets)
-    for a in range(0, len(values), step):
-        v, lab = values[a : a + step], labels[a : a + step]
-        ok = lab >= 0
-        lab = lab[ok].astype(np.int64)
-        s2 += np.bincount(lab, weights=(v[ok] - mean[lab]) ** 2, minlength=n_sets)
+        for k in range(n_sets):
+            x = v[lab == k]
+            if not x.size:
+                continue
+            mk = float(x.mean())
+            qk = float(((x - mk) ** 2).sum())
+            n0, n1 = cnt[k], x.size
+            d = mk - mean[k]
+            mean[k] += d * n1 / (n0 + n1)
+            m2[k] += qk + d * d * n0 * n1 / (n0 + n1)
+            cnt[k] += n1
+            mn[k] = min(mn[k], float(x.min()))
+            mx[k] = max(mx[k], float(x.max()))
     out = []
     for k in range(n_sets):
         if cnt[k] == 0:
             out.append({"count": 0, "mean": None, "std": None, "min": None, "max": None})
         else:
-            out.append({"count": int(cnt[k]), "mean": float(mean[k]), "std": float(np.sqrt(s2[k] / cnt[k])),
+            out.append({"count": int(cnt[k]), "mean": float(mean[k]), "std": float(np.sqrt(m2[k] / cnt[k])),
                         "min": float(mn[k]), "max": float(mx[k])})
     return out
 
@@ -190,9 +212,13 @@ def subset(
     stat, fields = resolve_statistic(by, store)
     if mode == "thresholds":
         _labels_thresholds(np.zeros(1), thresholds)  # validate before any work
-    frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
-                             project_dir=project_dir)
-    values = _collect(frame, store.n)
+    identity = initial is None and _is_field(by, stat, fields)
+    if identity:  # the statistic is a column: read it straight from Parquet (no dataframe graph)
+        values = _read_column(store, fields[0])
+    else:
+        frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
+                                 project_dir=project_dir)
+        values = _collect(frame, store.n)
     n = len(values)
     finite = np.isfinite(values)
     n_missing = int(n - finite.sum())
@@ -229,7 +255,7 @@ def subset(
                                      "class_agg": class_agg, "on_missing": on_missing, "seed": seed, "tol": tol,
                                      "max_iter": max_iter, "initial": str(initial.path) if initial else None},
                                  export_format=export_format, plots=plots, gmm_info=gmm_info,
-                                 identity=_is_field(by, stat, fields))
+                                 identity=identity)
         summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
                        unit=stat.unit, description=stat.description)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -307,7 +333,8 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
 
 def _plots(pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], by: str, params: dict[str, Any],
            gmm_info: dict[str, Any] | None, poses: dict[int, list[np.ndarray]]) -> list[str]:
-    from cryoframe import plot
+    from cryoframe.plot import quick
+    from cryoframe.plot.figures import viewing_directions_from_rotvec
 
     pdir.mkdir()
     fin = np.isfinite(values)
@@ -328,14 +355,15 @@ def _plots(pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], 
     for e in set_summaries:
         if e["count"]:
             bounds.append((e["min"], e["max"]))
-    fig = plot.histogram_figure(counts, edges, xlabel=by, title=f"{by}: {len(values)} particles",
-                                gmm=gmm_info, thresholds=params.get("thresholds"), set_bounds=bounds,
-                                n_total=n_fin)
-    written = [p.name for p in plot.save_figure(fig, pdir / "histogram")]
+    gmm = {k: gmm_info[k] for k in ("weights", "means", "variances")} if gmm_info else None
+    written = [p.name for p in quick.histogram_png(pdir / "histogram", counts, edges, xlabel=by,
+                                                    title=f"{by}: {len(values)} particles", gmm=gmm,
+                                                    thresholds=params.get("thresholds"), set_bounds=bounds,
+                                                    n_total=n_fin)]
     for k, parts in poses.items():
         if not parts:
             continue
-        az, el = plot.viewing_directions_from_rotvec(np.concatenate(parts))
-        fig = plot.viewing_direction_figure(az, el, title=f"set {k}: viewing directions")
-        written += [p.name for p in plot.save_figure(fig, pdir / f"viewing_set_{k:03d}")]
+        az, el = viewing_directions_from_rotvec(np.concatenate(parts))
+        written += [p.name for p in quick.viewing_png(pdir / f"viewing_set_{k:03d}", az, el,
+                                                      title=f"set {k}: viewing directions")]
     return written
