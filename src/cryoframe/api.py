@@ -16,8 +16,6 @@ from typing import Any
 from cryoframe.errors import InputError
 from cryoframe.query.expr import filter_store, filter_table, query_frame
 from cryoframe.schema import field_spec
-from cryoframe.storage.exporters import export_cs, export_star
-from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 
 __all__ = ["class2d", "demo", "export", "import_", "info", "materialize", "open_store", "query", "select2d", "stats",
@@ -66,6 +64,8 @@ def import_(
         if passthrough:
             raise InputError("--passthrough applies to .cs imports only")
         kw.update(psize_A=psize_A)
+    from cryoframe.storage.importers import import_file
+
     return import_file(path, out, **kw)
 
 
@@ -146,6 +146,8 @@ def query(
 def export(store: StoreLike, out: PathLike, *, format: str | None = None, images: bool = False,
            extra_fields: bool = True, overwrite: bool = False) -> Path:
     """Export to ``.cs`` or ``.star`` (``format`` defaults to ``out``'s suffix)."""
+    from cryoframe.storage.exporters import export_cs, export_star
+
     s = open_store(store)
     fmt = (format or Path(out).suffix.lstrip(".")).lower()
     if fmt == "cs":
