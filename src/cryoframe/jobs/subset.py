@@ -127,6 +127,18 @@ def _collect(frame: Any, n: int) -> np.ndarray:
     return out
 
 
+def _first_true(mask: np.ndarray, count: int, step: int = 1 << 20) -> np.ndarray:
+    """Positions of the first ``count`` True entries of ``mask`` (no full-length index array)."""
+    out, found = [], 0
+    for a in range(0, len(mask), step):
+        idx = np.flatnonzero(mask[a : a + step])[: count - found] + a
+        out.append(idx)
+        found += len(idx)
+        if found >= count:
+            break
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
 def _read_column(store: ParticleStore, name: str) -> np.ndarray:
     """One scalar column as float64 (nulls -> NaN), filled batch by batch into one array."""
     import pyarrow.compute as pc
@@ -307,7 +319,7 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
         stores[k] = write_view(tmp / nm, store, mask, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
                                added=added, computed=computed, inputs=[initial] if initial is not None else [])
         if has_pose and plots and k >= 0 and mask.any():
-            first = np.flatnonzero(mask)[:200_000]
+            first = _first_true(mask, 200_000)
             col = read_rows(store, first, ["alignments3D/pose"]).column(0)
             poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
     sets = []
