@@ -96,7 +96,7 @@ def main() -> None:
              f"{getattr(cryosparc, '__version__', '?')}, pyarrow {pyarrow.__version__}. Best of {args.repeat}, "
              "each in a fresh process; time excludes interpreter start and imports.\n",
              "Two columns: uid + `alignments3D/error` + `ctf/df1_A` on both sides (Dataset.load(fields=...) "
-             "always loads uid). The import's lineage hashes the whole input (SHA-256, background thread).\n",
+             "always loads uid). The import's lineage hashes the whole input (BLAKE3, background thread).\n",
              "| rows | .cs MB | Dataset.load s (RSS MB) | cryoframe import s (RSS MB) | import / load | "
              "2 cols: Dataset.load(fields) s | 2 cols: store s | load(fields) / store |",
              "|---|---|---|---|---|---|---|---|"]
