@@ -264,12 +264,12 @@ def subset(
         values = _collect(frame, store.n)
     clock["read"] = time.perf_counter()
     n = len(values)
-    finite = np.isfinite(values)
-    n_missing = int(n - finite.sum())
+    step = 1 << 22  # count non-finite values in chunks: no n-byte mask unless some are missing
+    n_missing = sum(int(np.count_nonzero(~np.isfinite(values[a : a + step]))) for a in range(0, n, step))
+    finite = np.isfinite(values) if n_missing else None
     if n_missing and on_missing == "error":
         raise InputError(f"{n_missing} of {n} particles have no finite value of {by} (field "
                          f"{', '.join(fields)}); choose --on-missing drop or separate")
-    labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
     v = values if not n_missing else values[finite]
     if v.size == 0:
         raise InputError(f"no particle has a finite value of {by}")
@@ -283,7 +283,9 @@ def subset(
         n_sets = len(thresholds) + 1
     clock["fit_and_label"] = time.perf_counter()
     if n_missing:
+        labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
         labels[finite] = lab
+        del finite
     else:
         labels = lab
     n_dropped = int((labels == DROPPED).sum())
