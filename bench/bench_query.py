@@ -78,7 +78,7 @@ def main() -> None:
         files = [str(f) for f in s._files]
         cols = s.fields
 
-        expr = pc.and_(pc.less(pc.field("ctf/df1_A"), 15000), pc.greater(pc.field("alignments3D/error"), 9600))
+        expr = (pc.field("ctf/df1_A") < 15000) & (pc.field("alignments3D/error") > 9600)
 
         def peer_filter(files: list = files, cols: list = cols, expr=expr) -> pa.Table:  # noqa: ANN001
             return pq.read_table(files, columns=cols, filters=expr)

@@ -361,8 +361,6 @@ def match_positions(store: ParticleStore, where: str | None) -> np.ndarray:
     Only the fields the expression names are read; Arrow evaluates it when it translates
     (:mod:`cryoframe.query.arrow_expr`), pandas ``DataFrame.query`` otherwise.
     """
-    import pandas as pd
-
     from cryoframe.query.arrow_expr import Unsupported, to_arrow_expression
     from cryoframe.query.expr import _explain, _uint64_literals
 
@@ -386,6 +384,8 @@ def match_positions(store: ParticleStore, where: str | None) -> np.ndarray:
                 sel = b.append_column(key, pa.array(idx)).filter(aexpr).column(key)
                 out.append(sel.to_numpy())
             else:
+                import pandas as pd
+
                 pdf = b.to_pandas(types_mapper=pd.ArrowDtype)
                 pdf.index = idx
                 hit = pdf.query(expr, local_dict=local) if local else pdf.query(expr)
