@@ -119,10 +119,15 @@ def run_relion(exe: str, star: Path, outdir: Path, k: int, iters: int, tau: floa
     segments = [t for t in _timed(outdir) if t[2] == key] if reuse else []
     if not reuse:
         (outdir / "wall_s.txt").unlink(missing_ok=True)
-    done = max((n for _, n, _ in segments), default=0)
     final = outdir / f"run_it{iters:03d}_data.star"
-    if done > iters or (done and not (outdir / f"run_it{done:03d}_optimiser.star").exists()):
-        segments, done = [], 0  # a longer (or incomplete) run cannot give a timed shorter one: start afresh
+    if final.exists() and any(n == iters for _, n, _ in segments):
+        return sum(t for t, n, _ in segments if n <= iters), final
+    segments = [t for t in segments if t[1] < iters]
+    done = max((n for _, n, _ in segments), default=0)
+    if done and not (outdir / f"run_it{done:03d}_optimiser.star").exists():
+        segments, done = [], 0
+    # keep only the segments this run builds on (none when starting afresh)
+    (outdir / "wall_s.txt").write_text("".join(f"{t:.3f}\t{n}\t{c}\n" for t, n, c in segments))
     if done < iters:
         if done:
             cmd = [exe, "--continue", str(outdir / f"run_it{done:03d}_optimiser.star"), "--o", str(outdir / "run"),
@@ -136,7 +141,7 @@ def run_relion(exe: str, star: Path, outdir: Path, k: int, iters: int, tau: floa
         if r.returncode != 0:
             raise RuntimeError(f"relion_refine failed: see {outdir / 'relion.log'}")
         with open(outdir / "wall_s.txt", "a") as f:
-            f.write(f"{wall:.1f}\t{iters}\t{key}\n")
+            f.write(f"{wall:.3f}\t{iters}\t{key}\n")
         segments.append((wall, iters, key))
     total = sum(t for t, n, _ in segments if n <= iters)
     return total, final
