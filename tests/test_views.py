@@ -221,3 +221,22 @@ def test_views_are_small(root, tmp_path: Path) -> None:  # noqa: ANN001
     meta = sum(p.stat().st_size for p in (root.path / "metadata").rglob("*") if p.is_file())
     assert size < meta / 2
     assert np.load(v.path / "selection.npy").nbytes <= (root.n + 7) // 8
+
+
+def test_views_of_views_carry_added_and_computed_columns(root, tmp_path: Path) -> None:  # noqa: ANN001
+    t = root.table(["uid", "ctf/df1_A", "alignments2D/error"])
+    r = api.subset(root, tmp_path / "sub", by="error2d", components=2, plots=False)
+    s0 = r.sets[0]
+    full = s0.table(["uid", "subset/probability"])
+    cut = float(np.median(t.column("ctf/df1_A").to_numpy()))
+    v2 = api.query(s0, f"`ctf/df1_A` < {cut}", out=tmp_path / "v2.cf")
+    assert v2.view.root.path == root.path and "subset/probability" in v2.fields
+    keep = np.isin(full.column(0).to_numpy(), v2.table(["uid"]).column(0).to_numpy())
+    np.testing.assert_allclose(v2.table(["subset/probability"]).column(0).to_numpy(),
+                               full.column(1).to_numpy()[keep])
+    cs = api.export(v2, tmp_path / "v2.cs")
+    rec = np.load(cs)
+    np.testing.assert_array_equal(rec["uid"], v2.table(["uid"]).column(0).to_numpy())
+    np.testing.assert_allclose(rec["subset/probability"], full.column(1).to_numpy()[keep], rtol=1e-6)
+    m = api.materialize(v2, tmp_path / "m.cf")
+    assert m.table().equals(v2.table())
