@@ -1,9 +1,11 @@
 """Subset particles by statistic (cryoSPARC "Subset Particles by Statistic", see shared seeds/000).
 
-One pass over the store's Parquet partitions computes the statistic (a lazy column expression);
-the GMM is fitted by distributed EM (one pass per iteration) or thresholds are applied; a second
-streamed pass routes every particle to exactly one set store (or the dropped store), each
-referencing the input's images.  Outputs land in ``--out DIR`` atomically (temp dir + rename):
+The statistic is read straight from Parquet when it is a plain field (else one pass over the
+partitions evaluates its expression); the GMM is fitted by distributed EM (one pass per
+iteration) or thresholds are applied; every particle goes to exactly one set (or dropped/missing),
+each written as a *view* of the input (:mod:`cryoframe.storage.view`: a selection bitmap or index
+list + the added columns -- the statistic when derived, the GMM posterior as a computed column --
+no metadata copy).  Outputs land in ``--out DIR`` atomically (temp dir + rename):
 ``summary.json``, ``set_NNN.cf`` (+ ``dropped.cf``, ``missing.cf``), optional ``set_NNN.cs|star``,
 and ``plots/``.
 """

@@ -1,8 +1,9 @@
 """Filter store metadata with pandas/dask ``query`` expressions.
 
 Field names with ``/`` are written in backticks: ```ctf/df1_A` < 15000``.  Queries are lazy
-dask graphs over the Parquet partitions; :func:`filter_store` streams the matching rows of
-each partition into a new store that references the parent's images (no copy).
+dask graphs over the Parquet partitions; :func:`filter_store` reads only the fields the
+expression names and writes the matching rows as a view of the store (a selection, no metadata
+or image copy; see :mod:`cryoframe.storage.view`).
 """
 
 from __future__ import annotations
