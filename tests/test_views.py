@@ -240,3 +240,11 @@ def test_views_of_views_carry_added_and_computed_columns(root, tmp_path: Path) -
     np.testing.assert_allclose(rec["subset/probability"], full.column(1).to_numpy()[keep], rtol=1e-6)
     m = api.materialize(v2, tmp_path / "m.cf")
     assert m.table().equals(v2.table())
+
+
+def test_view_cannot_overwrite_its_parent(root, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    r = _copy_root(root, tmp_path)
+    before = r.table(["uid"])
+    code, _, err = run_cli("query", r.path, "--where", WHERE, "--out", r.path, "--overwrite")
+    assert code == 2 and "own parent" in err
+    assert ParticleStore(r.path).view is None and ParticleStore(r.path).table(["uid"]).equals(before)

@@ -498,6 +498,9 @@ def write_view(
         root_pos = pos
         if pos is not None:
             sel, enc = encode_selection(pos, root.n)
+    if final == root.path:
+        raise InputError(f"{final}: a view cannot replace its own parent store; choose another --out "
+                         "(or materialize the result first)")
     comp.update(computed or {})
     for name, spec in comp.items():
         if spec.get("op") not in _COMPUTE:
