@@ -175,8 +175,11 @@ def test_materialize_bad_input(root, tmp_path: Path, run_cli) -> None:  # noqa: 
     assert code == 2 and "already exists" in err and not any((tmp_path / "exists.cf").iterdir())
     code, _, err = run_cli("materialize", root.path, "--out", tmp_path / "m.cf")
     assert code == 2 and "not a view" in err and not (tmp_path / "m.cf").exists()
+    code, out, _ = run_cli("info", v.path)
+    assert code == 0 and f"view of    {root.path}" in out and f"of {root.n} rows" in out
     code, out, err = run_cli("materialize", v.path, "--out", tmp_path / "m.cf")
     assert code == 0, err
+    assert "view of" not in run_cli("info", tmp_path / "m.cf")[1]
     m = ParticleStore(tmp_path / "m.cf")
     assert m.view is None and m.table().equals(v.table()) and [s["op"] for s in m.lineage][-1] == "materialize"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
