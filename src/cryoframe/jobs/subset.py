@@ -175,9 +175,13 @@ def _read_column(store: ParticleStore, name: str) -> np.ndarray:
     out = np.empty(store.n, dtype=np.float64)
     pos = 0
     for t in store.iter_batches([name], batch_size=1 << 20):
-        a = pc.cast(t.column(0), pa.float64()).to_numpy()
-        out[pos : pos + len(a)] = a
-        pos += len(a)
+        col = t.column(0)
+        for ch in col.chunks:  # numeric chunks without nulls: straight into ``out`` (no float64 temporary)
+            if ch.null_count == 0 and (pa.types.is_floating(ch.type) or pa.types.is_integer(ch.type)):
+                out[pos : pos + len(ch)] = ch.to_numpy(zero_copy_only=False)
+            else:
+                out[pos : pos + len(ch)] = pc.cast(ch, pa.float64()).to_numpy(zero_copy_only=False)
+            pos += len(ch)
     if pos != store.n:
         raise StoreError(f"{store.path}: {name} has {pos} values for {store.n} particles")
     return out
