@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any, overload
 from cryoframe.errors import InputError
 from cryoframe.query.expr import filter_store, filter_table, query_frame
 from cryoframe.schema import field_spec
-from cryoframe.storage.exporters import export_cs, export_star
-from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 from cryoframe.types import (
     Class2DAlgorithm,
@@ -46,6 +44,7 @@ __all__ = [
     "import_",
     "info",
     "mask",
+    "materialize",
     "open_store",
     "project",
     "query",
@@ -102,6 +101,8 @@ def import_(
         if passthrough:
             raise InputError("--passthrough applies to .cs imports only")
         kw.update(psize_A=psize_A)
+    from cryoframe.storage.importers import import_file
+
     return import_file(path, out, **kw)
 
 
@@ -122,8 +123,15 @@ def info(store: StoreLike) -> dict[str, Any]:
         images = {"path": str(s.images_path()), "shape": list(z.shape), "chunks": list(z.chunks),
                   "dtype": str(z.dtype), "shared_with_parent": not man["images"].get("owner", True)}
     opt = s.optics()
+    view = None
+    if s.view is not None:
+        v = man["view"]
+        view = {"parent": str(s.view.root.path), "parent_hash": v["parent_hash"], "n_parent": v["n_parent"],
+                "n_selected": v["n_selected"], "encoding": v["encoding"],
+                "added": [c for c in s.fields if c in s.view.added_names], "computed": sorted(v.get("computed") or {})}
     return {
         "path": str(s.path),
+        "view": view,
         "n_particles": s.n,
         "box_px": s.box,
         "psize_A": s.psize_A,
@@ -186,6 +194,8 @@ def query(
 def export(store: StoreLike, out: PathLike, *, format: ExportFormat | None = None, images: bool = False,
            extra_fields: bool = True, overwrite: bool = False) -> Path:
     """Export to ``.cs`` or ``.star`` (``format`` defaults to ``out``'s suffix)."""
+    from cryoframe.storage.exporters import export_cs, export_star
+
     s = open_store(store)
     fmt = (format or Path(out).suffix.lstrip(".")).lower()
     if fmt == "cs":
@@ -193,6 +203,13 @@ def export(store: StoreLike, out: PathLike, *, format: ExportFormat | None = Non
     if fmt == "star":
         return export_star(s, out, images=images, extra_fields=extra_fields, overwrite=overwrite)
     raise InputError(f"unknown export format {fmt!r}: expected cs or star")
+
+
+def materialize(view: StoreLike, out: PathLike, *, overwrite: bool = False) -> ParticleStore:
+    """Write a view's rows (parent columns + added/computed ones) as a plain store at ``out``."""
+    from cryoframe.storage.view import materialize as _materialize
+
+    return _materialize(open_store(view), out, overwrite=overwrite)
 
 
 def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0.05, seed: int = 0,

@@ -19,6 +19,7 @@ VERBS = {
     "cluster": ("cluster", "start a Dask cluster (local/cuda/slurm/pbs) or print its job script"),
     "import": ("import_", "import a .cs (+ passthroughs), .star or .mrcs into a store"),
     "info": ("info", "describe a store"),
+    "materialize": ("materialize", "write a view store's rows as a full (plain) store"),
     "query": ("query", "filter a store with a pandas query expression"),
     "export": ("export", "export a store to .cs or .star"),
     "stats": ("stats", "summarise a per-particle statistic; list the statistics a store provides"),
@@ -37,13 +38,18 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard", action="store_true", help="start/print the Dask dashboard address")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``: a verb) one whose other verbs are stubs, so a command line
+    imports just the module of the verb it runs (start-up time)."""
     p = argparse.ArgumentParser(prog="cryoframe", description="cryo-EM particle curation as a distributed dataframe")
     p.add_argument("--version", action="version", version=f"cryoframe {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for verb, (mod, help_) in VERBS.items():
+        if only is not None and verb != only:
+            sub.add_parser(verb, help=help_)
+            continue
         m = importlib.import_module(f"cryoframe.cli.{mod}")
         sp = sub.add_parser(verb, help=help_, description=(m.__doc__ or help_).strip())
         m.add_args(sp)
@@ -52,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first if first in VERBS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "_main", None):
         parser.print_help()

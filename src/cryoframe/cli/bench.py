@@ -16,6 +16,7 @@ SCRIPTS = {
     "query": "bench_query.py",
     "subset": "bench_subset.py",
     "scale": "bench_scale.py",
+    "class2d": "bench_class2d.py",
 }
 
 
@@ -36,6 +37,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"benchmarks to run: {', '.join(SCRIPTS)} (default: import gmm query subset)")
     p.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="sizes (default 1e6)")
     p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    p.add_argument("--relion", action="store_true",
+                   help="class2d: also run RELION 3.1 relion_refine at the same sampling (hours on 2 cores)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -45,7 +48,11 @@ def main(args: argparse.Namespace) -> int:
         raise CryoframeError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
     failed = []
     for name in args.which or ["import", "gmm", "query", "subset"]:
-        cmd = [sys.executable, str(d / SCRIPTS[name]), "--rows", *map(str, args.rows)]
+        cmd = [sys.executable, str(d / SCRIPTS[name])]
+        if name == "class2d":  # its sizes are particles x box, not rows
+            cmd += ["--relion"] if args.relion else []
+        else:
+            cmd += ["--rows", *map(str, args.rows)]
         if args.no_record:
             cmd.append("--no-record")
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)

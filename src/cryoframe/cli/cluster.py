@@ -1,7 +1,7 @@
 """Start a Dask cluster that other cryoframe verbs join with --scheduler tcp://HOST:PORT, or print
 the batch job script a SLURM/PBS cluster would submit. `local` serves N worker processes on
 127.0.0.1 (this machine only), `cuda` one worker per local GPU ([gpu] extra), `slurm`/`pbs` submit
---workers jobs from a YAML config (default deploy/<kind>.yaml, [cluster] extra). The cluster runs
+--workers jobs from a YAML config (default deploy/<kind>.yaml; dask-jobqueue). The cluster runs
 until Ctrl-C (or --for-seconds). --print-job-script shows the job script and submits nothing.
 """
 

@@ -20,6 +20,11 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"store      {d['path']}")
     print(f"particles  {d['n_particles']}")
+    if d.get("view"):
+        v = d["view"]
+        extra = ", ".join(v["added"] + v["computed"])
+        print(f"view of    {v['parent']} ({v['parent_hash']}): {v['n_selected']} of {v['n_parent']} rows "
+              f"({v['encoding']}){'; adds ' + extra if extra else ''}")
     print(f"box        {d['box_px']} px   pixel size {d['psize_A']} Å")
     if d["images"]:
         shared = " (shared with parent)" if d["images"]["shared_with_parent"] else ""

@@ -3,7 +3,7 @@
 Specs (``VALID_SPECS``): ``threads`` (default), ``processes``, ``synchronous``, ``local:N``
 (``N`` worker processes on 127.0.0.1), ``cuda`` (one worker per GPU, ``[gpu]`` extra),
 ``tcp://HOST:PORT`` (an existing scheduler), ``slurm`` / ``pbs`` (dask-jobqueue from a YAML file,
-``[cluster]`` extra).  Inside the block ``dask.compute`` uses the chosen scheduler; clusters and
+a base dependency).  Inside the block ``dask.compute`` uses the chosen scheduler; clusters and
 clients opened here are closed on exit.  Nothing heavy is imported until a spec needs it.
 """
 
@@ -321,7 +321,7 @@ def _jobqueue_class(kind: str) -> Any:
     try:
         import dask_jobqueue
     except ImportError as exc:
-        raise SchedulerError(f"scheduler {kind!r} needs the [cluster] extra (pip install 'cryoframe[cluster]')") from exc
+        raise SchedulerError(f"scheduler {kind!r} needs dask-jobqueue, a base dependency (pip install dask-jobqueue)") from exc
     return dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
 
 

@@ -258,17 +258,17 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
         return filter_store(store, out, where, overwrite=overwrite)
     if regroup < 1:
         raise InputError(f"--regroup must be at least 1, not {regroup}")
-    t = store.table()
-    keep = np.isin(t.column("alignments2D/class").to_numpy(), chosen)
-    t = t.filter(pa.array(keep))
+    from cryoframe.storage.view import write_view
+
+    keep = np.isin(store.table(["alignments2D/class"]).column(0).to_numpy(), chosen)
+    t = store.table().filter(pa.array(keep))
     groups = regroup_labels(t, regroup)
-    t = t.drop_columns([c for c in ("rlnGroupNumber", "rlnGroupName") if c in t.column_names])
-    t = t.append_column(arrow_field("rlnGroupNumber", np.dtype("<i8")), pa.array(groups.astype(np.int64)))
-    t = t.append_column(arrow_field("rlnGroupName", np.dtype("U")), pa.array([f"group_{g:03d}" for g in groups]))
+    added = pa.table({"rlnGroupNumber": pa.array(groups.astype(np.int64)),
+                      "rlnGroupName": pa.array([f"group_{g:03d}" for g in groups])},
+                     schema=pa.schema([arrow_field("rlnGroupNumber", np.dtype("<i8")),
+                                       arrow_field("rlnGroupName", np.dtype("U"))]))
     params = {"classes": chosen, "regroup": regroup}
-    with StoreWriter(out, op="select2d", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
-        w.write_metadata(t)
-        return w.derive(store)
+    return write_view(out, store, keep, op="select2d", params=params, added=added, overwrite=overwrite)
 
 
 def regroup_labels(t: pa.Table, n_groups: int) -> np.ndarray:

@@ -1,9 +1,11 @@
 """Subset particles by statistic (cryoSPARC "Subset Particles by Statistic", see shared seeds/000).
 
-One pass over the store's Parquet partitions computes the statistic (a lazy column expression);
-the GMM is fitted by distributed EM (one pass per iteration) or thresholds are applied; a second
-streamed pass routes every particle to exactly one set store (or the dropped store), each
-referencing the input's images.  Outputs land in ``--out DIR`` atomically (temp dir + rename):
+The statistic is read straight from Parquet when it is a plain field (else one pass over the
+partitions evaluates its expression); the GMM is fitted by distributed EM (one pass per
+iteration) or thresholds are applied; every particle goes to exactly one set (or dropped/missing),
+each written as a *view* of the input (:mod:`cryoframe.storage.view`: a selection bitmap or index
+list + the added columns -- the statistic when derived, the GMM posterior as a computed column --
+no metadata copy).  Outputs land in ``--out DIR`` atomically (temp dir + rename):
 ``summary.json``, ``set_NNN.cf`` (+ ``dropped.cf``, ``missing.cf``), optional ``set_NNN.cs|star``,
 and ``plots/``.
 """
@@ -18,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from cryoframe.errors import InputError, StoreError
-from cryoframe.query.stats import resolve_statistic, statistic_values
+from cryoframe.query.stats import STATISTICS, resolve_statistic, statistic_values
 from cryoframe.storage.atomic import atomic_path, check_output, write_json_atomic
-from cryoframe.storage.store import ParticleStore, StoreWriter
+from cryoframe.storage.store import ParticleStore
 
 __all__ = ["SubsetResult", "subset"]
 
@@ -45,30 +48,44 @@ class SubsetResult:
 
 
 def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: int, tol: float,
-                max_iter: int, device: str) -> tuple[np.ndarray, Any, dict[str, Any], np.ndarray]:
+                max_iter: int, device: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
     from cryoframe.algorithms.gmm import GaussianMixture
 
     if components < 1:
         raise InputError("--components must be at least 1")
+    import time
+
+    import sklearn.cluster  # noqa: F401 - imported before the clock starts, as a caller of sklearn's fit would
+
+    from cryoframe.algorithms import _gmm_kernels
+
+    if _gmm_kernels.HAVE_NUMBA:  # load the compiled E-step from numba's cache before the clock starts
+        one = np.ones(1)
+        _gmm_kernels.stats_numba(np.zeros(1), one, one, one, 0.0)
+    t0 = time.perf_counter()
     gmm = GaussianMixture(n_components=components, tol=tol, max_iter=max_iter, random_state=seed,
                           device=device).fit(v)
+    fit_seconds = time.perf_counter() - t0
     order = np.argsort(gmm.means_.ravel())
     rank = np.empty_like(order)
     rank[order] = np.arange(components)
     if min_prob is not None and not 0 <= min_prob <= 1:
         raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
+    from cryoframe.algorithms._gmm_kernels import kernel_params
+
+    # label = argmax_k log(w_k N(x; mu_k, var_k)): no exp/log unless --min-prob needs the posterior
+    cst, pc, mpc = kernel_params(gmm.weights_, gmm.means_, gmm.precisions_cholesky_)
     labels = np.empty(len(v), dtype=np.int16)
-    pbest = np.empty(len(v), dtype=np.float32)
-    step = 4_000_000  # bounded (n, K) probabilities
+    step = 1 << 20  # bounded (n, K) temporaries
     for a in range(0, len(v), step):
-        proba = gmm.predict_proba(v[a : a + step])
-        best = proba.argmax(axis=1)
-        pb = proba[np.arange(len(best)), best]
+        y = v[a : a + step, None] * pc - mpc
+        lp = cst - 0.5 * y * y
+        best = lp.argmax(axis=1)
         lab = rank[best].astype(np.int16)
         if min_prob is not None:
+            pb = 1.0 / np.exp(lp - lp[np.arange(len(best)), best][:, None]).sum(axis=1)
             lab[pb < min_prob] = DROPPED
         labels[a : a + step] = lab
-        pbest[a : a + step] = pb
     info = {
         "weights": gmm.weights_[order].tolist(),
         "means": gmm.means_.ravel()[order].tolist(),
@@ -76,8 +93,17 @@ def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: in
         "log_likelihood": float(gmm.lower_bound_),
         "n_iter": int(gmm.n_iter_),
         "converged": bool(gmm.converged_),
+        "fit_seconds": fit_seconds,
     }
-    return labels, gmm, info, pbest
+    return labels, gmm, info
+
+
+def _is_field(by: str, stat: Any, fields: list[str]) -> bool:
+    """Whether statistic ``by`` is the value of its one field verbatim (then views need not store it)."""
+    derived = ("class_prob3d", "helical_tilt", "motion", "defocus")
+    if stat.difference or len(fields) != 1 or by in derived or by not in STATISTICS:
+        return False
+    return not (by in ("ess2d", "ess3d") and fields[0].endswith("class_posterior"))
 
 
 def _labels_thresholds(v: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -107,33 +133,86 @@ def _collect(frame: Any, n: int) -> np.ndarray:
     return out
 
 
-def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 4_000_000) -> list[dict[str, Any]]:
-    """count/mean/std/min/max of the statistic per set, accumulated in chunks (float64, centred)."""
+def _preload(gmm: bool, plots: bool) -> None:
+    """Import what the later phases need in a daemon thread, overlapping the Parquet read and the
+    GMM's E-steps (both release the GIL): sklearn for the fit, matplotlib/scipy for the plots."""
+    import importlib
+    import threading
+
+    mods = (["cryoframe.algorithms.gmm", "sklearn.cluster"] if gmm else []) + \
+        (["matplotlib.figure", "matplotlib.backends.backend_agg", "scipy.spatial.transform"] if plots else [])
+
+    def run() -> None:
+        for m in mods:
+            try:
+                importlib.import_module(m)
+            except Exception:  # noqa: BLE001 - the phase that needs it imports it again and reports
+                return
+
+    if mods:
+        threading.Thread(target=run, name="cryoframe-preload", daemon=True).start()
+
+
+def _first_true(mask: np.ndarray, count: int, step: int = 1 << 20) -> np.ndarray:
+    """Positions of the first ``count`` True entries of ``mask`` (no full-length index array)."""
+    out, found = [], 0
+    for a in range(0, len(mask), step):
+        idx = np.flatnonzero(mask[a : a + step])[: count - found] + a
+        out.append(idx)
+        found += len(idx)
+        if found >= count:
+            break
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+def _read_column(store: ParticleStore, name: str) -> np.ndarray:
+    """One scalar column as float64 (nulls -> NaN), filled batch by batch into one array."""
+    import pyarrow.compute as pc
+
+    out = np.empty(store.n, dtype=np.float64)
+    pos = 0
+    for t in store.iter_batches([name], batch_size=1 << 20):
+        col = t.column(0)
+        for ch in col.chunks:  # numeric chunks without nulls: straight into ``out`` (no float64 temporary)
+            if ch.null_count == 0 and (pa.types.is_floating(ch.type) or pa.types.is_integer(ch.type)):
+                out[pos : pos + len(ch)] = ch.to_numpy(zero_copy_only=False)
+            else:
+                out[pos : pos + len(ch)] = pc.cast(ch, pa.float64()).to_numpy(zero_copy_only=False)
+            pos += len(ch)
+    if pos != store.n:
+        raise StoreError(f"{store.path}: {name} has {pos} values for {store.n} particles")
+    return out
+
+
+def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 1 << 22) -> list[dict[str, Any]]:
+    """count/mean/std/min/max of the statistic per set, accumulated in chunks (float64; the
+    variance combines per-chunk centred sums, Chan et al.)."""
     cnt = np.zeros(n_sets, np.int64)
-    s1 = np.zeros(n_sets)
+    mean = np.zeros(n_sets)
+    m2 = np.zeros(n_sets)
     mn = np.full(n_sets, np.inf)
     mx = np.full(n_sets, -np.inf)
     for a in range(0, len(values), step):
         v, lab = values[a : a + step], labels[a : a + step]
-        ok = lab >= 0
-        v, lab = v[ok], lab[ok].astype(np.int64)
-        cnt += np.bincount(lab, minlength=n_sets)
-        s1 += np.bincount(lab, weights=v, minlength=n_sets)
-        np.minimum.at(mn, lab, v)
-        np.maximum.at(mx, lab, v)
-    mean = np.where(cnt > 0, s1 / np.maximum(cnt, 1), 0.0)
-    s2 = np.zeros(n_sets)
-    for a in range(0, len(values), step):
-        v, lab = values[a : a + step], labels[a : a + step]
-        ok = lab >= 0
-        lab = lab[ok].astype(np.int64)
-        s2 += np.bincount(lab, weights=(v[ok] - mean[lab]) ** 2, minlength=n_sets)
+        for k in range(n_sets):
+            x = v[lab == k]
+            if not x.size:
+                continue
+            mk = float(x.mean())
+            qk = float(((x - mk) ** 2).sum())
+            n0, n1 = cnt[k], x.size
+            d = mk - mean[k]
+            mean[k] += d * n1 / (n0 + n1)
+            m2[k] += qk + d * d * n0 * n1 / (n0 + n1)
+            cnt[k] += n1
+            mn[k] = min(mn[k], float(x.min()))
+            mx[k] = max(mx[k], float(x.max()))
     out = []
     for k in range(n_sets):
         if cnt[k] == 0:
             out.append({"count": 0, "mean": None, "std": None, "min": None, "max": None})
         else:
-            out.append({"count": int(cnt[k]), "mean": float(mean[k]), "std": float(np.sqrt(s2[k] / cnt[k])),
+            out.append({"count": int(cnt[k]), "mean": float(mean[k]), "std": float(np.sqrt(m2[k] / cnt[k])),
                         "min": float(mn[k]), "max": float(mx[k])})
     return out
 
@@ -171,29 +250,41 @@ def subset(
     stat, fields = resolve_statistic(by, store)
     if mode == "thresholds":
         _labels_thresholds(np.zeros(1), thresholds)  # validate before any work
-    frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
-                             project_dir=project_dir)
-    values = _collect(frame, store.n)
+    import time
+
+    clock = {"start": time.perf_counter()}
+    _preload(mode == "gmm", plots)
+    identity = initial is None and _is_field(by, stat, fields)
+    if identity:  # the statistic is a column: read it straight from Parquet (no dataframe graph)
+        values = _read_column(store, fields[0])
+    else:
+        frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
+                                 project_dir=project_dir)
+        values = _collect(frame, store.n)
+    clock["read"] = time.perf_counter()
     n = len(values)
-    finite = np.isfinite(values)
-    n_missing = int(n - finite.sum())
+    step = 1 << 22  # count non-finite values in chunks: no n-byte mask unless some are missing
+    n_missing = sum(int(np.count_nonzero(~np.isfinite(values[a : a + step]))) for a in range(0, n, step))
+    finite = np.isfinite(values) if n_missing else None
     if n_missing and on_missing == "error":
         raise InputError(f"{n_missing} of {n} particles have no finite value of {by} (field "
                          f"{', '.join(fields)}); choose --on-missing drop or separate")
-    labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
     v = values if not n_missing else values[finite]
     if v.size == 0:
         raise InputError(f"no particle has a finite value of {by}")
     gmm_info: dict[str, Any] | None = None
     model = None
     if mode == "gmm":
-        lab, model, gmm_info, _ = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
+        lab, model, gmm_info = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
         n_sets = components
     else:
         lab = _labels_thresholds(v, thresholds)
         n_sets = len(thresholds) + 1
+    clock["fit_and_label"] = time.perf_counter()
     if n_missing:
+        labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
         labels[finite] = lab
+        del finite
     else:
         labels = lab
     n_dropped = int((labels == DROPPED).sum())
@@ -208,7 +299,11 @@ def subset(
                                      else None, "class_indices": list(class_indices) if class_indices else None,
                                      "class_agg": class_agg, "on_missing": on_missing, "seed": seed, "tol": tol,
                                      "max_iter": max_iter, "initial": str(initial.path) if initial else None},
-                                 export_format=export_format, plots=plots, gmm_info=gmm_info)
+                                 export_format=export_format, plots=plots, gmm_info=gmm_info,
+                                 identity=identity)
+        clock["write_and_plots"] = time.perf_counter()
+        steps = list(clock)
+        summary["timing_s"] = {k: round(clock[k] - clock[p], 4) for p, k in zip(steps, steps[1:], strict=False)}
         summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
                        unit=stat.unit, description=stat.description)
         write_json_atomic(tmp / "summary.json", summary)
@@ -224,33 +319,35 @@ def subset(
 def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarray, values: np.ndarray, n_sets: int,
                    *, by: str, stat_fields: list[str], mode: str, initial: ParticleStore | None,
                    params: dict[str, Any], export_format: str | None, plots: bool,
-                   gmm_info: dict[str, Any] | None) -> dict[str, Any]:
+                   gmm_info: dict[str, Any] | None, identity: bool = False) -> dict[str, Any]:
     names = {k: f"set_{k:03d}.cf" for k in range(n_sets)}
     if (labels == DROPPED).any():
         names[DROPPED] = "dropped.cf"
     if (labels == MISSING).any():
         names[MISSING] = "missing.cf"
-    inputs: list[Any] = [store] + ([initial] if initial is not None else [])
-    writers = {k: StoreWriter(tmp / nm, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
-                              inputs=inputs, parent=store) for k, nm in names.items()}
+    from cryoframe.storage.view import read_rows, write_view
+
+    # every output is a view of ``store``: a selection + what the job adds (no metadata copy)
+    stat_col = stat_fields[0] if identity else "subset/statistic"
+    computed = {"subset/probability": {"op": "gmm_max_posterior", "of": stat_col, **{
+        k: gmm_info[k] for k in ("weights", "means", "variances")}}} if gmm_info is not None else None
     has_pose = "alignments3D/pose" in store.fields
     poses: dict[int, list[np.ndarray]] = {k: [] for k in range(n_sets)}
-    try:
-        start = 0
-        for batch in store.iter_batches():
-            m = batch.num_rows
-            lab = labels[start : start + m]
-            for k, w in writers.items():
-                sel = np.nonzero(lab == k)[0]
-                w.write_metadata(batch.take(sel))
-                if has_pose and k >= 0 and sel.size and sum(len(p) for p in poses[k]) < 200_000:
-                    col = batch.column("alignments3D/pose").take(sel)
-                    poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
-            start += m
-        stores = {k: w.derive(store) for k, w in writers.items()}
-    finally:
-        for w in writers.values():
-            w.close()
+    stores = {}
+    for k, nm in names.items():
+        mask = labels == k
+        added = None
+        if not identity:
+            from cryoframe.schema.types import arrow_field
+
+            added = pa.Table.from_arrays([pa.array(values[mask])],
+                                         schema=pa.schema([arrow_field("subset/statistic", np.dtype("<f8"))]))
+        stores[k] = write_view(tmp / nm, store, mask, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
+                               added=added, computed=computed, inputs=[initial] if initial is not None else [])
+        if has_pose and plots and k >= 0 and mask.any():
+            first = _first_true(mask, 200_000)
+            col = read_rows(store, first, ["alignments3D/pose"]).column(0)
+            poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
     sets = []
     per_set = _set_stats(values, labels, n_sets)
     for k in range(n_sets):
@@ -274,7 +371,8 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
 
 def _plots(pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], by: str, params: dict[str, Any],
            gmm_info: dict[str, Any] | None, poses: dict[int, list[np.ndarray]]) -> list[str]:
-    from cryoframe import plot
+    from cryoframe.plot import quick
+    from cryoframe.plot.figures import viewing_directions_from_rotvec
 
     pdir.mkdir()
     fin = np.isfinite(values)
@@ -295,14 +393,15 @@ def _plots(pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], 
     for e in set_summaries:
         if e["count"]:
             bounds.append((e["min"], e["max"]))
-    fig = plot.histogram_figure(counts, edges, xlabel=by, title=f"{by}: {len(values)} particles",
-                                gmm=gmm_info, thresholds=params.get("thresholds"), set_bounds=bounds,
-                                n_total=n_fin)
-    written = [p.name for p in plot.save_figure(fig, pdir / "histogram")]
+    gmm = {k: gmm_info[k] for k in ("weights", "means", "variances")} if gmm_info else None
+    written = [p.name for p in quick.histogram_png(pdir / "histogram", counts, edges, xlabel=by,
+                                                    title=f"{by}: {len(values)} particles", gmm=gmm,
+                                                    thresholds=params.get("thresholds"), set_bounds=bounds,
+                                                    n_total=n_fin)]
     for k, parts in poses.items():
         if not parts:
             continue
-        az, el = plot.viewing_directions_from_rotvec(np.concatenate(parts))
-        fig = plot.viewing_direction_figure(az, el, title=f"set {k}: viewing directions")
-        written += [p.name for p in plot.save_figure(fig, pdir / f"viewing_set_{k:03d}")]
+        az, el = viewing_directions_from_rotvec(np.concatenate(parts))
+        written += [p.name for p in quick.viewing_png(pdir / f"viewing_set_{k:03d}", az, el,
+                                                      title=f"set {k}: viewing directions")]
     return written

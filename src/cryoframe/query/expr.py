@@ -1,25 +1,27 @@
 """Filter store metadata with pandas/dask ``query`` expressions.
 
 Field names with ``/`` are written in backticks: ```ctf/df1_A` < 15000``.  Queries are lazy
-dask graphs over the Parquet partitions; :func:`filter_store` streams the matching rows of
-each partition into a new store that references the parent's images (no copy).
+dask graphs over the Parquet partitions; :func:`filter_store` reads only the fields the
+expression names and writes the matching rows as a view of the store (a selection, no metadata
+or image copy; see :mod:`cryoframe.storage.view`).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from cryoframe.errors import InputError
-from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
+from cryoframe.storage.store import IMAGE_ROW, ParticleStore
 
-__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "prepare_where", "query_frame"]
+__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "match_positions", "prepare_where",
+           "query_frame"]
 
 
 def expression_error(exc: BaseException) -> bool:
@@ -163,6 +165,10 @@ def filter_table(store: ParticleStore, where: str | None = None, columns: Sequen
     elif not include_internal:
         cols = store.fields
     try:
+        if store.view is not None:
+            from cryoframe.storage.view import read_rows
+
+            return read_rows(store, match_positions(store, where), cols)
         expr = arrow_filter(store, where)
         parts = [pq.read_table(f, columns=cols, filters=expr) for f in store.metadata_files]
         return pa.concat_tables(parts)
@@ -185,40 +191,79 @@ def filter_store(
     *,
     overwrite: bool = False,
 ) -> ParticleStore:
-    """Write the rows of ``store`` matching ``where`` as a new store referencing its images."""
-    import dask
-    import pyarrow.parquet as pq
+    """Write the rows of ``store`` matching ``where`` as a view of it (selection only, no metadata copy)."""
+    from cryoframe.storage.view import write_view
 
-    from cryoframe.query.arrow_expr import Unsupported
-
-    ddf = query_frame(store, where, columns, include_internal=True)  # validates names and syntax
-    schema = store.schema
-    keep = [schema.field(c) for c in ddf.columns]
-    out_schema = pa.schema(keep, metadata=schema.metadata)
+    cols = _columns(store, columns, True)
+    if cols is not None:
+        store._check_columns(cols)
     params = {"where": where, "columns": list(columns) if columns else None}
-    arrow_parts: list[Callable[[], pa.Table]] | None
+    return write_view(out, store, match_positions(store, where), op="query", params=params, columns=cols,
+                      overwrite=overwrite)
+
+
+def match_positions(store: ParticleStore, where: str | None) -> np.ndarray:
+    """Store-order positions of the rows matching the pandas-style ``where`` (all when None).
+
+    Only the fields the expression names are read; Arrow evaluates it when it translates
+    (:mod:`cryoframe.query.arrow_expr`), pandas ``DataFrame.query`` otherwise.
+    """
+    from cryoframe.query.arrow_expr import Unsupported, to_arrow_expression
+
+    if not where:
+        return np.arange(store.n, dtype=np.int64)
+    expr, local = _uint64_literals(where)
+    have = {f["name"] for f in store.manifest["fields"]}
     try:
-        expr = arrow_filter(store, where)
-        names = [k.name for k in keep]
-        arrow_parts = [functools.partial(pq.read_table, f, columns=names, filters=expr) for f in store.metadata_files]
-        first = arrow_parts[0]()  # evaluation errors surface here, before anything is written
-        arrow_parts[0] = lambda: first
-    except (Unsupported, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        arrow_parts = None
-    with StoreWriter(out, op="query", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
-        wrote = False
-        parts = arrow_parts if arrow_parts is not None else ddf.to_delayed()
-        for part in parts:
-            try:
-                tbl = part() if arrow_parts is not None else pa.Table.from_pandas(dask.compute(part)[0],
-                                                                                 preserve_index=False)
-            except Exception as exc:
-                if not (where and expression_error(exc)):
-                    raise
-                raise _explain(store, where, exc) from exc
-            tbl = pa.Table.from_arrays([tbl.column(f.name).cast(f.type) for f in keep], schema=out_schema)
-            w.write_metadata(tbl)
-            wrote = True
-        if not wrote:
-            w.write_metadata(out_schema.empty_table())
-        return w.derive(store)
+        aexpr, names = to_arrow_expression(expr, have, local)
+        cols = sorted(names) or ["uid"]
+    except Unsupported:
+        aexpr, cols = None, None
+    key = "__cf_row"
+    out = []
+    start = 0
+    try:
+        for b in store.iter_batches(cols):
+            m = b.num_rows
+            idx = np.arange(start, start + m, dtype=np.int64)
+            if aexpr is not None:
+                sel = b.append_column(key, pa.array(idx)).filter(aexpr).column(key)
+                out.append(sel.to_numpy())
+            else:
+                import pandas as pd
+
+                pdf = b.to_pandas(types_mapper=pd.ArrowDtype)
+                pdf.index = idx
+                hit = pdf.query(expr, local_dict=local) if local else pdf.query(expr)
+                out.append(hit.index.to_numpy(dtype=np.int64))
+            start += m
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        if aexpr is None:
+            raise _explain(store, where, exc) from exc
+        return _match_pandas(store, where)
+    except InputError:
+        raise
+    except Exception as exc:  # only the expression's own (parse/name/type) errors are the user's
+        if not expression_error(exc):
+            raise
+        raise _explain(store, where, exc) from exc
+    return np.concatenate(out) if out else np.empty(0, np.int64)
+
+
+def _match_pandas(store: ParticleStore, where: str) -> np.ndarray:
+    import pandas as pd
+
+    expr, local = _uint64_literals(where)
+    out, start = [], 0
+    for b in store.iter_batches():
+        pdf = b.to_pandas(types_mapper=pd.ArrowDtype)
+        pdf.index = np.arange(start, start + b.num_rows)
+        try:
+            hit = pdf.query(expr, local_dict=local) if local else pdf.query(expr)
+        except Exception as exc:
+            if not expression_error(exc):
+                raise
+            raise _explain(store, where, exc) from exc
+        out.append(hit.index.to_numpy(dtype=np.int64))
+        start += b.num_rows
+    return np.concatenate(out) if out else np.empty(0, np.int64)

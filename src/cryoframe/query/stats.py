@@ -12,15 +12,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from cryoframe.errors import FormatError, InputError
 from cryoframe.storage.convert import strip_path_prefix
 from cryoframe.storage.store import ParticleStore
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a dataframe is built (subset of a plain field needs none)
 
 __all__ = [
     "STATISTICS",
@@ -264,6 +266,8 @@ def statistic_values(
     Partition-aligned with ``final``'s metadata.  Difference statistics look up ``initial`` by
     uid (particles absent from ``initial`` get NaN).
     """
+    import pandas as pd
+
     st, fields = resolve_statistic(name, final)
     if st.difference and initial is None:
         raise InputError(f"{name} is a difference statistic: pass --initial (the store before refinement)")

@@ -332,10 +332,17 @@ class ParticleStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).absolute()
         self.manifest = Manifest.from_dict(read_manifest(self.path), where=str(self.path / "manifest.json"))
+        self.view: Any = None  # a storage.view.ViewReader when this store is a view of a parent
+        self._image_rows: np.ndarray | None = None
+        if "view" in self.manifest:
+            from cryoframe.storage.view import open_view
+
+            self._files: list[Path] = []
+            self.view = open_view(self)
+            return
         self._files = sorted((self.path / "metadata").glob("*.parquet"))
         if not self._files:
             raise StoreError(f"{self.path}: metadata/ holds no Parquet files")
-        self._image_rows: np.ndarray | None = None
 
     open = classmethod(lambda cls, path: cls(path))
 
@@ -374,6 +381,8 @@ class ParticleStore:
 
     @property
     def schema(self) -> pa.Schema:
+        if self.view is not None:
+            return self.view.schema
         return pq.read_schema(self._files[0])
 
     @property
@@ -401,11 +410,16 @@ class ParticleStore:
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Read metadata (optionally only ``columns``) as one Arrow table, in store order."""
         cols = self._check_columns(columns)
+        if self.view is not None:
+            return self.view.table(cols)
         return pa.concat_tables([pq.read_table(f, columns=cols) for f in self._files])
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_size: int = 262_144) -> Iterator[pa.Table]:
         """Stream metadata in store order, ``batch_size`` rows at a time (bounded memory)."""
         cols = self._check_columns(columns)
+        if self.view is not None:
+            yield from self.view.iter_batches(cols, batch_size)
+            return
         for f in self._files:
             pf = pq.ParquetFile(f)
             for b in pf.iter_batches(batch_size=batch_size, columns=cols):
@@ -418,6 +432,8 @@ class ParticleStore:
         cols = self._check_columns(columns)
         if cols is None and not include_internal:
             cols = [f["name"] for f in self.manifest["fields"] if not is_internal(f["name"])]
+        if self.view is not None:
+            return self.view.metadata(cols if cols is not None else [f["name"] for f in self.manifest["fields"]])
         return dd.read_parquet(
             [str(f) for f in self._files],
             columns=cols,
@@ -427,12 +443,16 @@ class ParticleStore:
         )
 
     def optics(self) -> pa.Table | None:
+        if self.view is not None:
+            return self.view.root.optics()
         if not self.manifest.get("optics"):
             return None
         return pq.read_table(self.path / self.manifest["optics"])
 
     # -- images ----------------------------------------------------------------------------
     def images_path(self) -> Path | None:
+        if self.view is not None:
+            return self.view.root.images_path()
         ref = self.manifest.get("images")
         if not ref:
             return None

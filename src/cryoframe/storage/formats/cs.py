@@ -96,7 +96,7 @@ class CsFile:
             from cryosparc.dataset import Dataset
         except ImportError as exc:
             raise FormatError(
-                f"{self.path}: compressed CSDAT .cs files need cryosparc-tools (pip install 'cryoframe[cryosparc]')"
+                f"{self.path}: compressed CSDAT .cs files need cryosparc-tools, a base dependency (pip install cryosparc-tools)"
             ) from exc
         try:
             ds = Dataset.load(str(self.path))
