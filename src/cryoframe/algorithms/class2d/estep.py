@@ -6,7 +6,7 @@ Every function takes the array module ``xp`` (NumPy, or CuPy obtained through
 Conventions
 -----------
 * Images are ``(..., b, b)`` indexed ``[y, x]``; the centre is pixel ``b // 2``; coordinates and
-  shifts ``(x, y)`` are in px relative to it (as in :mod:`cryoframe.testing.physics`).
+  shifts ``(x, y)`` are in px relative to it (as in :mod:`cryoframe.synthetic.physics`).
 * Fourier arrays are *centred-origin* half planes: ``rfft2(ifftshift(img))``, shape
   ``(b, b // 2 + 1)``, unnormalised.  A rotation about the box centre is then a rotation about DC.
 * A particle in class ``k`` with in-plane angle ``psi`` and shift ``t`` is
