@@ -128,7 +128,7 @@ def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 
         ok = lab >= 0
         lab = lab[ok].astype(np.int64)
         s2 += np.bincount(lab, weights=(v[ok] - mean[lab]) ** 2, minlength=n_sets)
-    out = []
+    out: list[dict[str, Any]] = []
     for k in range(n_sets):
         if cnt[k] == 0:
             out.append({"count": 0, "mean": None, "std": None, "min": None, "max": None})

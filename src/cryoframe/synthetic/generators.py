@@ -143,7 +143,8 @@ def _block(seed: int, b: int, kind: str, classes: int) -> dict[str, np.ndarray]:
     df = MIXTURES["defocus"]
     grp = (g.random(m) < df["weights"][0]).astype(np.uint8) ^ 1  # 0: first session, 1: second
     mean = np.clip(np.asarray(df["means"])[grp] + np.asarray(df["sds"])[grp] * g.standard_normal(m), *df["range"])
-    astig = g.uniform(*MIXTURES["astigmatism_A"], m)
+    astig_lo, astig_hi = MIXTURES["astigmatism_A"]
+    astig = g.uniform(astig_lo, astig_hi, m)
     t["defocus_group"] = grp
     t["df1_A"], t["df2_A"] = mean + astig / 2, mean - astig / 2
     t["df_angle_rad"] = g.uniform(0.0, np.pi, m)
