@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     a = ap.parse_args()
     from _common import machine, record
 
@@ -120,6 +121,8 @@ def main() -> None:
         rows.append(f"| {box} | {n} | {f('cf_s')} | {f('cf_cpu')} | {n / r['cf_s']:.0f} | {f('cf_fsc05')} | "
                     f"{f('cf_cc10', '{:.4f}')} | {f('relion_s')} | {f('relion_cpu')} | {f('relion_fsc05')} | "
                     f"{f('relion_cc10', '{:.4f}')} | {ratio} |")
+    if a.no_record:
+        return
     record([
         "", f"## 3D reconstruction (`bench/bench_reconstruct.py`), {date.today().isoformat()}", "",
         f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f}. Synthetic chiral blob map, {PSIZE} Å/px; particles projected by `cryoframe project` "

@@ -71,3 +71,24 @@ def test_bench_verb_runs_a_ratio_benchmark(run_cli) -> None:  # noqa: ANN001
     from cryoframe.cli.bench import bench_dir
 
     assert (bench_dir() / "RESULTS.md").exists()
+
+
+def test_bench_passes_each_script_only_flags_it_accepts(monkeypatch) -> None:  # noqa: ANN001
+    import argparse
+    import subprocess
+    import sys
+
+    from cryoframe.cli import bench
+
+    real_run = subprocess.run
+    calls: list[list[str]] = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    assert bench.main(argparse.Namespace(which=list(bench.SCRIPTS), rows=[1000], no_record=True)) == 0
+    assert [Path(c[1]).name for c in calls] == list(bench.SCRIPTS.values())
+    for cmd in calls:
+        helptext = real_run([sys.executable, cmd[1], "--help"], capture_output=True, text=True, check=True,
+                                  cwd=Path(cmd[1]).parent).stdout
+        flags = [a for a in cmd[2:] if a.startswith("--")]
+        assert flags and all(f in helptext for f in flags), (cmd, helptext)
+    rec = next(c for c in calls if c[1].endswith("bench_reconstruct.py"))
+    assert "--rows" not in rec and "--no-record" in rec

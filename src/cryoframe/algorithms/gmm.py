@@ -370,17 +370,19 @@ class GaussianMixture(DensityMixin, BaseEstimator):
                  k: int) -> tuple[np.ndarray, ...]:
         """(weights, means, variances, precisions_cholesky) as sklearn's ``_initialize``."""
         w0, mu0, prec0 = inits
-        w = mu = var = None
+        w, mu, var = w0, mu0, None
         if sample is not None:
             resp = self._resp(sample, rs, k)
             nk = resp.sum(axis=0) + _EPS10
-            mu = (resp.T @ sample) / nk
-            var = np.array([resp[:, j] @ (sample - mu[j]) ** 2 for j in range(k)]) / nk + self.reg_covar
-            w = nk / sample.shape[0]
-        w = w if w0 is None else w0
-        mu = mu if mu0 is None else mu0
+            mu_s = (resp.T @ sample) / nk
+            var = np.array([resp[:, j] @ (sample - mu_s[j]) ** 2 for j in range(k)]) / nk + self.reg_covar
+            w = nk / sample.shape[0] if w0 is None else w0
+            mu = mu_s if mu0 is None else mu0
         if prec0 is not None:
             pc, var = np.sqrt(prec0), 1.0 / prec0
+        elif var is None:
+            raise ValueError("no data sample to initialise from: weights_init, means_init and precisions_init "
+                             "must all be given")
         else:
             pc = 1.0 / np.sqrt(var)
         return w, mu, var, pc

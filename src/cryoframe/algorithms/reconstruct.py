@@ -210,7 +210,7 @@ class Reconstructor:
         self.frequencies_ = shell_frequencies(b, self.psize_A)
         self.fsc_ = fsc(hm[0], hm[1])
         self.fsc_masked_ = None if mask is None else fsc(hm[0], hm[1], mask)
-        curve = self.fsc_ if mask is None else self.fsc_masked_
+        curve = self.fsc_ if self.fsc_masked_ is None else self.fsc_masked_
         nyq = int(math.floor(rm))
         cut = curve.copy()
         cut[nyq + 1:] = 0.0  # beyond --max-resolution nothing was inserted

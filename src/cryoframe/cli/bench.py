@@ -1,5 +1,6 @@
 """Run the ratio benchmarks in bench/ (each prints its ratio against a peer run in the same
-session: cryosparc-tools, scikit-learn, pyarrow) and append the results to bench/RESULTS.md."""
+session: cryosparc-tools, scikit-learn, pyarrow, relion_reconstruct) and append the results to
+bench/RESULTS.md."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ SCRIPTS = {
     "subset": "bench_subset.py",
     "scale": "bench_scale.py",
     "class2d": "bench_class2d.py",
+    "reconstruct": "bench_reconstruct.py",
 }
+ROW_SCRIPTS = {"import", "gmm", "query", "subset", "scale"}
+"""Benchmarks sized by ``--rows``; ``reconstruct`` runs its own default (box 64, 4000 particles)."""
+DEFAULT = ["import", "gmm", "query", "subset"]
 
 
 def bench_dir() -> Path:
@@ -34,8 +39,9 @@ def bench_dir() -> Path:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", nargs="*", metavar="NAME",
-                   help=f"benchmarks to run: {', '.join(SCRIPTS)} (default: import gmm query subset)")
-    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="sizes (default 1e6)")
+                   help=f"benchmarks to run: {', '.join(SCRIPTS)} (default: {' '.join(DEFAULT)})")
+    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000],
+                   help=f"sizes of {', '.join(sorted(ROW_SCRIPTS))} (default 1e6)")
     p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     p.add_argument("--relion", action="store_true",
                    help="class2d: also run RELION 3.1 relion_refine at the same sampling (hours on 2 cores)")
@@ -47,12 +53,12 @@ def main(args: argparse.Namespace) -> int:
     if unknown:
         raise CryoframeError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(SCRIPTS)}")
     failed = []
-    for name in args.which or ["import", "gmm", "query", "subset"]:
+    for name in args.which or DEFAULT:
         cmd = [sys.executable, str(d / SCRIPTS[name])]
-        if name == "class2d":  # its sizes are particles x box, not rows
-            cmd += ["--relion"] if args.relion else []
-        else:
+        if name in ROW_SCRIPTS:
             cmd += ["--rows", *map(str, args.rows)]
+        if name == "class2d" and args.relion:
+            cmd.append("--relion")
         if args.no_record:
             cmd.append("--no-record")
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)

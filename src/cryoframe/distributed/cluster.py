@@ -26,7 +26,9 @@ from cryoframe.distributed.progress import current_client
 from cryoframe.errors import CryoframeError
 
 if TYPE_CHECKING:
+    from dask_jobqueue.core import JobQueueCluster
     from distributed import Client
+    from distributed.deploy.spec import SpecCluster
 
 __all__ = ["CONNECT_TIMEOUT_S", "VALID_SPECS", "SchedulerError", "SchedulerInfo", "job_script",
            "load_jobqueue_config", "parse_spec", "scheduler"]
@@ -182,6 +184,8 @@ def _open_distributed(kind: str, arg: Any, stack: contextlib.ExitStack, *, dashb
 
     from distributed import Client
 
+    cluster: SpecCluster
+    jq: JobQueueCluster | None = None
     if kind == "local":
         from distributed import LocalCluster
 
@@ -204,15 +208,15 @@ def _open_distributed(kind: str, arg: Any, stack: contextlib.ExitStack, *, dashb
                 f"login node (or print the job script with `cryoframe cluster {kind} --print-job-script`)")
         kw = _jobqueue_kwargs(kind, cfg, path)
         try:
-            cluster = cls(**kw, scheduler_options={"dashboard": dashboard, "dashboard_address": ":0"})
+            cluster = jq = cls(**kw, scheduler_options={"dashboard": dashboard, "dashboard_address": ":0"})
         except Exception as exc:
             raise SchedulerError(f"could not start the {kind} cluster from {path}: {exc}") from exc
     stack.callback(cluster.close)
     n_workers = len(cluster.workers)
-    if kind in ("slurm", "pbs"):
+    if jq is not None:  # slurm / pbs
         n_workers = jobs * int(cfg.get("processes") or 1)
         if jobs:
-            cluster.scale(jobs=jobs)
+            jq.scale(jobs=jobs)
             log.info("submitted %d %s job(s); workers join as the jobs start", jobs, kind)
     client = Client(cluster)
     stack.callback(client.close)

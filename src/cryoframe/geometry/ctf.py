@@ -12,6 +12,7 @@ as RELION expects of extracted (contrast-inverted) particles.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -56,7 +57,7 @@ def ctf_at(sx: Any, sy: Any, df1_A: ArrayLike, df2_A: ArrayLike, df_angle_rad: A
     return xp.sqrt(1.0 - a * a) * xp.sin(chi) + a * xp.cos(chi)
 
 
-def ctf_grid(box: int, psize_A: float, params: dict[str, ArrayLike], *, rfft: bool = True,
+def ctf_grid(box: int, psize_A: float, params: Mapping[str, ArrayLike], *, rfft: bool = True,
              xp: ModuleType = np, dtype: Any = None) -> Any:
     """Per-particle CTF on the FFT grid of ``box`` px images of ``psize_A`` Å/px.
 

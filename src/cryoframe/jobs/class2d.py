@@ -116,6 +116,9 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
 
     if not store.has_images:
         raise InputError(f"{store.path}: 2D classification needs particle images (store is metadata-only)")
+    box = store.box
+    if box is None:
+        raise InputError(f"{store.path}: manifest.json has no box_px; cannot classify the images")
     ckpt_src = store.extras_dir() / CKPT
     if resume and not any(ckpt_src.glob("*.npz")):
         raise InputError(f"{store.path}: --continue needs a 2D classification checkpoint in {ckpt_src}")
@@ -127,9 +130,9 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
     if o["classes"] > store.n:
         raise InputError(f"--classes {o['classes']} is larger than the number of particles ({store.n})")
     psize = store.psize_A or 1.0
-    if o["mask_diameter_A"] is not None and o["mask_diameter_A"] > store.box * psize:
+    if o["mask_diameter_A"] is not None and o["mask_diameter_A"] > box * psize:
         raise InputError(f"--mask-diameter {o['mask_diameter_A']} Å is larger than the box "
-                         f"({store.box} px x {psize} Å/px = {store.box * psize:.1f} Å)")
+                         f"({box} px x {psize} Å/px = {box * psize:.1f} Å)")
     ctfp = read_ctf_params(store) if o["ctf"] else None
     params = {**o, "resume": resume}
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)

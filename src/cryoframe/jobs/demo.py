@@ -50,11 +50,14 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, *, n: int = 2000, bo
                              seed=seed + 1, kind="3d")
     say(f"synthesized RELION 3.1 project: {rel.particles.relative_to(wd)}")
 
-    store = import_cs(cs.particles, wd / "particles.cf", passthrough=[cs.passthrough], project_dir=cs.directory)
+    store = import_cs(cs.particles, wd / "particles.cf", passthrough=[cs.passthrough] if cs.passthrough else [],
+                      project_dir=cs.directory)
     say(f"imported {store.n} particles, {len(store.fields)} fields, images {store.n}x{store.box}x{store.box} "
         f"-> {store.path.name}")
     rstore = import_star(rel.particles, wd / "relion.cf", project_dir=rel.directory)
-    say(f"imported RELION .star: {rstore.n} particles, optics groups: {rstore.optics().num_rows} -> {rstore.path.name}")
+    optics = rstore.optics()
+    n_optics = 0 if optics is None else optics.num_rows
+    say(f"imported RELION .star: {rstore.n} particles, optics groups: {n_optics} -> {rstore.path.name}")
 
     df = store.metadata(["ctf/df1_A", "alignments3D/error"]).describe().compute()
     med_df = float(store.metadata(["ctf/df1_A"])["ctf/df1_A"].astype("float64").quantile(0.5).compute())

@@ -46,9 +46,12 @@ def schemas_dir() -> Path:
 def _raw() -> dict[str, Any]:
     path = schemas_dir() / "fields.json"
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SchemaError(f"{path}: cannot read field dictionary: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{path}: field dictionary must be a JSON object, found {type(raw).__name__}")
+    return raw
 
 
 @lru_cache(maxsize=1)

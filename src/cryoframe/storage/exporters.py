@@ -10,6 +10,7 @@ travel as ``_field`` columns (off with ``extra_fields=False``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +94,7 @@ def export_cs(store: ParticleStore, out: PathLike, *, images: bool = False, over
     # string widths: grow when values are longer than the recorded width
     read_cols = [d[0] for d in descr if d[0] in schema.names]
 
-    def batches():  # noqa: ANN202
+    def batches() -> Iterator[dict[str, np.ndarray]]:
         start = 0
         for t in store.iter_batches(read_cols):
             m = t.num_rows

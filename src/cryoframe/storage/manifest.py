@@ -78,7 +78,7 @@ def read_manifest(store_path: Path) -> dict[str, Any]:
         man = json.loads(mpath.read_text())
     except ValueError as exc:
         raise StoreError(f"{mpath}: unreadable manifest: {exc}") from exc
-    if man.get("format") != "cryoframe-store":
+    if not isinstance(man, dict) or man.get("format") != "cryoframe-store":
         raise StoreError(f"{mpath}: not a cryoframe store manifest")
     if int(man.get("format_version", 0)) > FORMAT_VERSION:
         raise StoreError(f"{mpath}: store format {man['format_version']} is newer than this cryoframe")

@@ -180,18 +180,17 @@ class StoreWriter:
                 raise StoreError(f"metadata batch does not match the store schema: {exc}") from exc
         start = 0
         while start < table.num_rows:
-            if self._writer is None:
-                self._open_file()
+            writer = self._open_file() if self._writer is None else self._writer
             take = min(table.num_rows - start, ROWS_PER_FILE - self._file_rows)
             chunk = table.slice(start, take)
-            self._futures.append(self._pool.submit(self._writer.write_table, chunk, row_group_size=ROW_GROUP))
+            self._futures.append(self._pool.submit(writer.write_table, chunk, row_group_size=ROW_GROUP))
             self._file_rows += take
             self.n += take
             start += take
             if self._file_rows >= ROWS_PER_FILE:
                 self._close_file()
 
-    def _open_file(self) -> None:
+    def _open_file(self) -> pq.ParquetWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         while len(self._inflight) >= 2:  # at most two files encoding at once
@@ -202,6 +201,7 @@ class StoreWriter:
         self._futures = []
         self._nfiles += 1
         self._file_rows = 0
+        return self._writer
 
     def _close_file(self) -> None:
         if self._writer is None:
@@ -244,15 +244,16 @@ class StoreWriter:
 
     def link_images(self, source: ParticleStore) -> None:
         """Reference ``source``'s image array instead of copying it."""
+        ref = source.manifest.images
         src = source.images_path()
-        if src is None:
+        if ref is None or src is None:
             return
         rel = os.path.relpath(src, self.final.parent)
         self.images = {
             "path": os.path.join("..", rel),
             "abs_path": str(src),
-            "shape": source.manifest.images["shape"],
-            "dtype": source.manifest.images["dtype"],
+            "shape": ref["shape"],
+            "dtype": ref["dtype"],
             "owner": False,
         }
 
@@ -352,27 +353,27 @@ class ParticleStore:
     # -- simple properties -----------------------------------------------------------------
     @property
     def n(self) -> int:
-        return int(self.manifest["n_particles"])
+        return int(self.manifest.n_particles)
 
     def __len__(self) -> int:
         return self.n
 
     @property
     def box(self) -> int | None:
-        return self.manifest.get("box_px")
+        return self.manifest.box_px
 
     @property
     def psize_A(self) -> float | None:
         """Image pixel size in Å/px (None when unknown)."""
-        return self.manifest.get("psize_A")
+        return self.manifest.psize_A
 
     @property
     def content_hash(self) -> str:
-        return self.manifest["content_hash"]
+        return self.manifest.content_hash
 
     @property
     def lineage(self) -> list[dict[str, Any]]:
-        return self.manifest.get("lineage", [])
+        return self.manifest.lineage
 
     @property
     def metadata_files(self) -> list[Path]:
@@ -453,10 +454,10 @@ class ParticleStore:
     def images_path(self) -> Path | None:
         if self.view is not None:
             return self.view.root.images_path()
-        ref = self.manifest.get("images")
+        ref = self.manifest.images
         if not ref:
             return None
-        p = (self.path / ref["path"]).resolve()
+        p = (self.path / str(ref["path"])).resolve()
         if not p.exists() and ref.get("abs_path"):
             p = Path(ref["abs_path"])
         if not p.exists():
@@ -486,7 +487,7 @@ class ParticleStore:
         import dask.array as da
 
         z = self.image_array()
-        x = da.from_zarr(z)
+        x = da.from_zarr(z)  # type: ignore[no-untyped-call]  # dask.array.from_zarr is unannotated
         rows = self.image_rows()
         if len(rows) == z.shape[0] and np.array_equal(rows, np.arange(len(rows))):
             return x
@@ -497,5 +498,5 @@ class ParticleStore:
         z = self.image_array()
         rows = self.image_rows()[start:stop]
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-            return z[int(rows[0]) : int(rows[-1]) + 1]
-        return z.get_orthogonal_selection((rows, slice(None), slice(None)))
+            return np.asarray(z[int(rows[0]) : int(rows[-1]) + 1])
+        return np.asarray(z.get_orthogonal_selection((rows, slice(None), slice(None))))

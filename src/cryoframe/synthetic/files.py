@@ -135,7 +135,7 @@ def write_cs_dataset(
 def write_star_dataset(
     directory: str | os.PathLike[str], n: int, box: int = 64, classes: int = 8, snr: float = 0.05,
     psize_A: float = 2.0, kind: Kind = "2d", seed: int = 0, ctf: bool = True,
-    relion_version: Literal[3.0, 3.1] = "3.1", images: bool = True, stack_size: int = 1000,
+    relion_version: Literal["3.0", "3.1"] = "3.1", images: bool = True, stack_size: int = 1000,
     star_name: str = "particles.star",
 ) -> SynthDataset:
     """Write a RELION particle ``.star`` (+ ``Particles/stack_NNN.mrcs``) under ``directory``.

@@ -8,7 +8,7 @@ batched generation equals one-shot generation bit for bit.  Huge data sets are s
 Ground truth: per particle a true class, pose, shift, defocus, scale and a latent ``junk`` flag
 (:func:`make_truth`); the statistics are drawn from the known mixtures in :data:`MIXTURES`
 (junk particles form the junk component of every per-particle statistic).  Image formation and
-geometric conventions are documented in :mod:`cryoframe.testing.physics`.
+geometric conventions are documented in :mod:`cryoframe.synthetic.physics`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-import cryoframe.testing.physics as ph
+import cryoframe.synthetic.physics as ph
 from cryoframe.errors import InputError
 
 __all__ = ["BATCH", "BLOCK", "MIXTURES", "OPTICS", "Kind", "is_main_field", "make_metadata", "make_particles",
@@ -143,7 +143,8 @@ def _block(seed: int, b: int, kind: str, classes: int) -> dict[str, np.ndarray]:
     df = MIXTURES["defocus"]
     grp = (g.random(m) < df["weights"][0]).astype(np.uint8) ^ 1  # 0: first session, 1: second
     mean = np.clip(np.asarray(df["means"])[grp] + np.asarray(df["sds"])[grp] * g.standard_normal(m), *df["range"])
-    astig = g.uniform(*MIXTURES["astigmatism_A"], m)
+    astig_lo, astig_hi = MIXTURES["astigmatism_A"]
+    astig = g.uniform(astig_lo, astig_hi, m)
     t["defocus_group"] = grp
     t["df1_A"], t["df2_A"] = mean + astig / 2, mean - astig / 2
     t["df_angle_rad"] = g.uniform(0.0, np.pi, m)

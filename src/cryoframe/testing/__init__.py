@@ -1,9 +1,24 @@
-"""Test helpers: metrics, image-formation physics, and (re-exported from :mod:`cryoframe.synthetic`)
-the deterministic synthetic data generators.
+"""Test helpers: metrics, and (re-exported from :mod:`cryoframe.synthetic`) the image-formation
+physics and the deterministic synthetic data generators.
 
 Importing this package is cheap: nothing is generated until a function is called.
 """
 
+from cryoframe.synthetic import (
+    BLOCK,
+    MIXTURES,
+    OPTICS,
+    SynthDataset,
+    is_main_field,
+    make_metadata,
+    make_particles,
+    make_templates,
+    make_truth,
+    make_volumes,
+    synth_store,
+    write_cs_dataset,
+    write_star_dataset,
+)
 from cryoframe.testing.metrics import pose_recovery_errors
 from cryoframe.testing.physics import (
     apply_ctf,
@@ -36,16 +51,3 @@ __all__ = [
     "write_cs_dataset",
     "write_star_dataset",
 ]
-
-_SYNTHETIC = {"BLOCK", "MIXTURES", "OPTICS", "SynthDataset", "is_main_field", "make_metadata", "make_particles",
-              "make_templates", "make_truth", "make_volumes", "synth_store", "write_cs_dataset", "write_star_dataset"}
-
-
-def __getattr__(name: str) -> object:
-    """The generators live in :mod:`cryoframe.synthetic` (which imports this package's physics),
-    so they are re-exported lazily, on first access."""
-    if name in _SYNTHETIC:
-        import cryoframe.synthetic
-
-        return getattr(cryoframe.synthetic, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

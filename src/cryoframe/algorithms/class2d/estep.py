@@ -6,7 +6,7 @@ Every function takes the array module ``xp`` (NumPy, or CuPy obtained through
 Conventions
 -----------
 * Images are ``(..., b, b)`` indexed ``[y, x]``; the centre is pixel ``b // 2``; coordinates and
-  shifts ``(x, y)`` are in px relative to it (as in :mod:`cryoframe.testing.physics`).
+  shifts ``(x, y)`` are in px relative to it (as in :mod:`cryoframe.synthetic.physics`).
 * Fourier arrays are *centred-origin* half planes: ``rfft2(ifftshift(img))``, shape
   ``(b, b // 2 + 1)``, unnormalised.  A rotation about the box centre is then a rotation about DC.
 * A particle in class ``k`` with in-plane angle ``psi`` and shift ``t`` is
@@ -321,7 +321,7 @@ def estep_partition(
             kern.score(cross, quad, srange, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
             continue
         q = quad[..., None].astype(xp.float32)
-        if alpha is None:
+        if srange is None or alpha is None:  # (both None or neither)
             logl[:, k] = cross - q + np.float32(lp[k])
         else:  # per-sample contrast scale a maximising a cross - a^2 q, within scale_range
             a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
@@ -390,7 +390,7 @@ def estep_partition(
             dpa = (pa * alpha[mx, k] if alpha is not None else pk).sum(-1)  # (m, R): sum_t w a^2
             # V(r, t, f) = sum_i w a CTF X; shifted back into the class frame: Y(r, f) = sum_t P(f, t) V
             v = (pa.reshape(m, nr * ns).T @ cx2r[mx]).reshape(nr, ns, 2 * nf2)
-            if fused:
+            if pct2 is not None and pst2 is not None:  # fused (the host tables exist only then)
                 y = kern.shift_back(v, pct2, pst2)
             else:
                 vr, vi = v[..., :nf2], v[..., nf2:]

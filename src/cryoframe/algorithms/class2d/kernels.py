@@ -137,7 +137,7 @@ def score(cross: np.ndarray, q: np.ndarray, srange: tuple[float, float] | None, 
     """Write ``logl = a cross - a^2 q + lp`` (a = clip(cross / 2q, srange), or a = 1 without a
     range) and ``alpha = a`` for one class: ``cross`` (c, R, S), ``q`` (c, R), outputs (c, R, S)."""
     scaled = srange is not None
-    lo, hi = (float(srange[0]), float(srange[1])) if scaled else (1.0, 1.0)
+    lo, hi = (1.0, 1.0) if srange is None else (float(srange[0]), float(srange[1]))
     _get("score", _score_loop)(cross, np.ascontiguousarray(q, dtype=np.float32), lo, hi, float(lp), scaled,
                                logl, logl if alpha is None else alpha)
 

@@ -62,11 +62,14 @@ class CsFile:
                 elif version == (2, 0):
                     shape, fortran, dtype = fmt.read_array_header_2_0(fh, max_header_size=1 << 24)
                 else:
-                    shape, fortran, dtype = fmt._read_array_header(fh, version, max_header_size=1 << 24)
+                    # format 3.0 (utf-8 header) has no public reader; numpy's stubs omit the private one
+                    shape, fortran, dtype = fmt._read_array_header(  # type: ignore[attr-defined]
+                        fh, version, max_header_size=1 << 24)
                 self._offset = fh.tell()
         except Exception as exc:  # ValueError, EOFError, SyntaxError, tokenize.TokenError ...
             raise FormatError(f"{self.path}: truncated or garbled .cs file ({exc})") from exc
-        if dtype.names is None or len(shape) != 1 or fortran:
+        dfields = dtype.fields
+        if dtype.names is None or dfields is None or len(shape) != 1 or fortran:
             raise FormatError(f"{self.path}: .cs must hold a 1-D structured array, found {dtype} {shape}")
         if dtype.hasobject:
             raise FormatError(f"{self.path}: .cs holds Python objects; only fixed-size fields are supported")
@@ -82,7 +85,7 @@ class CsFile:
         self._npy = True
         self.fields: list[tuple[str, np.dtype, tuple[int, ...]]] = []
         for name in dtype.names:
-            dt = dtype.fields[name][0]
+            dt = dfields[name][0]
             self.fields.append((name, dt.base, tuple(dt.shape)))
 
     def records(self) -> np.ndarray:

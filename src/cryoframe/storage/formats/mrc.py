@@ -7,6 +7,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -47,11 +48,19 @@ def _mode_itemsize(mode: int, p: Path) -> int:
     return sizes[mode]
 
 
+class _MappedStack(Protocol):
+    """What :class:`StackReader` uses of an ``mrcfile.mmap`` object (mrcfile ships no type stubs)."""
+
+    data: np.ndarray
+
+    def close(self) -> None: ...
+
+
 class StackReader:
     """Reads images by index from many stacks, keeping at most ``max_open`` memory maps open."""
 
     def __init__(self, max_open: int = 32) -> None:
-        self._open: OrderedDict[Path, object] = OrderedDict()
+        self._open: OrderedDict[Path, _MappedStack] = OrderedDict()
         self.max_open = max_open
 
     def _get(self, path: Path) -> np.ndarray:
@@ -68,10 +77,10 @@ class StackReader:
             self._open[path] = m
             if len(self._open) > self.max_open:
                 _, old = self._open.popitem(last=False)
-                old.close()  # type: ignore[attr-defined]
+                old.close()
         else:
             self._open.move_to_end(path)
-        data = m.data  # type: ignore[attr-defined]
+        data = m.data
         return data if data.ndim == 3 else data[None]
 
     def read(self, path: Path, idx: np.ndarray) -> np.ndarray:
@@ -83,7 +92,7 @@ class StackReader:
 
     def close(self) -> None:
         for m in self._open.values():
-            m.close()  # type: ignore[attr-defined]
+            m.close()
         self._open.clear()
 
 
