@@ -207,7 +207,7 @@ def export(store: StoreLike, out: PathLike, *, format: ExportFormat | None = Non
 
 def materialize(view: StoreLike, out: PathLike, *, overwrite: bool = False) -> ParticleStore:
     """Write a view's rows (parent columns + added/computed ones) as a plain store at ``out``."""
-    from cryoframe.storage.view import materialize as _materialize
+    from cryoframe.storage.store import materialize as _materialize
 
     return _materialize(open_store(view), out, overwrite=overwrite)
 

@@ -207,7 +207,7 @@ def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 
             cnt[k] += n1
             mn[k] = min(mn[k], float(x.min()))
             mx[k] = max(mx[k], float(x.max()))
-    out = []
+    out: list[dict[str, Any]] = []
     for k in range(n_sets):
         if cnt[k] == 0:
             out.append({"count": 0, "mean": None, "std": None, "min": None, "max": None})

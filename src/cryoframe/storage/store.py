@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cryoframe.errors import StoreError
+from cryoframe.errors import InputError, StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
 from cryoframe.storage.atomic import check_output, replace_into, temp_path, write_json_atomic
 from cryoframe.storage.manifest import (
@@ -37,8 +37,10 @@ from cryoframe.storage.manifest import (
     lineage_step,
     read_manifest,
 )
+from cryoframe.storage.parquet import footer as _footer
+from cryoframe.storage.parquet import parquet_kwargs as _parquet_kwargs
 
-__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "image_chunk_rows", "prefetch"]
+__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "materialize", "image_chunk_rows", "prefetch"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,25 +55,6 @@ CHUNK_BYTES = 8 << 20
 def image_chunk_rows(box: int, itemsize: int = 4, target: int = CHUNK_BYTES) -> int:
     """Particles per Zarr chunk so that one chunk is about ``target`` bytes (4-16 MiB)."""
     return max(1, int(target // (box * box * itemsize)))
-
-
-def _parquet_kwargs(schema: pa.Schema) -> dict[str, Any]:
-    dict_cols = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_binary(f.type)]
-    return {"compression": "zstd", "use_dictionary": dict_cols, "write_statistics": True}
-
-
-def _footer(path: Path) -> bytes:
-    """A Parquet file's size + footer (schema, row-group offsets, column statistics and sizes).
-
-    Cheap to read for any file size, and it changes whenever the data does.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        fh.seek(max(0, size - 8))
-        tail = fh.read(8)
-        flen = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
-        fh.seek(max(0, size - 8 - flen))
-        return str(size).encode() + fh.read()
 
 
 def prefetch(func: Any, items: Any, depth: int = 2) -> Iterator[Any]:
@@ -453,7 +436,8 @@ class ParticleStore:
     # -- images ----------------------------------------------------------------------------
     def images_path(self) -> Path | None:
         if self.view is not None:
-            return self.view.root.images_path()
+            root_path: Path | None = self.view.root.images_path()
+            return root_path
         ref = self.manifest.images
         if not ref:
             return None
@@ -500,3 +484,22 @@ class ParticleStore:
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
             return np.asarray(z[int(rows[0]) : int(rows[-1]) + 1])
         return np.asarray(z.get_orthogonal_selection((rows, slice(None), slice(None))))
+
+
+def materialize(view: ParticleStore, out: str | os.PathLike[str], *, overwrite: bool = False) -> ParticleStore:
+    """A plain store at ``out`` holding a full copy of ``view``'s metadata (images stay referenced)."""
+    if view.view is None:
+        raise InputError(f"{view.path}: not a view (it is a plain store already; nothing to materialize)")
+    root = view.view.root
+    with StoreWriter(out, op="materialize", params={}, inputs=[view], parent=view, overwrite=overwrite) as w:
+        for t in view.iter_batches():
+            w.write_metadata(t)
+        if root.has_images:
+            w.link_images(root)
+        opt = view.optics()
+        if opt is not None:
+            w.write_optics(opt)
+        src = view.extras_dir()
+        if src.is_dir():
+            shutil.copytree(src, w.extras_dir(), dirs_exist_ok=True)
+        return w.commit(psize_A=view.psize_A, box_px=view.box, source=view.manifest.get("source"))

@@ -45,7 +45,7 @@ from cryoframe.storage.manifest import FORMAT_VERSION, lineage_step
 if TYPE_CHECKING:
     from cryoframe.storage.store import ParticleStore
 
-__all__ = ["SELECTION", "ViewReader", "materialize", "read_rows", "store_hash",
+__all__ = ["SELECTION", "ViewReader", "read_rows", "store_hash",
            "write_view"]
 
 SELECTION = "selection.npy"
@@ -112,7 +112,7 @@ def check_selection(path: Path, encoding: str, n_parent: int, n_selected: int) -
         raise StoreError(f"{path}: unknown selection encoding {encoding!r}")
     if count != n_selected:
         raise StoreError(f"{path}: selection holds {count} rows, the manifest says {n_selected}")
-    return raw
+    return np.asarray(raw)
 
 
 def decode_selection(raw: np.ndarray, encoding: str, n_parent: int) -> np.ndarray:
@@ -125,7 +125,7 @@ def decode_selection(raw: np.ndarray, encoding: str, n_parent: int) -> np.ndarra
 # -- hashing -----------------------------------------------------------------------------------
 def store_hash(store: ParticleStore) -> str:
     """Content hash of a plain store recomputed from its files (as :meth:`StoreWriter.commit` makes it)."""
-    from cryoframe.storage.store import _footer
+    from cryoframe.storage.parquet import footer as _footer
 
     h = hashlib.blake2b(digest_size=16)
     files = sorted((store.path / "metadata").glob("*.parquet")) + sorted(store.path.glob("optics.parquet"))
@@ -146,7 +146,7 @@ def _gmm_max_posterior(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     p = np.exp(logp)
     out = (1.0 / p.sum(axis=1)).astype(np.float32)  # the largest term is exp(0) = 1
     out[~np.isfinite(x)] = np.nan
-    return out
+    return np.asarray(out)
 
 
 _COMPUTE = {"gmm_max_posterior": _gmm_max_posterior}
@@ -224,6 +224,8 @@ class ViewReader:
     def _added(self, names: tuple[str, ...]) -> pa.Table:
         if names not in self._added_cache:
             a = self.added
+            if a is None:
+                raise StoreError("this view holds no added columns")
             self._added_cache[names] = pq.read_table(a, columns=list(names)) if isinstance(a, Path) \
                 else a.select(list(names))
         return self._added_cache[names]
@@ -287,7 +289,8 @@ class ViewReader:
         cols = list(columns)
         empty = self.read([], cols)
         meta = empty.to_pandas(types_mapper=pd.ArrowDtype)
-        frame = dd.from_map(_ReadPart(self, cols), groups, meta=meta, enforce_metadata=False)
+        frame = dd.from_map(_ReadPart(self, cols), groups, meta=meta,  # type: ignore[no-untyped-call]  # dask is untyped
+                            enforce_metadata=False)
         return frame
 
 
@@ -305,8 +308,6 @@ class _ReadPart:
 
 def open_view(store: ParticleStore) -> ViewReader:
     """Resolve and check a view's parent, decode its selection; the reader its store methods use."""
-    from cryoframe.storage.store import ParticleStore
-
     v = store.manifest["view"]
     recorded = Path(v["parent"])
     cand = [recorded]
@@ -319,7 +320,7 @@ def open_view(store: ParticleStore) -> ViewReader:
                          "(moved or deleted?); restore it there, or `cryoframe materialize` views before moving "
                          "their parent")
     try:
-        parent = ParticleStore(parent_path)
+        parent = type(store)(parent_path)
     except StoreError as exc:
         raise StoreError(f"{store.path}: parent store {parent_path} (content hash {h}) cannot be opened: {exc}") \
             from exc
@@ -446,7 +447,8 @@ def write_view(
         h.update(enc.encode())
         h.update(sel.tobytes())
         if added is not None:
-            from cryoframe.storage.store import _footer, _parquet_kwargs
+            from cryoframe.storage.parquet import footer as _footer
+            from cryoframe.storage.parquet import parquet_kwargs as _parquet_kwargs
 
             schema = pa.schema([reader.schema.field(c) for c in add_names], metadata=added.schema.metadata)
             pq.write_table(pa.Table.from_arrays([added.column(c) for c in add_names], schema=schema),
@@ -497,27 +499,4 @@ def write_view(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    from cryoframe.storage.store import ParticleStore
-
-    return ParticleStore(final)
-
-
-def materialize(view: ParticleStore, out: str | os.PathLike[str], *, overwrite: bool = False) -> ParticleStore:
-    """A plain store at ``out`` holding a full copy of ``view``'s metadata (images stay referenced)."""
-    from cryoframe.storage.store import StoreWriter
-
-    if view.view is None:
-        raise InputError(f"{view.path}: not a view (it is a plain store already; nothing to materialize)")
-    root = view.view.root
-    with StoreWriter(out, op="materialize", params={}, inputs=[view], parent=view, overwrite=overwrite) as w:
-        for t in view.iter_batches():
-            w.write_metadata(t)
-        if root.has_images:
-            w.link_images(root)
-        opt = view.optics()
-        if opt is not None:
-            w.write_optics(opt)
-        src = view.extras_dir()
-        if src.is_dir():
-            shutil.copytree(src, w.extras_dir(), dirs_exist_ok=True)
-        return w.commit(psize_A=view.psize_A, box_px=view.box, source=view.manifest.get("source"))
+    return type(parent)(final)
