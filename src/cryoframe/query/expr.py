@@ -74,7 +74,7 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
     """Lazy dask dataframe of ``store``'s rows matching ``where`` (all rows when None)."""
     cols = _columns(store, columns, include_internal)
     if cols is not None:
-        store._check_columns(cols)
+        store.check_columns(cols)
     ddf = store.metadata(None if where else cols, include_internal=include_internal)
     if where:
         expr, local = prepare_where(where)
@@ -161,7 +161,7 @@ def filter_table(store: ParticleStore, where: str | None = None, columns: Sequen
 
     cols = _columns(store, columns, include_internal)
     if cols is not None:
-        store._check_columns(cols)
+        store.check_columns(cols)
     elif not include_internal:
         cols = store.fields
     try:
@@ -196,7 +196,7 @@ def filter_store(
 
     cols = _columns(store, columns, True)
     if cols is not None:
-        store._check_columns(cols)
+        store.check_columns(cols)
     params = {"where": where, "columns": list(columns) if columns else None}
     return write_view(out, store, match_positions(store, where), op="query", params=params, columns=cols,
                       overwrite=overwrite)

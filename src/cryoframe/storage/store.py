@@ -382,7 +382,7 @@ class ParticleStore:
         return self.path / "extras"
 
     # -- metadata --------------------------------------------------------------------------
-    def _check_columns(self, columns: Sequence[str] | None) -> list[str] | None:
+    def check_columns(self, columns: Sequence[str] | None) -> list[str] | None:
         if columns is None:
             return None
         have = {f["name"] for f in self.manifest["fields"]}
@@ -393,14 +393,14 @@ class ParticleStore:
 
     def table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Read metadata (optionally only ``columns``) as one Arrow table, in store order."""
-        cols = self._check_columns(columns)
+        cols = self.check_columns(columns)
         if self.view is not None:
             return self.view.table(cols)
         return pa.concat_tables([pq.read_table(f, columns=cols) for f in self._files])
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_size: int = 262_144) -> Iterator[pa.Table]:
         """Stream metadata in store order, ``batch_size`` rows at a time (bounded memory)."""
-        cols = self._check_columns(columns)
+        cols = self.check_columns(columns)
         if self.view is not None:
             yield from self.view.iter_batches(cols, batch_size)
             return
@@ -413,7 +413,7 @@ class ParticleStore:
         """Lazy dask dataframe of the metadata with pyarrow dtypes (one partition per row group)."""
         import dask.dataframe as dd
 
-        cols = self._check_columns(columns)
+        cols = self.check_columns(columns)
         if cols is None and not include_internal:
             cols = [f["name"] for f in self.manifest["fields"] if not is_internal(f["name"])]
         if self.view is not None:

@@ -206,7 +206,7 @@ class ViewReader:
             out = []
             base = 0
             done = 0
-            for f in self.root._files:
+            for f in self.root.metadata_files:
                 md = pq.ParquetFile(f).metadata
                 for rg in range(md.num_row_groups):
                     m = md.row_group(rg).num_rows
@@ -399,7 +399,7 @@ def write_view(
         raise InputError(f"{final}: {added.num_rows} added rows for {n_sel} selected rows")
     fields = [f["name"] for f in parent.manifest["fields"]]
     if columns is not None:
-        parent._check_columns(columns)
+        parent.check_columns(columns)
         fields = list(dict.fromkeys(["uid", *columns, *[f for f in fields if is_internal(f)]]))
     comp = {}
     if parent.view is not None:  # collapse onto the root
