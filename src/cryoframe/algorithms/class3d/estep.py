@@ -105,7 +105,8 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     ``geom``: ``rot`` (n, 3, 3), ``shifts_px`` (n, 2), ``ctf`` (dict of (n,) or None), ``alpha`` (n,),
     ``group`` (n,) int noise-group index, ``half`` (n,) 0/1.  ``grids`` (K, P, P, P//2+1) complex
     projector grids of the class model volumes; ``state``: ``inv_noise`` (G, nshell) ``1 / s_g``,
-    ``log_prior`` (K,), ``temperature`` (likelihood multiplier, <= 1 flattens early posteriors).
+    ``log_prior`` (K,), ``temperature`` (likelihood multiplier, <= 1 flattens early posteriors),
+    ``r_lik`` (cycles per box: the likelihood uses shells up to it; the classes' current resolution).
     ``fixed_post`` (n, K): skip the likelihood and insert with these weights (initialisation).
 
     Returns ``post`` (n, K) float32, ``logev`` (n,) the per-particle log evidence (log-sum-exp of the
@@ -117,7 +118,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     n = len(geom["rot"])
     K = int(fixed_post.shape[1]) if fixed_post is not None else int(grids.shape[0])
     nsh = box // 2 + 1
-    lay = freq_layout(box, r_max)
+    lay = freq_layout(box, min(r_max, float(state.get("r_lik", r_max))))
     fl, oh = xp.asarray(lay["flat"]), xp.asarray(lay["onehot"])
     shell = xp.asarray(lay["shell"])
     post = np.zeros((n, K), dtype=np.float32)

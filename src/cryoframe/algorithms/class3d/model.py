@@ -216,7 +216,20 @@ class Class3D:
     def _state(self, prior: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:
         inv = 1.0 / self.noise_spectra_
         inv[:, 0] = 0.0
-        return {"inv_noise": inv, "log_prior": np.log(np.maximum(prior, 1e-12)), "temperature": temperature}
+        return {"inv_noise": inv, "log_prior": np.log(np.maximum(prior, 1e-12)), "temperature": temperature,
+                "r_lik": self._likelihood_radius()}
+
+    def _likelihood_radius(self) -> float:
+        """Likelihood radius (cycles per box): the best class's FSC = 0.143 shell + 1 (RELION's
+        current resolution: classes are compared only where they hold signal), at least 3."""
+        fsc_c = getattr(self, "fsc_", None)
+        if fsc_c is None:
+            return self._r_max
+        best = 0
+        for c in np.atleast_2d(fsc_c):
+            below = np.flatnonzero(np.asarray(c)[1:] < 0.143)
+            best = max(best, int(below[0]) + 1 if len(below) else len(c) - 1)
+        return float(min(self._r_max, max(3, best + 1)))
 
     # -- main loop -------------------------------------------------------------------------------
     def fit(self, images: Any, rot: np.ndarray, shifts_px: np.ndarray, half: np.ndarray, *, psize_A: float,
@@ -328,7 +341,7 @@ class Class3D:
                                   lambda idx, w: self._estep(idx, None, None, fixed_post=w)["sums"],
                                   lambda sums: self._maps(sums), mask)
             vols = (sim * self.consensus_[None] + (1 - sim) * ini["volumes"]).astype(np.float32)
-            fsc_c = self._fscs(ini["sums"])
+            fsc_c = self.fsc_ = self._fscs(ini["sums"])
             prior = np.full(K, 1.0 / K)
             osums = counts = None
             t_first = 0
@@ -346,7 +359,7 @@ class Class3D:
             osums = mstep.decay(osums, e["sums"], lr)
             counts = mstep.decay(counts, e["post"].sum(0).astype(np.float64), lr)
             if t % 10 == 0:
-                fsc_c = self._fscs(osums)
+                fsc_c = self.fsc_ = self._fscs(osums)
             vols = self._maps(osums, fsc_c)
             prior = counts / counts.sum()
             sizes = e["post"].sum(0)
@@ -382,6 +395,7 @@ class Class3D:
         rms = mstep.rms_change(self.volumes_, old_vols, sizes, self.consensus_, self._solvent)
         ess = 1.0 / np.sum(post.astype(np.float64) ** 2, axis=1)
         self.history_.append({"iteration": it + 1, "phase": phase, "class_sizes": sizes.tolist(),
+                              "likelihood_radius": self._likelihood_radius(),
                               "log_likelihood": float(e["logev"].sum()), "mean_ess": float(ess.mean()),
                               "switches_pct": sw, "rms_change": rms, "time_s": time.perf_counter() - t0})
         log.info("class3d iteration %d (%s): switches %s %%, rms %.4g, sizes %s", it + 1, phase, sw, rms, sizes.tolist())
