@@ -103,8 +103,8 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     """E-step (and M-step sums) of one partition.
 
     ``geom``: ``rot`` (n, 3, 3), ``shifts_px`` (n, 2), ``ctf`` (dict of (n,) or None), ``alpha`` (n,),
-    ``group`` (n,) int noise-group index, ``half`` (n,) 0/1.  ``grids`` (K, P, P, P//2+1) complex
-    projector grids of the class model volumes; ``state``: ``inv_noise`` (G, nshell) ``1 / s_g``,
+    ``group`` (n,) int noise-group index, ``half`` (n,) 0/1.  ``grids`` (2, K, P, P, P//2+1) complex
+    projector grids of the class model volumes of each half (particles of half h meet half 1 - h's); ``state``: ``inv_noise`` (G, nshell) ``1 / s_g``,
     ``log_prior`` (K,), ``temperature`` (likelihood multiplier, <= 1 flattens early posteriors),
     ``r_lik`` (cycles per box: the likelihood uses shells up to it; the classes' current resolution).
     ``fixed_post`` (n, K): skip the likelihood and insert with these weights (initialisation).
@@ -116,7 +116,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     """
     xp = get_array_module(device)
     n = len(geom["rot"])
-    K = int(fixed_post.shape[1]) if fixed_post is not None else int(grids.shape[0])
+    K = int(fixed_post.shape[1]) if fixed_post is not None else int(grids.shape[1])
     nsh = box // 2 + 1
     lay = freq_layout(box, min(r_max, float(state.get("r_lik", r_max))))
     fl, oh = xp.asarray(lay["flat"]), xp.asarray(lay["onehot"])
@@ -145,8 +145,18 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
             base = xp.sum(w * (fj.real ** 2 + fj.imag ** 2), axis=1)
             ll = xp.empty((m, K), dtype=xp.float64)
             slices = []
+            hb = geom["half"][idx]
             for k in range(K):
-                pj = fo.extract_slices(g_dev[k], rot, box, pad, r_max, xp=xp).reshape(m, -1)[:, fl] * cj
+                # a particle of half h is scored against the maps of the other half: no self-reinforcement
+                pj = xp.zeros(fj.shape, dtype=xp.complex64)
+                for h in (0, 1):
+                    sel = np.flatnonzero(hb == h)
+                    if len(sel):
+                        sd = xp.asarray(sel) if xp is not np else sel
+                        r_sel = xp.asarray(rot_h[sel]) if xp is not np else rot_h[sel]
+                        pj[sd] = fo.extract_slices(g_dev[1 - h, k], r_sel, box, pad, r_max,
+                                                   xp=xp).reshape(len(sel), -1)[:, fl]
+                pj = pj * cj
                 cross = xp.sum(w * (fj.conj() * pj).real, axis=1)
                 pw = xp.sum(w * (pj.real ** 2 + pj.imag ** 2), axis=1)
                 ll[:, k] = -(base - 2.0 * a * cross + a * a * pw)

@@ -142,9 +142,12 @@ class Class3D:
 
     # -- M-step ----------------------------------------------------------------------------------
     def _maps(self, sums: np.ndarray, fsc_curves: np.ndarray | None = None) -> np.ndarray:
-        """Class maps (K, b, b, b) from per-class half sums; FSC curves default to each class's own."""
+        """Class maps (K, b, b, b) from per-class half sums; FSC curves default to each class's own.
+        Also sets ``half_volumes_`` (2, K, b, b, b): each half's maps, which the E-step scores the
+        other half's particles against."""
         K = sums.shape[0]
         out = np.empty((K,) + (self._box,) * 3, dtype=np.float32)
+        halves = np.empty((2, K) + (self._box,) * 3, dtype=np.float32)
         for k in range(K):
             if not self.fsc_filter:
                 c = self.consensus_fsc_
@@ -153,11 +156,15 @@ class Class3D:
             else:
                 c = mstep.fourier_fsc(sums[k], self._box, self.pad)
             out[k] = mstep.class_map(sums[k], self._box, self.pad, self._r_max, c, self.tau2_fudge)
+            halves[:, k] = mstep.half_maps(sums[k], self._box, self.pad, self._r_max, c, self.tau2_fudge)
+        self.half_volumes_ = halves
         return out
 
-    def _grids(self, volumes: np.ndarray) -> np.ndarray:
-        mv = mstep.model_volumes(volumes, self.consensus_, self._solvent, self._focus)
-        return np.stack([fo.volume_transform(v, self.pad) for v in mv])
+    def _grids(self, halves: np.ndarray) -> np.ndarray:
+        """Projector grids (2, K, P, P, P//2+1) of the model volumes of both halves' maps."""
+        return np.stack([np.stack([fo.volume_transform(v, self.pad) for v in
+                                   mstep.model_volumes(h, self.consensus_, self._solvent, self._focus)])
+                         for h in halves])
 
     def _fscs(self, sums: np.ndarray) -> np.ndarray:
         return np.stack([mstep.fourier_fsc(sums[k], self._box, self.pad) for k in range(sums.shape[0])])
@@ -276,7 +283,7 @@ class Class3D:
     def _save(self, st: dict[str, Any]) -> None:
         if self.checkpoint_dir is None:
             return
-        arrays = {"volumes": self.volumes_, "consensus": self.consensus_, "consensus_fsc": self.consensus_fsc_,
+        arrays = {"volumes": self.volumes_, "half_volumes": self.half_volumes_, "consensus": self.consensus_, "consensus_fsc": self.consensus_fsc_,
                   "alpha": self.alpha_, "group": self._group, "noise": self.noise_spectra_, "prior": st["prior"],
                   "labels": st["labels"], "post": st["post"], "logev": st["logev"], "fsc": self.fsc_,
                   "osums": st.get("osums"), "counts": st.get("counts")}
@@ -296,6 +303,7 @@ class Class3D:
             raise ValueError("parameters differ from the checkpoint's: " +
                              ", ".join(f"{k}={getattr(self, k)!r} (checkpoint {meta['params'][k]!r})" for k in bad))
         self.volumes_, self.consensus_ = arr["volumes"], arr["consensus"]
+        self.half_volumes_ = arr["half_volumes"]
         self.consensus_fsc_, self.alpha_, self._group = arr["consensus_fsc"], arr["alpha"], arr["group"]
         self.noise_spectra_, self.fsc_ = arr["noise"], arr["fsc"]
         self._geom["alpha"], self._geom["group"] = self.alpha_, self._group
@@ -313,7 +321,7 @@ class Class3D:
         for s in range(self.starts):
             t0 = time.perf_counter()
             vols, prior, hist = self._start(s, per_epoch, resume)
-            e = self._estep(None, self._grids(vols), self._state(prior))
+            e = self._estep(None, self._grids(self.half_volumes_), self._state(prior))
             score = float(e["logev"].sum())
             log.info("class3d start %d: log-likelihood %.6g", s, score)
             if best is None or score > best[0]:
@@ -341,6 +349,7 @@ class Class3D:
                                   lambda idx, w: self._estep(idx, None, None, fixed_post=w)["sums"],
                                   lambda sums: self._maps(sums), mask)
             vols = (sim * self.consensus_[None] + (1 - sim) * ini["volumes"]).astype(np.float32)
+            self.half_volumes_ = (sim * self.consensus_[None, None] + (1 - sim) * self.half_volumes_).astype(np.float32)
             fsc_c = self.fsc_ = self._fscs(ini["sums"])
             prior = np.full(K, 1.0 / K)
             osums = counts = None
@@ -354,7 +363,7 @@ class Class3D:
             size = math.ceil(n / per_epoch)
             idx = np.sort(perm[b * size:(b + 1) * size])
             temp = 1.0 - sim * (1.0 - t / max(1, self.n_oem_))
-            e = self._estep(idx, self._grids(vols), self._state(prior, temp))
+            e = self._estep(idx, self._grids(self.half_volumes_), self._state(prior, temp))
             lr = self.oem_lr / (1.0 + t / per_epoch)
             osums = mstep.decay(osums, e["sums"], lr)
             counts = mstep.decay(counts, e["post"].sum(0).astype(np.float64), lr)
@@ -433,7 +442,7 @@ class Class3D:
         while not st.get("done") and it < self.n_iter:
             t0 = time.perf_counter()
             old = self.volumes_
-            e = self._estep(None, self._grids(old), self._state(st["prior"]))
+            e = self._estep(None, self._grids(self.half_volumes_), self._state(st["prior"]))
             st = self._fem_update(e, old, st["labels"], it=it, t0=t0, phase="F-EM")
             it = st["it"]
         self.n_iter_ = it

@@ -18,7 +18,7 @@ from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
 from cryoframe.geometry.fsc import shell_index
 
-__all__ = ["class_map", "fourier_fsc", "model_volumes", "rms_change", "resample_volume"]
+__all__ = ["class_map", "fourier_fsc", "half_maps", "model_volumes", "rms_change", "resample_volume"]
 
 
 def fourier_fsc(half: np.ndarray, box: int, pad: int, xp: ModuleType = np) -> np.ndarray:
@@ -57,6 +57,19 @@ def class_map(half: np.ndarray, box: int, pad: int, r_max: float, fsc_curve: np.
         return np.zeros((box, box, box), dtype=np.float32)
     reg = fsc_regulariser(fsc_curve, shell_mean_weight(both[2], box, pad, xp), tau2_fudge, full_map=True)
     return to_host(map_from_sums(both, box, pad, reg, r_max, xp)).astype(np.float32)
+
+
+def half_maps(half: np.ndarray, box: int, pad: int, r_max: float, fsc_curve: np.ndarray, tau2_fudge: float,
+              xp: ModuleType = np) -> np.ndarray:
+    """The two half maps (2, box^3) float32 of one class, each regularised from ``fsc_curve``."""
+    out = np.zeros((2, box, box, box), dtype=np.float32)
+    for h in (0, 1):
+        s = tuple(xp.asarray(half[h, i], dtype=xp.float64) for i in range(3))
+        fo.enforce_hermitian(s, xp)
+        if float(to_host(s[2].max())) > 0:
+            reg = fsc_regulariser(fsc_curve, shell_mean_weight(s[2], box, pad, xp), tau2_fudge)
+            out[h] = to_host(map_from_sums(s, box, pad, reg, r_max, xp))
+    return out
 
 
 def model_volumes(volumes: np.ndarray, consensus: np.ndarray, solvent: np.ndarray | None,
