@@ -263,7 +263,7 @@ class Class3D:
         if K > n:
             raise ValueError(f"{K} classes for {n} particles")
         per_epoch = max(1, math.ceil(n / (self.oem_batch * K)))
-        self.n_oem_ = min(self.oem_epochs * per_epoch, max(0, self.n_iter - 1))
+        self.n_oem_ = self.oem_epochs * per_epoch
         self.history_: list[dict[str, Any]] = []
         st: dict[str, Any]
         if resume:
@@ -331,6 +331,9 @@ class Class3D:
         self.best_start_ = s
         self.history_ = hist
         self.volumes_ = vols
+        if self.n_iter <= self.n_oem_:  # --iters ends within O-EM: report this E-step, keep the O-EM checkpoint
+            return {"it": self.n_iter, "phase": "O-EM", "prior": e["post"].mean(0), "labels": e["post"].argmax(1),
+                    "post": e["post"], "logev": e["logev"], "done": True}
         return self._fem_update(e, vols, None, it=len(hist) - 1, t0=t0, phase="F-EM")
 
     def _start(self, s: int, per_epoch: int, resume: dict[str, Any] | None
@@ -356,7 +359,7 @@ class Class3D:
             t_first = 0
             hist = [{"iteration": 0, "phase": "init", "mode": self.init, "start": s,
                      "time_s": time.perf_counter() - t0}]
-        for t in range(t_first, self.n_oem_):
+        for t in range(t_first, min(self.n_oem_, self.n_iter)):
             t1 = time.perf_counter()
             epoch, b = divmod(t, per_epoch)
             perm = np.random.default_rng(np.random.SeedSequence([self.random_state, 31, s, epoch])).permutation(n)
