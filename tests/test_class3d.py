@@ -113,9 +113,8 @@ def test_class3d_bad_input(states, tmp_path, capsys):
              (["--focus-mask", str(tmp_path / "mpx.mrc")], "pixel size"),
              (["--continue"], "checkpoint")]
     for extra, msg in cases:
-        rc = cli(["class3d", str(d / "in.cf"), "--classes", "2", *extra, "--out", str(tmp_path / "o.cf")][:3] + extra[2:]
-                 if False else ["class3d", str(d / "in.cf"), *(["--classes", "2"] if "--classes" not in extra else []),
-                                *extra, "--out", str(tmp_path / "o.cf")])
+        base = [] if "--classes" in extra else ["--classes", "2"]
+        rc = cli(["class3d", str(d / "in.cf"), *base, *extra, "--out", str(tmp_path / "o.cf")])
         err = capsys.readouterr().err
         assert rc == 2 and msg in err, (extra, err)
         assert not (tmp_path / "o.cf").exists()

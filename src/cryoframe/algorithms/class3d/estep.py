@@ -137,7 +137,6 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
         f, c = _batch_transforms(images, idx, geom, box, psize_A, xp)
         a = xp.asarray(geom["alpha"][idx], dtype=xp.float32)
         rot_h = geom["rot"][idx]
-        rot = xp.asarray(rot_h) if xp is not np else rot_h
         if fixed_post is None:
             fj = f.reshape(m, -1)[:, fl]
             cj = c.reshape(m, -1)[:, fl]
