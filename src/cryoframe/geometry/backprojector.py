@@ -26,6 +26,7 @@ import numpy as np
 from cryoframe.backend import to_host
 from cryoframe.geometry.fourier import gridding_correction, icfftn
 from cryoframe.geometry.fsc import shell_index
+from cryoframe.geometry.masks import soft_mask_outside
 
 __all__ = ["fsc_regulariser", "map_from_sums", "shell_mean_weight"]
 
@@ -53,15 +54,18 @@ def fsc_regulariser(curve: np.ndarray, mean_weight: np.ndarray, tau2_fudge: floa
     return np.asarray(mean_weight, dtype=np.float64) / (tau2_fudge * snr)
 
 
-def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.ndarray | float | None = None,
+def map_from_sums(sums: Any, box: int, pad: int = 2, reg: np.ndarray | float | None = None,
                   r_max: float | None = None, xp: ModuleType = np) -> Any:
     """The map (box, box, box) float32 ``[z, y, x]`` from padded half-grid sums
-    ``(data real, data imaginary, weight)`` (Hermitian-complete, :func:`enforce_hermitian`).
+    (:func:`cryoframe.geometry.fourier.new_sums`, Hermitian-complete: ``enforce_hermitian``).
 
     ``reg``: see the module docstring.  ``r_max``: frequencies beyond it (cycles per box; default
-    ``box / 2``) are zero.
+    ``box / 2``) are zero (shells with rounded radius above it, after windowing to the box).
+    As RELION, the windowed map is replaced by its background outside a sphere of radius
+    ``box / 2`` (3 px raised-cosine edge, :func:`cryoframe.geometry.masks.soft_mask_outside`) and
+    then gridding-corrected.
     """
-    dre, dim, weight = sums
+    dre, dim, weight = sums[..., 0], sums[..., 1], sums[..., 2]
     size = weight.shape[0]
     r_max = box / 2 if r_max is None else r_max
     sh = shell_index(box, 3, pad, xp)
@@ -83,5 +87,8 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
     f = xp.where(inside, dre / d, 0.0) + 1j * xp.where(inside, dim / d, 0.0)
     full = icfftn(f, size, xp)
     o = size // 2 - box // 2
-    vol = full[o:o + box, o:o + box, o:o + box] / gridding_correction(box, pad, xp)
+    vol = soft_mask_outside(full[o:o + box, o:o + box, o:o + box], xp=xp) / gridding_correction(box, pad, xp)
+    if r_max < box / 2:  # windowing the padded map leaks a little past the cut-off: cut again in the box
+        f = xp.fft.rfftn(vol, axes=(0, 1, 2))
+        vol = xp.fft.irfftn(xp.where(shell_index(box, 3, 1, xp) <= r_max, f, 0), s=vol.shape, axes=(0, 1, 2))
     return vol.astype(xp.float32)
