@@ -30,7 +30,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard", action="store_const", const=True, help="force hard classification (reconstructions)")
     p.add_argument("--no-fsc-filter", dest="fsc_filter", action="store_const", const=False,
                    help="filter classes with the consensus FSC instead of their own")
-    p.add_argument("--tau2-fudge", type=float, help="regularisation T (default 16)")
+    p.add_argument("--tau2-fudge", type=float, help="regularisation T (default 4, as RELION 3D)")
     p.add_argument("--starts", type=int, help="initialisations scored by likelihood (default 1)")
     p.add_argument("--no-ctf", dest="ctf", action="store_const", const=False)
     p.add_argument("--seed", type=int)

@@ -35,7 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "classes": 10, "iters": 25, "target_resolution_A": None, "solvent_mask": None, "focus_mask": None,
     "scale": "optimal", "init": "simple", "class_similarity": 0.5, "oem_epochs": 2, "oem_batch": 1000,
     "oem_lr": 0.4, "switch_threshold": 2.0, "rms_threshold": None, "hard": False, "fsc_filter": True,
-    "tau2_fudge": 16.0, "starts": 1, "seed": 0, "ctf": True, "pad": 2, "partition_size": 2000,
+    "tau2_fudge": 4.0, "starts": 1, "seed": 0, "ctf": True, "pad": 2, "partition_size": 2000,
 }
 #: may change on --continue (they do not change the state of the run)
 FREE_ON_CONTINUE = ("iters", "switch_threshold", "rms_threshold")

@@ -4,7 +4,7 @@ white noise at a given SNR (via :func:`cryoframe.jobs.project.projection_block`)
 
 State ``j`` (0-based) = the base object (``blob_model(1, box, seed, 3)``) with its last two blobs
 (an "arm") rotated by ``swing_deg * j / (K - 1)`` about the z axis through the centre, plus extra
-domain blobs: domain ``d`` (one Gaussian of sd ``0.06 box`` at amplitude ``domain_amp`` x the base
+domain blobs: domain ``d`` (one Gaussian of sd ``domain_sd`` box at amplitude ``domain_amp`` x the base
 blobs' mean) present when bit ``d`` of ``j`` is set.
 """
 
@@ -20,7 +20,8 @@ __all__ = ["make_states", "state_particles", "write_state_store"]
 OPTICS = {"accel_kv": 300.0, "cs_mm": 2.7, "amp_contrast": 0.1, "phase_shift_rad": 0.0}
 
 
-def make_states(k: int, box: int, seed: int = 0, swing_deg: float = 8.0, domain_amp: float = 0.8) -> np.ndarray:
+def make_states(k: int, box: int, seed: int = 0, swing_deg: float = 10.0, domain_amp: float = 1.5,
+                domain_sd: float = 0.07) -> np.ndarray:
     """(k, box, box, box) float32 ``[z, y, x]`` volumes of the K states (see the module docstring)."""
     from cryoframe.testing.physics import blob_model, render_blobs_3d
 
@@ -32,7 +33,7 @@ def make_states(k: int, box: int, seed: int = 0, swing_deg: float = 8.0, domain_
     r = 0.22 * box
     dirs = rng.normal(size=(ndom, 3))
     dom_c = dirs / np.linalg.norm(dirs, axis=1, keepdims=True) * r
-    dom_p = np.repeat(np.eye(3)[None] / (0.06 * box) ** 2, ndom, 0)
+    dom_p = np.repeat(np.eye(3)[None] / (domain_sd * box) ** 2, ndom, 0)
     out = []
     for j in range(k):
         th = np.deg2rad(swing_deg * j / max(k - 1, 1))
@@ -48,17 +49,18 @@ def make_states(k: int, box: int, seed: int = 0, swing_deg: float = 8.0, domain_
 
 
 def state_particles(n: int, box: int, k: int, snr: float, seed: int = 0, psize_A: float = 2.5,
-                    max_shift_px: float = 2.0, defocus_A: tuple[float, float] = (8000.0, 25000.0)
-                    ) -> tuple[np.ndarray, dict[str, Any]]:
+                    max_shift_px: float = 2.0, defocus_A: tuple[float, float] = (8000.0, 25000.0),
+                    **state_kw: float) -> tuple[np.ndarray, dict[str, Any]]:
     """Images (n, box, box) float32 of random states at uniform random poses and their truth:
     ``class`` (n,), ``pose`` (n, 3) rotation vectors, ``shift`` (n, 2) (stored convention: the
-    translation that centres the particle), ``ctf`` dict, ``volumes``, ``noise_sigma``."""
+    translation that centres the particle), ``ctf`` dict, ``volumes``, ``noise_sigma``.
+    ``state_kw``: :func:`make_states` options (``swing_deg``, ``domain_amp``, ``domain_sd``)."""
     from scipy.spatial.transform import Rotation
 
     from cryoframe.geometry import fourier as fo
     from cryoframe.jobs.project import projection_block
 
-    vols = make_states(k, box, seed)
+    vols = make_states(k, box, seed, **state_kw)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 161, n]))
     cls = rng.integers(0, k, n)
     pose = Rotation.random(n, random_state=rng).as_rotvec()

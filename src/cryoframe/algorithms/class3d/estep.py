@@ -110,17 +110,19 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     ``fixed_post`` (n, K): skip the likelihood and insert with these weights (initialisation).
 
     Returns ``post`` (n, K) float32, ``logev`` (n,) the per-particle log evidence (log-sum-exp of the
-    tempered scores), ``sums`` (K, 2, 3, P, P, P//2+1) float32 per class and half (``sum p a c f`` real,
-    imaginary, ``sum p a^2 c^2``), ``noise`` (G, nshell) the best class's residual power summed per
+    tempered scores), ``sums`` (K, 2, P, P, P//2+1, 3) float32 per class and half (``sum p a c f`` real,
+    imaginary, ``sum p a^2 c^2``; :func:`cryoframe.geometry.fourier.new_sums`), ``noise`` (G, nshell) the best class's residual power summed per
     group and shell and ``noise_n`` (G,) particles per group.
     """
     xp = get_array_module(device)
     n = len(geom["rot"])
     K = int(fixed_post.shape[1]) if fixed_post is not None else int(grids.shape[1])
     nsh = box // 2 + 1
-    lay = freq_layout(box, min(r_max, float(state.get("r_lik", r_max))))
+    lay = freq_layout(box, r_max)  # residual power (noise) over all shells; likelihood up to r_lik
     fl, oh = xp.asarray(lay["flat"]), xp.asarray(lay["onehot"])
     shell = xp.asarray(lay["shell"])
+    r_lik = min(r_max, float(state.get("r_lik", r_max)))
+    lik = xp.asarray((lay["shell"] <= r_lik + 1e-9).astype(np.float32))
     post = np.zeros((n, K), dtype=np.float32)
     logev = np.zeros(n)
     G = state["inv_noise"].shape[0] if fixed_post is None else 1
@@ -128,7 +130,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     noise_n = np.zeros(G)
     acc = None
     if sums:
-        acc = [[fo.new_sums(box, pad, xp) for _ in (0, 1)] for _ in range(K)]
+        acc = [[fo.new_sums(box, pad, xp, dtype=xp.float32) for _ in (0, 1)] for _ in range(K)]
     g_dev = None if grids is None else xp.asarray(grids)
     inv = None if fixed_post is not None else xp.asarray(state["inv_noise"], dtype=xp.float32)
     for s in range(0, n, batch):
@@ -140,7 +142,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
         if fixed_post is None:
             fj = f.reshape(m, -1)[:, fl]
             cj = c.reshape(m, -1)[:, fl]
-            w = inv[xp.asarray(geom["group"][idx])][:, shell]  # (m, M) 1/s
+            w = inv[xp.asarray(geom["group"][idx])][:, shell] * lik[None, :]  # (m, M) 1/s within r_lik
             base = xp.sum(w * (fj.real ** 2 + fj.imag ** 2), axis=1)
             ll = xp.empty((m, K), dtype=xp.float64)
             slices = []
@@ -199,6 +201,5 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
                 fo.insert_slices(acc[k][h], r_sel, f[sd], ca[sd], wts[sel, k].astype(np.float64), box, pad, r_max, xp)
     out: dict[str, Any] = {"post": post, "logev": logev, "noise": noise, "noise_n": noise_n}
     if acc is not None:
-        out["sums"] = np.stack([np.stack([np.stack([to_host(g).astype(np.float32) for g in acc[k][h]])
-                                          for h in (0, 1)]) for k in range(K)])
+        out["sums"] = np.stack([np.stack([to_host(acc[k][h]).astype(np.float32) for h in (0, 1)]) for k in range(K)])
     return out

@@ -40,7 +40,7 @@ __all__ = ["Class3D"]
 log = logging.getLogger(__name__)
 
 #: parameters that must match when a run continues from a checkpoint
-FIXED = ("n_classes", "pad", "init", "class_similarity", "oem_epochs", "oem_batch", "oem_lr", "hard",
+FIXED = ("n_classes", "pad", "init", "class_similarity", "oem_epochs", "oem_batch", "oem_lr", "hard", "cross_half",
          "fsc_filter", "tau2_fudge", "scale", "starts", "random_state", "partition_size")
 
 
@@ -72,9 +72,10 @@ class Class3D:
     def __init__(self, n_classes: int, n_iter: int = 25, *, pad: int = 2, init: str = "simple",
                  class_similarity: float = 0.5, oem_epochs: int = 2, oem_batch: int = 1000, oem_lr: float = 0.4,
                  switch_threshold: float = 2.0, rms_threshold: float | None = None, hard: bool = False,
-                 fsc_filter: bool = True, tau2_fudge: float = 2.0, scale: str = "optimal", starts: int = 1,
-                 random_state: int = 0, device: str = "cpu", partition_size: int = 2000,
+                 fsc_filter: bool = True, tau2_fudge: float = 4.0, scale: str = "optimal", starts: int = 1,
+                 cross_half: bool = False, random_state: int = 0, device: str = "cpu", partition_size: int = 2000,
                  checkpoint_dir: str | None = None) -> None:
+        self.cross_half = cross_half
         self.n_classes = n_classes
         self.n_iter = n_iter
         self.pad = pad
@@ -161,7 +162,12 @@ class Class3D:
         return out
 
     def _grids(self, halves: np.ndarray) -> np.ndarray:
-        """Projector grids (2, K, P, P, P//2+1) of the model volumes of both halves' maps."""
+        """Projector grids (2, K, P, P, P//2+1): each half's class maps (``cross_half``: particles of
+        one half meet the other half's maps) or twice the full maps, as model volumes."""
+        if not self.cross_half:
+            g = np.stack([fo.volume_transform(v, self.pad) for v in
+                          mstep.model_volumes(self.volumes_, self.consensus_, self._solvent, self._focus)])
+            return np.stack([g, g])
         return np.stack([np.stack([fo.volume_transform(v, self.pad) for v in
                                    mstep.model_volumes(h, self.consensus_, self._solvent, self._focus)])
                          for h in halves])
@@ -351,7 +357,7 @@ class Class3D:
             ini = initial_volumes(self.init, K, n, self.oem_batch, rng,
                                   lambda idx, w: self._estep(idx, None, None, fixed_post=w)["sums"],
                                   lambda sums: self._maps(sums), mask)
-            vols = (sim * self.consensus_[None] + (1 - sim) * ini["volumes"]).astype(np.float32)
+            vols = self.volumes_ = (sim * self.consensus_[None] + (1 - sim) * ini["volumes"]).astype(np.float32)
             self.half_volumes_ = (sim * self.consensus_[None, None] + (1 - sim) * self.half_volumes_).astype(np.float32)
             fsc_c = self.fsc_ = self._fscs(ini["sums"])
             prior = np.full(K, 1.0 / K)
@@ -372,7 +378,7 @@ class Class3D:
             counts = mstep.decay(counts, e["post"].sum(0).astype(np.float64), lr)
             if t % 10 == 0:
                 fsc_c = self.fsc_ = self._fscs(osums)
-            vols = self._maps(osums, fsc_c)
+            vols = self.volumes_ = self._maps(osums, fsc_c)
             prior = counts / counts.sum()
             sizes = e["post"].sum(0)
             ess = 1.0 / np.sum(e["post"].astype(np.float64) ** 2, axis=1)

@@ -2,7 +2,7 @@
 the half sums, RELION's FSC regulariser, the masked model volumes ``S (F V_k + (1 - F) V_bar)`` and
 the size-weighted RMS density change.
 
-Half sums are the ``(2, 3, P, P, P // 2 + 1)`` arrays of
+Half sums are the ``(2, P, P, P // 2 + 1, 3)`` arrays of
 :func:`cryoframe.algorithms.class3d.estep.estep_partition` for one class.
 """
 
@@ -30,12 +30,13 @@ def fourier_fsc(half: np.ndarray, box: int, pad: int, xp: ModuleType = np) -> np
     keep = sh < nsh
     est = []
     for h in (0, 1):
-        s = tuple(xp.asarray(half[h, i], dtype=xp.float64) for i in range(3))
+        s = xp.array(half[h], dtype=xp.float64)
         fo.enforce_hermitian(s, xp)
-        floor = xp.asarray(shell_mean_weight(s[2], box, pad, xp) / 1000.0)
-        d = xp.maximum(s[2], floor[xp.minimum(sh, nsh - 1)].reshape(s[2].shape))
+        w = s[..., 2]
+        floor = xp.asarray(shell_mean_weight(w, box, pad, xp) / 1000.0)
+        d = xp.maximum(w, floor[xp.minimum(sh, nsh - 1)].reshape(w.shape))
         d = xp.where(d > 0, d, 1.0)
-        est.append(((s[0] / d).ravel()[keep], (s[1] / d).ravel()[keep]))
+        est.append(((s[..., 0] / d).ravel()[keep], (s[..., 1] / d).ravel()[keep]))
     (a_re, a_im), (b_re, b_im) = est
     shk = sh[keep]
     num = xp.bincount(shk, weights=a_re * b_re + a_im * b_im, minlength=nsh)
@@ -50,12 +51,11 @@ def class_map(half: np.ndarray, box: int, pad: int, r_max: float, fsc_curve: np.
               xp: ModuleType = np) -> np.ndarray:
     """The class map (box^3 float32) from both halves' sums, regularised with RELION's
     ``1 / (T tau^2)`` term from ``fsc_curve`` (:func:`cryoframe.geometry.backprojector.fsc_regulariser`)."""
-    both = tuple(xp.asarray(half[0, i], dtype=xp.float64) + xp.asarray(half[1, i], dtype=xp.float64)
-                 for i in range(3))
+    both = xp.asarray(half[0], dtype=xp.float64) + xp.asarray(half[1], dtype=xp.float64)
     fo.enforce_hermitian(both, xp)
-    if not float(to_host(both[2].max())) > 0:
+    if not float(to_host(both[..., 2].max())) > 0:
         return np.zeros((box, box, box), dtype=np.float32)
-    reg = fsc_regulariser(fsc_curve, shell_mean_weight(both[2], box, pad, xp), tau2_fudge, full_map=True)
+    reg = fsc_regulariser(fsc_curve, shell_mean_weight(both[..., 2], box, pad, xp), tau2_fudge, full_map=True)
     return to_host(map_from_sums(both, box, pad, reg, r_max, xp)).astype(np.float32)
 
 
@@ -64,10 +64,10 @@ def half_maps(half: np.ndarray, box: int, pad: int, r_max: float, fsc_curve: np.
     """The two half maps (2, box^3) float32 of one class, each regularised from ``fsc_curve``."""
     out = np.zeros((2, box, box, box), dtype=np.float32)
     for h in (0, 1):
-        s = tuple(xp.asarray(half[h, i], dtype=xp.float64) for i in range(3))
+        s = xp.array(half[h], dtype=xp.float64)
         fo.enforce_hermitian(s, xp)
-        if float(to_host(s[2].max())) > 0:
-            reg = fsc_regulariser(fsc_curve, shell_mean_weight(s[2], box, pad, xp), tau2_fudge)
+        if float(to_host(s[..., 2].max())) > 0:
+            reg = fsc_regulariser(fsc_curve, shell_mean_weight(s[..., 2], box, pad, xp), tau2_fudge)
             out[h] = to_host(map_from_sums(s, box, pad, reg, r_max, xp))
     return out
 
