@@ -106,7 +106,8 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     ``group`` (n,) int noise-group index, ``half`` (n,) 0/1.  ``grids`` (2, K, P, P, P//2+1) complex
     projector grids of the class model volumes of each half (particles of half h meet half 1 - h's); ``state``: ``inv_noise`` (G, nshell) ``1 / s_g``,
     ``log_prior`` (K,), ``temperature`` (likelihood multiplier, <= 1 flattens early posteriors),
-    ``r_lik`` (cycles per box: the likelihood uses shells up to it; the classes' current resolution).
+    ``r_lik`` (cycles per box: the likelihood uses shells up to it; the classes' current resolution),
+    ``r_cur`` (projection, residual and insertion radius), ``same_maps`` (both halves' grids are the same maps).
     ``fixed_post`` (n, K): skip the likelihood and insert with these weights (initialisation).
 
     Returns ``post`` (n, K) float32, ``logev`` (n,) the per-particle log evidence (log-sum-exp of the
@@ -118,10 +119,13 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     n = len(geom["rot"])
     K = int(fixed_post.shape[1]) if fixed_post is not None else int(grids.shape[1])
     nsh = box // 2 + 1
-    lay = freq_layout(box, r_max)  # residual power (noise) over all shells; likelihood up to r_lik
+    # projection, residual power and insertion up to r_cur (RELION's current size); likelihood up to r_lik
+    r_cur = r_max if fixed_post is not None else min(r_max, float(state.get("r_cur", r_max)))
+    lay = freq_layout(box, r_cur)
     fl, oh = xp.asarray(lay["flat"]), xp.asarray(lay["onehot"])
     shell = xp.asarray(lay["shell"])
-    r_lik = min(r_max, float(state.get("r_lik", r_max)))
+    r_lik = min(r_cur, float(state.get("r_lik", r_cur)))
+    same = bool(state.get("same_maps", False))
     lik = xp.asarray((lay["shell"] <= r_lik + 1e-9).astype(np.float32))
     post = np.zeros((n, K), dtype=np.float32)
     logev = np.zeros(n)
@@ -147,16 +151,19 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
             ll = xp.empty((m, K), dtype=xp.float64)
             slices = []
             hb = geom["half"][idx]
+            rot_d = xp.asarray(rot_h) if xp is not np else rot_h
             for k in range(K):
-                # a particle of half h is scored against the maps of the other half: no self-reinforcement
-                pj = xp.zeros(fj.shape, dtype=xp.complex64)
-                for h in (0, 1):
-                    sel = np.flatnonzero(hb == h)
-                    if len(sel):
-                        sd = xp.asarray(sel) if xp is not np else sel
-                        r_sel = xp.asarray(rot_h[sel]) if xp is not np else rot_h[sel]
-                        pj[sd] = fo.extract_slices(g_dev[1 - h, k], r_sel, box, pad, r_max,
-                                                   xp=xp).reshape(len(sel), -1)[:, fl]
+                if same:
+                    pj = fo.extract_slices(g_dev[0, k], rot_d, box, pad, r_cur, xp=xp).reshape(m, -1)[:, fl]
+                else:  # a particle of half h meets the maps of the other half: no self-reinforcement
+                    pj = xp.zeros(fj.shape, dtype=xp.complex64)
+                    for h in (0, 1):
+                        sel = np.flatnonzero(hb == h)
+                        if len(sel):
+                            sd = xp.asarray(sel) if xp is not np else sel
+                            r_sel = xp.asarray(rot_h[sel]) if xp is not np else rot_h[sel]
+                            pj[sd] = fo.extract_slices(g_dev[1 - h, k], r_sel, box, pad, r_cur,
+                                                       xp=xp).reshape(len(sel), -1)[:, fl]
                 pj = pj * cj
                 cross = xp.sum(w * (fj.conj() * pj).real, axis=1)
                 pw = xp.sum(w * (pj.real ** 2 + pj.imag ** 2), axis=1)
@@ -198,7 +205,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
                     continue
                 sd = xp.asarray(sel) if xp is not np else sel
                 r_sel = xp.asarray(rot_h[sel]) if xp is not np else rot_h[sel]
-                fo.insert_slices(acc[k][h], r_sel, f[sd], ca[sd], wts[sel, k].astype(np.float64), box, pad, r_max, xp)
+                fo.insert_slices(acc[k][h], r_sel, f[sd], ca[sd], wts[sel, k].astype(np.float64), box, pad, r_cur, xp)
     out: dict[str, Any] = {"post": post, "logev": logev, "noise": noise, "noise_n": noise_n}
     if acc is not None:
         out["sums"] = np.stack([np.stack([to_host(acc[k][h]).astype(np.float32) for h in (0, 1)]) for k in range(K)])

@@ -148,7 +148,7 @@ class Class3D:
         other half's particles against."""
         K = sums.shape[0]
         out = np.empty((K,) + (self._box,) * 3, dtype=np.float32)
-        halves = np.empty((2, K) + (self._box,) * 3, dtype=np.float32)
+        halves = np.zeros((2, K) + ((self._box,) * 3 if self.cross_half else (1, 1, 1)), dtype=np.float32)
         for k in range(K):
             if not self.fsc_filter:
                 c = self.consensus_fsc_
@@ -157,7 +157,8 @@ class Class3D:
             else:
                 c = mstep.fourier_fsc(sums[k], self._box, self.pad)
             out[k] = mstep.class_map(sums[k], self._box, self.pad, self._r_max, c, self.tau2_fudge)
-            halves[:, k] = mstep.half_maps(sums[k], self._box, self.pad, self._r_max, c, self.tau2_fudge)
+            if self.cross_half:
+                halves[:, k] = mstep.half_maps(sums[k], self._box, self.pad, self._r_max, c, self.tau2_fudge)
         self.half_volumes_ = halves
         return out
 
@@ -229,8 +230,10 @@ class Class3D:
     def _state(self, prior: np.ndarray, temperature: float = 1.0) -> dict[str, Any]:
         inv = 1.0 / self.noise_spectra_
         inv[:, 0] = 0.0
+        r_lik = self._likelihood_radius()
+        self._r_cur = min(self._r_max, r_lik + 3)
         return {"inv_noise": inv, "log_prior": np.log(np.maximum(prior, 1e-12)), "temperature": temperature,
-                "r_lik": self._likelihood_radius()}
+                "r_lik": r_lik, "r_cur": self._r_cur, "same_maps": not self.cross_half}
 
     def _likelihood_radius(self) -> float:
         """Likelihood radius (cycles per box): the best class's FSC = 0.143 shell + 1 (RELION's
@@ -358,7 +361,9 @@ class Class3D:
                                   lambda idx, w: self._estep(idx, None, None, fixed_post=w)["sums"],
                                   lambda sums: self._maps(sums), mask)
             vols = self.volumes_ = (sim * self.consensus_[None] + (1 - sim) * ini["volumes"]).astype(np.float32)
-            self.half_volumes_ = (sim * self.consensus_[None, None] + (1 - sim) * self.half_volumes_).astype(np.float32)
+            if self.cross_half:
+                self.half_volumes_ = (sim * self.consensus_[None, None]
+                                      + (1 - sim) * self.half_volumes_).astype(np.float32)
             fsc_c = self.fsc_ = self._fscs(ini["sums"])
             prior = np.full(K, 1.0 / K)
             osums = counts = None
@@ -405,7 +410,9 @@ class Class3D:
         sums = self._refill(sums, labels, e["logev"], sizes)
         self.fsc_ = self._fscs(sums)
         self.volumes_ = self._maps(sums, self.fsc_)
-        self.noise_spectra_ = self._spectra(e["noise"], e["noise_n"])
+        new = self._spectra(e["noise"], e["noise_n"])
+        upto = np.arange(new.shape[1]) <= self._r_cur  # shells beyond the current size keep their estimate
+        self.noise_spectra_ = np.where(upto[None], new, self.noise_spectra_)
         prior = post.sum(0).astype(np.float64) / n
         prior = np.maximum(prior, 1e-3 / self.n_classes)
         prior /= prior.sum()
