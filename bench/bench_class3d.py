@@ -25,15 +25,20 @@ def relion(star: Path, ref: Path, out: Path, k: int, iters: int, diameter: float
     cmd = ["relion_refine", "--i", str(star), "--ref", str(ref), "--o", str(out / "run"), "--K", str(k), "--iter",
            str(iters), "--tau2_fudge", "4", "--skip_align", "--ctf", "--particle_diameter", str(diameter),
            "--flatten_solvent", "--zero_mask", "--ini_high", "60", "--random_seed", str(seed), "--j", "2",
-           "--pad", "2", "--oversampling", "1", "--healpix_order", "2", "--norm", "--scale"]
+           "--pad", "2", "--oversampling", "1", "--healpix_order", "2", "--offset_range", "5", "--offset_step", "2",
+           "--sym", "C1", "--norm", "--scale", "--dont_combine_weights_via_disc", "--pool", "3"]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=star.parent)
+    if r.returncode:
+        raise RuntimeError(f"relion_refine failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
     wall = time.perf_counter() - t
-    from cryoframe.storage.formats.star import read_star
+    from cryoframe.storage.formats.star import read_particles_star
 
-    data = read_star(out / f"run_it{iters:03d}_data.star")
-    part = data.get("particles", data.get("", None))
-    return wall, np.asarray(part["rlnClassNumber"], dtype=int) - 1
+    part = read_particles_star(out / f"run_it{iters:03d}_data.star").particles
+    order = np.array([int(str(v).split("@")[0]) - 1 for v in part["rlnImageName"]])  # back to input order
+    lab = np.empty(len(order), dtype=int)
+    lab[order] = np.asarray(part["rlnClassNumber"], dtype=int) - 1
+    return wall, lab
 
 
 def main() -> None:
@@ -50,7 +55,6 @@ def main() -> None:
     from sklearn.metrics import adjusted_rand_score
 
     from cryoframe import api
-    from cryoframe.jobs._volumes import write_map
     from cryoframe.testing.states3d import write_state_store
 
     rows = []
@@ -66,10 +70,8 @@ def main() -> None:
             ari = adjusted_rand_score(truth["class"], out.table(["alignments3D/class"]).column(0).to_numpy())
             row = {"seed": seed, "cryoframe_s": wall, "cryoframe_ari": ari}
             if not a.no_relion:
-                rec = api.reconstruct(d / "in.cf", d / "cons", seed=seed)
-                ref = Path(rec["files"]["map"])
-                write_map(d / "ref.mrc", __import__("mrcfile").read(ref), truth["psize_A"])
-                rw, rl = relion(Path(star), d / "ref.mrc", d / "relion", a.classes, a.iters,
+                rec = api.reconstruct(d / "in.cf", d / "cons", seed=seed, plots=False)
+                rw, rl = relion(Path(star), Path(rec["files"]["map"]), d / "relion", a.classes, a.iters,
                                 0.8 * a.box * truth["psize_A"], seed)
                 row.update(relion_s=rw, relion_ari=adjusted_rand_score(truth["class"], rl))
             rows.append(row)

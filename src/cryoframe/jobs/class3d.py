@@ -134,8 +134,6 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
     images = store.images()
     if bw != box:
         images = images.map_blocks(fourier_crop, bw, chunks=(images.chunks[0], bw, bw), dtype=np.float32)
-    if n * bw * bw * 4 < 2 * 2**30:  # keep the working stack in memory between iterations
-        images = images.persist()
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="class3d", params={**p, "resume": resume}, inputs=[store], parent=store,
                      overwrite=overwrite) as w:

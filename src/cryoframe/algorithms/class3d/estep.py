@@ -30,7 +30,7 @@ from cryoframe.backend import get_array_module, to_host
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.ctf import ctf_grid
 
-__all__ = ["estep_partition", "fourier_crop", "freq_layout", "scale_partition"]
+__all__ = ["estep_partition", "fourier_crop", "freq_layout", "prepare_partition", "scale_partition"]
 
 #: posteriors below this are not inserted (RELION's "significant" samples, soft classification)
 MIN_WEIGHT = 1e-4
@@ -61,20 +61,30 @@ def freq_layout(box: int, r_max: float) -> dict[str, np.ndarray]:
     return {"flat": flat, "shell": shell, "onehot": onehot}
 
 
-def _batch_transforms(images: Any, idx: np.ndarray, geom: dict[str, Any], box: int, psize_A: float,
-                      xp: ModuleType) -> tuple[Any, Any]:
-    """Centred transforms (n, b, b//2+1) and CTFs (same shape, or ones) of the particles ``idx``."""
-    img = xp.asarray(np.asarray(images[idx], dtype=np.float32))
-    f = fo.cfft2(img, xp) * fo.phase_shift(box, geom["shifts_px"][idx], xp)
+def prepare_partition(images: Any, geom: dict[str, Any], *, box: int, psize_A: float, device: str = "cpu",
+                      batch: int = 512) -> dict[str, Any]:
+    """The fixed per-particle inputs of every E-step of one partition: ``f`` (n, b, b//2+1) complex64
+    centred (shift-applied) transforms and ``c`` (n, b, b//2+1) float32 CTFs (ones without CTF).
+    Computed once and kept (persisted) when the data fit in memory."""
+    xp = get_array_module(device)
+    n = len(geom["rot"])
+    f = xp.empty((n, box, box // 2 + 1), dtype=xp.complex64)
+    c = xp.ones((n, box, box // 2 + 1), dtype=xp.float32)
     ctf = geom.get("ctf")
-    if ctf is None:
-        c = xp.ones(f.shape, dtype=xp.float32)
-    else:
-        c = ctf_grid(box, psize_A, {k: v[idx] for k, v in ctf.items()}, xp=xp)
-    return f, c
+    for s in range(0, n, batch):
+        idx = np.arange(s, min(n, s + batch))
+        img = xp.asarray(np.asarray(images[idx], dtype=np.float32))
+        f[idx] = fo.cfft2(img, xp) * fo.phase_shift(box, geom["shifts_px"][idx], xp)
+        if ctf is not None:
+            c[idx] = ctf_grid(box, psize_A, {k: v[idx] for k, v in ctf.items()}, xp=xp)
+    return {"f": f, "c": c}
 
 
-def scale_partition(images: Any, geom: dict[str, Any], consensus_ft: Any, *, box: int, psize_A: float, pad: int,
+def _prepared(data: Any, geom: dict[str, Any], box: int, psize_A: float, device: str) -> dict[str, Any]:
+    return data if isinstance(data, dict) else prepare_partition(data, geom, box=box, psize_A=psize_A, device=device)
+
+
+def scale_partition(data: Any, geom: dict[str, Any], consensus_ft: Any, *, box: int, psize_A: float, pad: int,
                     r_max: float, device: str = "cpu", batch: int = 512) -> np.ndarray:
     """Per particle and shell: ``|f|^2``, ``Re(conj(f) c P)`` and ``|c P|^2`` against the consensus
     projection ``P`` — (n, 3, box // 2 + 1) float64; the driver forms optimal scales and noise spectra."""
@@ -82,11 +92,12 @@ def scale_partition(images: Any, geom: dict[str, Any], consensus_ft: Any, *, box
     lay = freq_layout(box, r_max)
     fl, oh = xp.asarray(lay["flat"]), xp.asarray(lay["onehot"], dtype=xp.float64)
     vft = xp.asarray(consensus_ft)
+    prep = _prepared(data, geom, box, psize_A, device)
     n = len(geom["rot"])
     out = np.zeros((n, 3, box // 2 + 1))
     for s in range(0, n, batch):
         idx = np.arange(s, min(n, s + batch))
-        f, c = _batch_transforms(images, idx, geom, box, psize_A, xp)
+        f, c = prep["f"][idx], prep["c"][idx]
         rot = xp.asarray(geom["rot"][idx]) if xp is not np else geom["rot"][idx]
         p = fo.extract_slices(vft, rot, box, pad, r_max, xp=xp)
         m = len(idx)
@@ -97,10 +108,12 @@ def scale_partition(images: Any, geom: dict[str, Any], consensus_ft: Any, *, box
     return out
 
 
-def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state: dict[str, Any], *, box: int,
+def estep_partition(data: Any, geom: dict[str, Any], grids: Any | None, state: dict[str, Any], *, box: int,
                     psize_A: float, pad: int, r_max: float, device: str = "cpu", fixed_post: np.ndarray | None = None,
-                    hard: bool = False, sums: bool = True, batch: int = 256) -> dict[str, Any]:
-    """E-step (and M-step sums) of one partition.
+                    local: np.ndarray | None = None, hard: bool = False, sums: bool = True,
+                    batch: int = 256) -> dict[str, Any]:
+    """E-step (and M-step sums) of one partition: ``data`` its images or :func:`prepare_partition`'s
+    dict; ``local`` the rows of the partition to use (default all; outputs follow its order).
 
     ``geom``: ``rot`` (n, 3, 3), ``shifts_px`` (n, 2), ``ctf`` (dict of (n,) or None), ``alpha`` (n,),
     ``group`` (n,) int noise-group index, ``half`` (n,) 0/1.  ``grids`` (2, K, P, P, P//2+1) complex
@@ -116,7 +129,9 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     group and shell and ``noise_n`` (G,) particles per group.
     """
     xp = get_array_module(device)
-    n = len(geom["rot"])
+    prep = _prepared(data, geom, box, psize_A, device)
+    rows = np.arange(len(geom["rot"])) if local is None else np.asarray(local)
+    n = len(rows)
     K = int(fixed_post.shape[1]) if fixed_post is not None else int(grids.shape[1])
     nsh = box // 2 + 1
     # projection, residual power and insertion up to r_cur (RELION's current size); likelihood up to r_lik
@@ -138,19 +153,20 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
     g_dev = None if grids is None else xp.asarray(grids)
     inv = None if fixed_post is not None else xp.asarray(state["inv_noise"], dtype=xp.float32)
     for s in range(0, n, batch):
-        idx = np.arange(s, min(n, s + batch))
+        idx = np.arange(s, min(n, s + batch))  # output positions
+        src = rows[idx]  # rows of the partition
         m = len(idx)
-        f, c = _batch_transforms(images, idx, geom, box, psize_A, xp)
-        a = xp.asarray(geom["alpha"][idx], dtype=xp.float32)
-        rot_h = geom["rot"][idx]
+        f, c = prep["f"][src], prep["c"][src]
+        a = xp.asarray(geom["alpha"][src], dtype=xp.float32)
+        rot_h = geom["rot"][src]
         if fixed_post is None:
             fj = f.reshape(m, -1)[:, fl]
             cj = c.reshape(m, -1)[:, fl]
-            w = inv[xp.asarray(geom["group"][idx])][:, shell] * lik[None, :]  # (m, M) 1/s within r_lik
+            w = inv[xp.asarray(geom["group"][src])][:, shell] * lik[None, :]  # (m, M) 1/s within r_lik
             base = xp.sum(w * (fj.real ** 2 + fj.imag ** 2), axis=1)
             ll = xp.empty((m, K), dtype=xp.float64)
             slices = []
-            hb = geom["half"][idx]
+            hb = geom["half"][src]
             rot_d = xp.asarray(rot_h) if xp is not np else rot_h
             for k in range(K):
                 if same:
@@ -180,7 +196,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
             pb = xp.stack(slices, 1)[xp.arange(m), best]
             r = fj - a[:, None] * pb
             per_shell = to_host((r.real ** 2 + r.imag ** 2) @ oh)
-            grp = geom["group"][idx]
+            grp = geom["group"][src]
             np.add.at(noise, grp, per_shell)
             noise_n += np.bincount(grp, minlength=G)
             p_h = to_host(p).astype(np.float32)
@@ -197,7 +213,7 @@ def estep_partition(images: Any, geom: dict[str, Any], grids: Any | None, state:
         if acc is None:
             continue
         ca = c * a[:, None, None]
-        half = geom["half"][idx]
+        half = geom["half"][src]
         for k in range(K):
             for h in (0, 1):
                 sel = np.flatnonzero((wts[:, k] > MIN_WEIGHT) & (half == h))

@@ -30,7 +30,7 @@ import numpy as np
 
 from cryoframe.algorithms.class3d import mstep
 from cryoframe.algorithms.class3d.checkpoint import load_checkpoint, save_checkpoint
-from cryoframe.algorithms.class3d.estep import estep_partition, freq_layout, scale_partition
+from cryoframe.algorithms.class3d.estep import estep_partition, freq_layout, prepare_partition, scale_partition
 from cryoframe.algorithms.class3d.init import initial_volumes
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.fsc import resolution_at
@@ -38,6 +38,9 @@ from cryoframe.geometry.fsc import resolution_at
 __all__ = ["Class3D"]
 
 log = logging.getLogger(__name__)
+
+#: bytes of prepared transforms + CTFs kept in memory between passes (else recomputed from the images)
+MEMORY_BUDGET = 4 * 2**30
 
 #: parameters that must match when a run continues from a checkpoint
 FIXED = ("n_classes", "pad", "init", "class_similarity", "oem_epochs", "oem_batch", "oem_lr", "hard", "cross_half",
@@ -97,24 +100,49 @@ class Class3D:
         self.checkpoint_dir = checkpoint_dir
 
     # -- Dask plumbing ---------------------------------------------------------------------------
-    def _map(self, idx: np.ndarray | None, fn: Any, per_part: dict[str, np.ndarray] | None = None,
-             **kw: Any) -> list[Any]:
-        """Delayed ``fn(images_block, geom_block, **kw)`` over partitions of the particles ``idx``;
-        ``per_part`` arrays (aligned with ``idx``) are sliced per partition and passed by name."""
+    def _partitions(self) -> None:
+        """Fixed partitions of the particles; their prepared transforms and CTFs
+        (:func:`~cryoframe.algorithms.class3d.estep.prepare_partition`) are persisted when they fit
+        in ``MEMORY_BUDGET`` bytes, else recomputed from the images in every pass."""
         import dask
 
-        n = self._n
-        idx = np.arange(n) if idx is None else np.asarray(idx)
-        x = self._images if len(idx) == n else self._images[idx]
-        x = x.rechunk((self.partition_size, -1, -1))
+        x = self._images.rechunk((self.partition_size, -1, -1))
         starts = np.cumsum((0,) + x.chunks[0])
+        self._bounds = list(zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True))
+        blocks = list(x.to_delayed().ravel())
+        b = self._box
+        if self._n * b * (b // 2 + 1) * 12 <= MEMORY_BUDGET:
+            prep = [dask.delayed(prepare_partition)(blk, self._geom_slice(np.arange(lo, hi)), box=b,
+                                                    psize_A=self._psize, device=self.device)
+                    for blk, (lo, hi) in zip(blocks, self._bounds, strict=True)]
+            self._data = list(dask.persist(*prep))
+        else:
+            self._data = blocks
+
+    def _geom_slice(self, sel: np.ndarray) -> dict[str, Any]:
+        return {k: (None if v is None else {c: a[sel] for c, a in v.items()} if isinstance(v, dict) else v[sel])
+                for k, v in self._geom.items()}
+
+    def _map(self, idx: np.ndarray | None, fn: Any, per_part: dict[str, np.ndarray] | None = None,
+             **kw: Any) -> list[Any]:
+        """Delayed ``fn(partition data, geometry, local=rows, **kw)`` over the partitions holding the
+        (sorted) particles ``idx`` (all when None); ``per_part`` arrays aligned with ``idx`` are sliced
+        per partition and passed by name."""
+        import dask
+
         parts = []
-        for blk, lo, hi in zip(x.to_delayed().ravel(), starts[:-1], starts[1:], strict=True):
-            sel = idx[int(lo):int(hi)]
-            g = {k: (None if v is None else {c: a[sel] for c, a in v.items()} if isinstance(v, dict) else v[sel])
-                 for k, v in self._geom.items()}
-            extra = {k: v[int(lo):int(hi)] for k, v in (per_part or {}).items()}
-            parts.append(dask.delayed(fn)(blk, g, **kw, **extra))
+        for data, (lo, hi) in zip(self._data, self._bounds, strict=True):
+            if idx is None:
+                local, pos = None, slice(lo, hi)
+            else:
+                pos = np.flatnonzero((idx >= lo) & (idx < hi))
+                if len(pos) == 0:
+                    continue
+                local = idx[pos] - lo
+            extra = {k: v[pos] for k, v in (per_part or {}).items()}
+            if local is not None:
+                extra["local"] = local
+            parts.append(dask.delayed(fn)(data, self._geom_slice(np.arange(lo, hi)), **kw, **extra))
         return parts
 
     def _estep(self, idx: np.ndarray | None, grids: Any, state: dict[str, Any] | None,
@@ -268,6 +296,7 @@ class Class3D:
         self._layout = freq_layout(self._box, self._r_max)
         self._solvent, self._focus = solvent_mask, focus_mask
         self._geom = {"rot": rot, "shifts_px": shifts_px, "ctf": ctf, "half": np.asarray(half, dtype=np.int64)}
+        self._partitions()
         K, n = self.n_classes, self._n
         if K > n:
             raise ValueError(f"{K} classes for {n} particles")
