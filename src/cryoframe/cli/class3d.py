@@ -31,6 +31,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fsc-filter", dest="fsc_filter", action="store_const", const=False,
                    help="filter classes with the consensus FSC instead of their own")
     p.add_argument("--tau2-fudge", type=float, help="regularisation T (default 4, as RELION 3D)")
+    p.add_argument("--cross-half", action="store_const", const=True,
+                   help="score each half set's particles against the other half's class maps")
     p.add_argument("--starts", type=int, help="initialisations scored by likelihood (default 1)")
     p.add_argument("--no-ctf", dest="ctf", action="store_const", const=False)
     p.add_argument("--seed", type=int)
@@ -48,7 +50,8 @@ def main(args: argparse.Namespace) -> int:
                     focus_mask=args.focus_mask, scale=args.scale, init=args.init,
                     class_similarity=args.class_similarity, oem_epochs=args.oem_epochs, oem_batch=args.oem_batch,
                     oem_lr=args.oem_lr, switch_threshold=args.switch_threshold, rms_threshold=args.rms_threshold,
-                    hard=args.hard, fsc_filter=args.fsc_filter, tau2_fudge=args.tau2_fudge, starts=args.starts,
+                    hard=args.hard, fsc_filter=args.fsc_filter, tau2_fudge=args.tau2_fudge, cross_half=args.cross_half,
+                    starts=args.starts,
                     ctf=args.ctf, seed=args.seed, partition_size=args.partition_size, device=args.device,
                     resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
     print(f"classified {s.n} particles in 3D -> {s.path} (volumes, model.json, plots, classes/ in {s.extras_dir()})")

@@ -21,7 +21,6 @@ CTF ``a c`` and weight ``posterior`` (:func:`cryoframe.geometry.fourier.insert_s
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -74,9 +73,10 @@ def prepare_partition(images: Any, geom: dict[str, Any], *, box: int, psize_A: f
     for s in range(0, n, batch):
         idx = np.arange(s, min(n, s + batch))
         img = xp.asarray(np.asarray(images[idx], dtype=np.float32))
-        f[idx] = fo.cfft2(img, xp) * fo.phase_shift(box, geom["shifts_px"][idx], xp)
+        sl = slice(s, s + len(idx))
+        f[sl] = fo.cfft2(img, xp) * fo.phase_shift(box, geom["shifts_px"][idx], xp)
         if ctf is not None:
-            c[idx] = ctf_grid(box, psize_A, {k: v[idx] for k, v in ctf.items()}, xp=xp)
+            c[sl] = ctf_grid(box, psize_A, {k: v[idx] for k, v in ctf.items()}, xp=xp)
     return {"f": f, "c": c}
 
 
@@ -97,7 +97,7 @@ def scale_partition(data: Any, geom: dict[str, Any], consensus_ft: Any, *, box: 
     out = np.zeros((n, 3, box // 2 + 1))
     for s in range(0, n, batch):
         idx = np.arange(s, min(n, s + batch))
-        f, c = prep["f"][idx], prep["c"][idx]
+        f, c = prep["f"][s:s + len(idx)], prep["c"][s:s + len(idx)]
         rot = xp.asarray(geom["rot"][idx]) if xp is not np else geom["rot"][idx]
         p = fo.extract_slices(vft, rot, box, pad, r_max, xp=xp)
         m = len(idx)
@@ -156,7 +156,8 @@ def estep_partition(data: Any, geom: dict[str, Any], grids: Any | None, state: d
         idx = np.arange(s, min(n, s + batch))  # output positions
         src = rows[idx]  # rows of the partition
         m = len(idx)
-        f, c = prep["f"][src], prep["c"][src]
+        src_d = xp.asarray(src) if xp is not np else src
+        f, c = prep["f"][src_d], prep["c"][src_d]
         a = xp.asarray(geom["alpha"][src], dtype=xp.float32)
         rot_h = geom["rot"][src]
         if fixed_post is None:

@@ -30,7 +30,12 @@ import numpy as np
 
 from cryoframe.algorithms.class3d import mstep
 from cryoframe.algorithms.class3d.checkpoint import load_checkpoint, save_checkpoint
-from cryoframe.algorithms.class3d.estep import estep_partition, freq_layout, prepare_partition, scale_partition
+from cryoframe.algorithms.class3d.estep import (
+    estep_partition,
+    freq_layout,
+    prepare_partition,
+    scale_partition,
+)
 from cryoframe.algorithms.class3d.init import initial_volumes
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.fsc import resolution_at
