@@ -41,6 +41,31 @@ def relion(star: Path, ref: Path, out: Path, k: int, iters: int, diameter: float
     return wall, lab
 
 
+def scale(n: int, box: int, k: int, target_res: float | None, partition: int) -> None:
+    """Time of one F-EM iteration for ``n`` particles into ``k`` classes; extrapolated linearly to 1e6."""
+    from cryoframe.algorithms.class3d import Class3D
+    from cryoframe.algorithms.class3d.estep import fourier_crop
+    from cryoframe.geometry.rotations import pose_matrix
+    from cryoframe.jobs.class3d import _working_box
+    from cryoframe.testing.states3d import state_particles
+
+    img, tr = state_particles(n, box, 4, 0.05, seed=0)
+    bw = _working_box(box, tr["psize_A"], target_res)
+    img = fourier_crop(img, bw)
+    m = Class3D(k, 2, oem_epochs=0, partition_size=partition)
+    t = time.perf_counter()
+    m.fit(img, pose_matrix(tr["pose"]), tr["shift"] * bw / box, np.arange(n) % 2, psize_A=tr["psize_A"] * box / bw,
+          ctf=tr["ctf"])
+    total = time.perf_counter() - t
+    it = m.history_[-1]["time_s"]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    record([f"\n## class3d scale: one F-EM iteration ({now})", "",
+            f"`{' '.join(sys.argv)}` on {machine()}", "",
+            "| particles | box (working) | classes | F-EM iteration s | per 1e6 particles (extrapolated) | fit s |",
+            "|---|---|---|---|---|---|",
+            f"| {n} | {box} ({bw}) | {k} | {it:.1f} | {it * 1e6 / n / 3600:.2f} h | {total:.1f} |"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4000)
@@ -51,7 +76,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--target-resolution", type=float, default=None)
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--scale", action="store_true", help="time one F-EM iteration of --n particles, --classes classes")
+    ap.add_argument("--partition", type=int, default=2000)
     a = ap.parse_args()
+    if a.scale:
+        scale(a.n, a.box, a.classes, a.target_resolution, a.partition)
+        return
     from sklearn.metrics import adjusted_rand_score
 
     from cryoframe import api

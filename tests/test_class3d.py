@@ -64,11 +64,11 @@ def test_class3d_recovers_states_and_writes_outputs(states):
     assert "_rlnClassNumber" in text
 
 
-@pytest.mark.parametrize("init,hard", [("simple", False), ("pca", True)])
-def test_class3d_accuracy_from_scratch(states, tmp_path, init, hard):
+@pytest.mark.parametrize("init,hard,starts", [("simple", False, 1), ("pca", True, 2)])
+def test_class3d_accuracy_from_scratch(states, tmp_path, init, hard, starts):
     d, truth = states
     out = api.class3d(d / "in.cf", tmp_path / "acc.cf", classes=K, iters=10, seed=0, partition_size=256, init=init,
-                      hard=hard, plots=False)
+                      hard=hard, starts=starts, plots=False)
     lab = out.table(["alignments3D/class"]).column(0).to_numpy()
     assert _ari(truth["class"], lab) >= 0.95
     model = json.loads((out.extras_dir() / "model.json").read_text())

@@ -117,7 +117,8 @@ def estep_partition(data: Any, geom: dict[str, Any], grids: Any | None, state: d
 
     ``geom``: ``rot`` (n, 3, 3), ``shifts_px`` (n, 2), ``ctf`` (dict of (n,) or None), ``alpha`` (n,),
     ``group`` (n,) int noise-group index, ``half`` (n,) 0/1.  ``grids`` (2, K, P, P, P//2+1) complex
-    projector grids of the class model volumes of each half (particles of half h meet half 1 - h's); ``state``: ``inv_noise`` (G, nshell) ``1 / s_g``,
+    projector grids of the class model volumes of each half (particles of half h meet half 1 - h's;
+    (1, K, ...) with ``same_maps``); ``state``: ``inv_noise`` (G, nshell) ``1 / s_g``,
     ``log_prior`` (K,), ``temperature`` (likelihood multiplier, <= 1 flattens early posteriors),
     ``r_lik`` (cycles per box: the likelihood uses shells up to it; the classes' current resolution),
     ``r_cur`` (projection, residual and insertion radius), ``same_maps`` (both halves' grids are the same maps).

@@ -196,12 +196,12 @@ class Class3D:
         return out
 
     def _grids(self, halves: np.ndarray) -> np.ndarray:
-        """Projector grids (2, K, P, P, P//2+1): each half's class maps (``cross_half``: particles of
-        one half meet the other half's maps) or twice the full maps, as model volumes."""
+        """Projector grids (2, K, P, P, P//2+1) of each half's class maps (``cross_half``: particles of
+        one half meet the other half's maps) or (1, K, ...) of the full maps, as model volumes."""
         if not self.cross_half:
             g = np.stack([fo.volume_transform(v, self.pad) for v in
                           mstep.model_volumes(self.volumes_, self.consensus_, self._solvent, self._focus)])
-            return np.stack([g, g])
+            return g[None]  # (1, K, ...): every particle meets the same maps
         return np.stack([np.stack([fo.volume_transform(v, self.pad) for v in
                                    mstep.model_volumes(h, self.consensus_, self._solvent, self._focus)])
                          for h in halves])
