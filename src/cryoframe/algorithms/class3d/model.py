@@ -364,7 +364,10 @@ class Class3D:
         for s in range(self.starts):
             t0 = time.perf_counter()
             vols, prior, hist = self._start(s, per_epoch, resume)
-            e = self._estep(None, self._grids(self.half_volumes_), self._state(prior))
+            st = self._state(prior)
+            if self.starts > 1:  # starts compare their log-likelihoods over the same shells
+                st["r_lik"] = st["r_cur"] = self._r_max
+            e = self._estep(None, self._grids(self.half_volumes_), st)
             score = float(e["logev"].sum())
             log.info("class3d start %d: log-likelihood %.6g", s, score)
             if best is None or score > best[0]:
