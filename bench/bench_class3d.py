@@ -58,7 +58,8 @@ def scale(n: int, box: int, k: int, target_res: float | None, partition: int) ->
           ctf=tr["ctf"])
     total = time.perf_counter() - t
     it = m.history_[-1]["time_s"]
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print({"n": n, "box": box, "working_box": bw, "classes": k, "iteration_s": it, "fit_s": total}, flush=True)
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     record([f"\n## class3d scale: one F-EM iteration ({now})", "",
             f"`{' '.join(sys.argv)}` on {machine()}", "",
             "| particles | box (working) | classes | F-EM iteration s | per 1e6 particles (extrapolated) | fit s |",
