@@ -76,12 +76,23 @@ def test_reconstruct_cli_writes_maps_fsc_plots_and_split(data, tmp_path: Path, r
     np.testing.assert_allclose(_map(tmp_path / "rec2" / "map_half_A.mrc"), a, atol=1e-4 * np.abs(a).max())
 
 
-def test_partitions_and_local_cluster_give_the_same_maps(data, tmp_path: Path) -> None:  # noqa: ANN001
-    one = api.reconstruct(data["p"], tmp_path / "one", partition_size=10_000, plots=False)
-    many = api.reconstruct(data["p"], tmp_path / "many", partition_size=70, plots=False, scheduler="local:2")
+def _same_maps(a: dict, b: dict) -> None:
     for k in ("map", "half_A", "half_B"):
-        x, y = _map(Path(one["files"][k])), _map(Path(many["files"][k]))
+        x, y = _map(Path(a["files"][k])), _map(Path(b["files"][k]))
         np.testing.assert_allclose(x, y, atol=1e-4 * np.abs(x).max())
+
+
+def test_partitions_give_the_same_maps(data, tmp_path: Path) -> None:  # noqa: ANN001
+    one = api.reconstruct(data["p"], tmp_path / "one", partition_size=10_000, plots=False)
+    many = api.reconstruct(data["p"], tmp_path / "many", partition_size=70, plots=False, scheduler="threads")
+    _same_maps(one, many)
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_the_same_maps(data, tmp_path: Path) -> None:  # noqa: ANN001
+    one = api.reconstruct(data["p"], tmp_path / "one", partition_size=10_000, plots=False)
+    dist = api.reconstruct(data["p"], tmp_path / "dist", partition_size=300, plots=False, scheduler="local:2")
+    _same_maps(one, dist)
 
 
 def _symmetrize(v: np.ndarray, name: str) -> np.ndarray:
@@ -220,3 +231,31 @@ def test_bad_project_and_mask_inputs(data, tmp_path: Path, run_cli) -> None:  # 
     _fails(run_cli, tmp_path, tmp_path / "missing.mrc", "--n", "3", expect=["missing.mrc", "not found"], verb="project")
     _fails(run_cli, tmp_path, data["truth"], expect=["--poses", "--n"], verb="project")
     _fails(run_cli, tmp_path, data["truth"], "--threshold", "1e9", expect=["--threshold", "no voxels"], verb="mask")
+
+
+def test_project_copies_the_pose_rows_it_used(data, tmp_path: Path) -> None:  # noqa: ANN001
+    src = ParticleStore(data["p"])
+    out = api.project(data["truth"], tmp_path / "again.cf", poses=src, ctf=True)
+    cols = ["uid", "alignments3D/pose", "alignments3D/shift", "ctf/df1_A"]
+    assert out.table(cols).equals(src.table(cols))
+    assert out.psize_A == PSIZE and out.box == BOX
+    assert "project" in [s["op"] for s in out.lineage]
+
+
+@pytest.mark.gpu
+def test_gpu_reconstruction_matches_cpu(data, tmp_path: Path) -> None:  # noqa: ANN001
+    cpu = api.reconstruct(data["p"], tmp_path / "cpu", plots=False)
+    gpu = api.reconstruct(data["p"], tmp_path / "gpu", plots=False, device="gpu")
+    for k in ("map", "half_A", "half_B"):
+        x, y = _map(Path(cpu["files"][k])), _map(Path(gpu["files"][k]))
+        np.testing.assert_allclose(x, y, atol=1e-3 * np.abs(x).max())
+
+
+def test_synth_3d_particles_reconstruct_to_their_volume_in_the_right_hand(tmp_path: Path) -> None:
+    api.synth(tmp_path / "s.cf", n=600, box=BOX, classes=1, snr=1.0, kind="3d", seed=3)
+    r = api.reconstruct(tmp_path / "s.cf", tmp_path / "rec", plots=False)
+    m = _map(Path(r["files"]["map"]))
+    v = make_volumes(1, BOX, seed=3)[0]
+    assert _cc(m, v) > 0.97
+    assert _cc(m, v[::-1]) < 0.8  # the mirror image is clearly worse
+    assert r["particles_per_half"]["A"] + r["particles_per_half"]["B"] == 600

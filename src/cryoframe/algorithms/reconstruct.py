@@ -149,19 +149,29 @@ class Reconstructor:
     def fit(self, images: Any, rot: np.ndarray, shifts_px: np.ndarray, half: np.ndarray,
             ctf: dict[str, np.ndarray] | None = None, weights: np.ndarray | None = None,
             mask: np.ndarray | None = None) -> Reconstructor:
-        """Reconstruct from ``images`` (dask or NumPy (n, b, b)); other arguments as :func:`partition_sums`."""
+        """Reconstruct from ``images``: a dask or NumPy array (n, b, b), or a reader ``images(lo, hi)``
+        returning particles ``lo:hi`` (called inside each partition's task, e.g.
+        ``ParticleStore.read_images``); other arguments as :func:`partition_sums`."""
         import dask
-        import dask.array as da
 
         t0 = time.perf_counter()
         n = len(rot)
         sym = symmetry_matrices(self.symmetry)
-        x = images if isinstance(images, da.Array) else da.from_array(np.asarray(images), chunks=(self.partition_size, -1, -1))
-        x = x.rechunk((self.partition_size, x.shape[1], x.shape[2]))
-        blocks = x.to_delayed().ravel()
-        starts = np.cumsum((0,) + x.chunks[0])
+        step = max(1, int(self.partition_size))
+        if type(images).__module__.startswith("dask"):  # a dask array: its blocks, rechunked to partitions
+            x = images.rechunk((step, images.shape[1], images.shape[2]))
+            blocks = list(x.to_delayed().ravel())
+            starts = np.cumsum((0,) + x.chunks[0])
+            ranges = list(zip(starts[:-1], starts[1:], strict=True))
+        else:  # a reader ``images(lo, hi)`` (read inside each task) or an in-memory array
+            ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+            if callable(images):
+                blocks = [dask.delayed(images)(int(lo), int(hi)) for lo, hi in ranges]
+            else:
+                arr = np.asarray(images)
+                blocks = [arr[lo:hi] for lo, hi in ranges]
         parts = []
-        for b, lo, hi in zip(blocks, starts[:-1], starts[1:], strict=True):
+        for b, (lo, hi) in zip(blocks, ranges, strict=True):
             sl = slice(int(lo), int(hi))
             parts.append(dask.delayed(partition_sums)(
                 b, rot[sl], shifts_px[sl], None if ctf is None else {k: v[sl] for k, v in ctf.items()},

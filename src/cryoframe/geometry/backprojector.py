@@ -18,17 +18,36 @@ with ``reg`` per resolution shell:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from cryoframe.backend import to_host
-from cryoframe.geometry.fourier import gridding_correction, icfftn
+from cryoframe.geometry.fourier import gridding_correction
 from cryoframe.geometry.fsc import shell_index
 from cryoframe.geometry.masks import soft_mask_outside
 
 __all__ = ["fsc_regulariser", "map_from_sums", "shell_mean_weight"]
+
+
+@lru_cache(maxsize=8)
+def _within(size: int, pad: int, r_max: float) -> np.ndarray:
+    """Points of the padded half grid within ``r_max`` cycles per box (cached, read-only)."""
+    k = np.fft.fftfreq(size) * size / pad
+    kx = np.fft.rfftfreq(size) * size / pad
+    out = (k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2) <= r_max * r_max + 1e-9
+    out.flags.writeable = False
+    return out
+
+
+def _irfftn(f: Any, size: int, xp: ModuleType) -> Any:
+    if xp is np:
+        import scipy.fft
+
+        return scipy.fft.irfftn(f, s=(size, size, size), axes=(0, 1, 2), workers=-1)
+    return xp.fft.irfftn(f, s=(size, size, size), axes=(0, 1, 2))
 
 
 def shell_mean_weight(weight: Any, box: int, pad: int = 2, xp: ModuleType = np) -> np.ndarray:
@@ -78,16 +97,12 @@ def map_from_sums(sums: Any, box: int, pad: int = 2, reg: np.ndarray | float | N
         denom = weight + float(reg)
     else:
         denom = weight + xp.asarray(np.asarray(reg, dtype=np.float64))[shc]
-    # radius in cycles per box on the padded grid
-    k = np.fft.fftfreq(size) * size / pad
-    kx = np.fft.rfftfreq(size) * size / pad
-    r2 = xp.asarray(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    inside = (r2 <= r_max * r_max + 1e-9) & (denom > 0)
-    d = xp.where(inside, denom, 1.0)
-    f = xp.where(inside, dre / d, 0.0) + 1j * xp.where(inside, dim / d, 0.0)
-    full = icfftn(f, size, xp)
-    o = size // 2 - box // 2
-    vol = soft_mask_outside(full[o:o + box, o:o + box, o:o + box], xp=xp) / gridding_correction(box, pad, xp)
+    inside = xp.asarray(_within(size, pad, float(r_max))) & (denom > 0)
+    f = (dre + 1j * dim) * xp.where(inside, 1.0 / xp.where(inside, denom, 1.0), 0.0)
+    unshifted = _irfftn(f, size, xp)
+    idx = xp.asarray((np.arange(size // 2 - box // 2, size // 2 - box // 2 + box) - size // 2) % size)
+    win = unshifted[idx][:, idx][:, :, idx]  # the central box of the fftshift-ed map, without shifting it all
+    vol = soft_mask_outside(win, xp=xp) / gridding_correction(box, pad, xp)
     if r_max < box / 2:  # windowing the padded map leaks a little past the cut-off: cut again in the box
         f = xp.fft.rfftn(vol, axes=(0, 1, 2))
         vol = xp.fft.irfftn(xp.where(shell_index(box, 3, 1, xp) <= r_max, f, 0), s=vol.shape, axes=(0, 1, 2))

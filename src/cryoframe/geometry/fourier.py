@@ -24,6 +24,7 @@ Grids and layouts (all arrays NumPy or CuPy, chosen by the ``xp`` argument):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -72,10 +73,17 @@ def pad_volume(vol: Any, size: int, xp: ModuleType = np) -> Any:
 
 def gridding_correction(box: int, pad: int = 2, xp: ModuleType = np) -> Any:
     """``sinc^2(pi x / P)`` products (box, box, box) float64 (x px from the centre, ``P = pad * box``):
-    the real-space attenuation of trilinear interpolation on the padded grid."""
+    the real-space attenuation of trilinear interpolation on the padded grid (cached, read-only)."""
+    return xp.asarray(_gridding_correction(box, pad))
+
+
+@lru_cache(maxsize=8)
+def _gridding_correction(box: int, pad: int) -> np.ndarray:
     x = (np.arange(box) - box // 2) / (pad * box)
     s2 = np.sinc(x) ** 2  # numpy's sinc is sin(pi x)/(pi x)
-    return xp.asarray(s2[:, None, None] * s2[None, :, None] * s2[None, None, :])
+    out = s2[:, None, None] * s2[None, :, None] * s2[None, None, :]
+    out.flags.writeable = False
+    return out
 
 
 def volume_transform(vol: Any, pad: int = 2, xp: ModuleType = np) -> Any:

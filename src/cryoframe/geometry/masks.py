@@ -9,6 +9,7 @@ distance ``d < soft_edge`` from the extended mask gets ``0.5 + 0.5 cos(pi d / so
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -46,6 +47,16 @@ def soft_sphere(box: int, radius_px: float, soft_edge_px: float = 0.0) -> np.nda
     return out.astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _outside_weight(box: int, radius: float, width: float) -> np.ndarray:
+    g = np.arange(box) - box // 2
+    r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
+    w = np.where(r < radius, 0.0, np.where(r > radius + width, 1.0,
+                                           0.5 + 0.5 * np.cos(np.pi * (radius + width - r) / width)))
+    w.flags.writeable = False
+    return w
+
+
 def soft_mask_outside(vol: Any, radius_px: float | None = None, width_px: float = 3.0, xp: ModuleType = np) -> Any:
     """Replace a cubic map outside a sphere by its background (RELION ``softMaskOutsideMap``).
 
@@ -55,11 +66,7 @@ def soft_mask_outside(vol: Any, radius_px: float | None = None, width_px: float 
     reconstruction, as RELION does to every map it reconstructs.
     """
     box = vol.shape[0]
-    radius = box / 2 if radius_px is None else radius_px
-    g = np.arange(box) - box // 2
-    r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
-    w = np.where(r < radius, 0.0, np.where(r > radius + width_px, 1.0,
-                                           0.5 + 0.5 * np.cos(np.pi * (radius + width_px - r) / width_px)))
+    w = _outside_weight(box, float(box / 2 if radius_px is None else radius_px), float(width_px))
     if not w.any():
         return vol
     wx = xp.asarray(w)
