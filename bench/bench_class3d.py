@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--starts", type=int, default=None)
     ap.add_argument("--init", default=None)
+    ap.add_argument("--particle-scale", default=None, choices=["optimal", "input", "none"])
     ap.add_argument("--scale", action="store_true", help="time one F-EM iteration of --n particles, --classes classes")
     ap.add_argument("--partition", type=int, default=2000)
     a = ap.parse_args()
@@ -98,7 +99,8 @@ def main() -> None:
             star = api.export(d / "in.cf", d / "in.star", format="star", images=True)
             t = time.perf_counter()
             out = api.class3d(d / "in.cf", d / "c3d.cf", classes=a.classes, iters=a.iters, seed=seed,
-                              target_resolution_A=a.target_resolution, starts=a.starts, init=a.init, plots=False)
+                              target_resolution_A=a.target_resolution, starts=a.starts, init=a.init,
+                              scale=a.particle_scale, plots=False)
             wall = time.perf_counter() - t
             ari = adjusted_rand_score(truth["class"], out.table(["alignments3D/class"]).column(0).to_numpy())
             row = {"seed": seed, "cryoframe_s": wall, "cryoframe_ari": ari}
