@@ -39,6 +39,7 @@ __all__ = [
     "PathLike",
     "StoreLike",
     "class2d",
+    "class3d",
     "demo",
     "export",
     "import_",
@@ -363,3 +364,28 @@ def mask(map_path: PathLike | None, out: PathLike, *, threshold: float | None = 
 
     return _mask(map_path, out, threshold=threshold, extend_px=extend_px, soft_edge_px=soft_edge_px,
                  radius_px=radius_px, box=box, psize_A=psize_A, overwrite=overwrite)
+
+
+def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iters: int | None = None,
+            target_resolution_A: float | None = None, solvent_mask: PathLike | None = None,
+            focus_mask: PathLike | None = None, scale: str | None = None, init: str | None = None,
+            class_similarity: float | None = None, oem_epochs: int | None = None, oem_batch: int | None = None,
+            oem_lr: float | None = None, switch_threshold: float | None = None, rms_threshold: float | None = None,
+            hard: bool | None = None, fsc_filter: bool | None = None, tau2_fudge: float | None = None,
+            cross_half: bool | None = None, starts: int | None = None, seed: int | None = None,
+            ctf: bool | None = None, partition_size: int | None = None, device: str = "cpu", resume: bool = False,
+            plots: bool = True, overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
+    """3D classification without alignment (see :func:`cryoframe.jobs.class3d.class3d`); None takes the
+    default, or with ``resume`` the checkpoint's value."""
+    from cryoframe.jobs.class3d import class3d as _class3d
+
+    with _scheduler(scheduler):
+        return _class3d(open_store(store), out, classes=classes, iters=iters, target_resolution_A=target_resolution_A,
+                        solvent_mask=None if solvent_mask is None else str(solvent_mask),
+                        focus_mask=None if focus_mask is None else str(focus_mask), scale=scale, init=init,
+                        class_similarity=class_similarity, oem_epochs=oem_epochs, oem_batch=oem_batch, oem_lr=oem_lr,
+                        switch_threshold=switch_threshold, rms_threshold=rms_threshold, hard=hard,
+                        fsc_filter=fsc_filter, tau2_fudge=tau2_fudge, cross_half=cross_half, starts=starts,
+                        seed=seed, ctf=ctf,
+                        partition_size=partition_size, device=device, resume=resume, plots=plots,
+                        overwrite=overwrite)

@@ -3,7 +3,7 @@
 Each partition of particles (its images, pose matrices, shifts, CTF parameters, weights and half
 labels) is turned into partial Fourier sums for both half sets — ``sum w CTF F`` and
 ``sum w CTF^2`` on the padded half grid (:mod:`cryoframe.geometry.fourier`) — on NumPy (numba
-kernels) or CuPy; the partial sums are added by a tree sum (:func:`_tree_sum`), so the memory of a
+kernels) or CuPy; the partial sums are added by a tree sum (:func:`cryoframe.distributed.mapreduce.tree_reduce` of :func:`~cryoframe.distributed.mapreduce.sum_reduce`), so the memory of a
 worker is bounded by its partition and a few grids, not by the number of particles.  The driver
 then forms the half maps, the FSC, RELION's FSC-based regulariser, the regularised half maps and
 the map of both halves, and the FSC-weighted map (see :class:`Reconstructor`).
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.backend import get_array_module, to_host
+from cryoframe.distributed.mapreduce import sum_reduce, tree_reduce
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
 from cryoframe.geometry.ctf import ctf_grid
@@ -83,25 +84,6 @@ def _view_order(rot: np.ndarray) -> np.ndarray:
     (about 1.5x faster insertion than random order)."""
     d = rot[:, :, 2] * np.where(rot[:, 0:1, 2] < 0, -1.0, 1.0)
     return np.lexsort((np.arctan2(d[:, 1], d[:, 2]), np.round(np.arccos(np.clip(d[:, 0], -1.0, 1.0)) * 6)))
-
-
-def _add(*parts: np.ndarray) -> np.ndarray:
-    acc = parts[0].copy()
-    for p in parts[1:]:
-        acc += p
-    return acc
-
-
-def _tree_sum(parts: list[Any], fan_in: int = 8) -> Any:
-    """Sum of delayed arrays as a tree of ``fan_in``-ary additions (one delayed result)."""
-    import dask
-
-    parts = list(parts)
-    if not parts:
-        raise ValueError("nothing to sum")
-    while len(parts) > 1:
-        parts = [dask.delayed(_add)(*parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return parts[0]
 
 
 class Reconstructor:
@@ -177,7 +159,7 @@ class Reconstructor:
                 b, rot[sl], shifts_px[sl], None if ctf is None else {k: v[sl] for k, v in ctf.items()},
                 None if weights is None else weights[sl], half[sl], box=self.box, psize_A=self.psize_A,
                 pad=self.pad, r_max=self.r_max_, sym=sym, device=self.device))
-        (total,) = dask.compute(_tree_sum(parts))
+        (total,) = dask.compute(tree_reduce(parts, sum_reduce))
         t1 = time.perf_counter()
         self._finish(total, mask)
         self.n_per_half_ = [int(np.sum(half == 0)), int(np.sum(half == 1))]

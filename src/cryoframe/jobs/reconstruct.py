@@ -57,7 +57,7 @@ def random_split(n: int, seed: int) -> np.ndarray:
     return half
 
 
-def _check_mask(mask: str | os.PathLike[str], box: int, psize: float) -> np.ndarray:
+def check_mask(mask: str | os.PathLike[str], box: int, psize: float) -> np.ndarray:
     m, vs = read_map(mask)
     if m.shape[0] != box:
         raise InputError(f"{mask}: mask box {m.shape[0]} px differs from the particles' {box} px")
@@ -90,7 +90,7 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
     if max_resolution_A is not None and not max_resolution_A >= 2 * psize - 1e-9:
         raise InputError(f"--max-resolution {max_resolution_A} Å is beyond Nyquist ({2 * psize:.3f} Å at "
                          f"{psize:.4f} Å/px)")
-    m = None if mask is None else _check_mask(mask, box, psize)
+    m = None if mask is None else check_mask(mask, box, psize)
     if isinstance(regulariser, str) and regulariser not in ("fsc", "none"):
         try:
             regulariser = float(regulariser)
