@@ -200,9 +200,10 @@ class PoseSearch:
         return self._grid[step_deg]
 
     def shift_step(self, box: int, r0: float) -> float:
-        """Level-0 shift lattice step (px): ``shift_step_px`` but at most ``box / (4 r0)``, a quarter
-        period of the highest level-0 frequency."""
-        return min(self.shift_step_px, box / (4.0 * max(r0, 1.0)))
+        """Level-0 shift lattice step (px): ``shift_step_px`` divided by the smallest integer that
+        makes it at most ``box / (4 r0)``, a quarter period of the highest level-0 frequency."""
+        limit = box / (4.0 * max(r0, 1.0))
+        return self.shift_step_px / max(1, math.ceil(self.shift_step_px / limit - 1e-9))
 
     def levels(self, r_max: float, full: bool = False) -> tuple[list[float], list[float]]:
         """Angular steps (deg) and component radii (cycles per box) of the levels searched up to

@@ -213,9 +213,11 @@ class AbInitio:
         if resume:
             start = self._load_checkpoint()
         else:
+            # white initial noise: the image power of the outer shells (noise-dominated), scaled
             p0 = shell_power(X[: min(n, 2000)], comps)
-            self._sigma2_init = p0 * self.noise_init_sigmascale ** 2
-            self._sigma2_data = p0.copy()
+            flat = np.full_like(p0, float(np.median(p0[len(p0) // 2:])))
+            self._sigma2_init = flat * self.noise_init_sigmascale ** 2
+            self._sigma2_data = flat.copy()
             self._sigma2_n = 0.0
             self._sizes = np.full(K, 1.0 / K)
             self._sums = [self._initial_sums(k, n) for k in range(K)]
@@ -249,16 +251,25 @@ class AbInitio:
         return (self._comps.mult / (2.0 * s2[sh])).astype(np.float32)
 
     def _initial_sums(self, k: int, n: int) -> list[np.ndarray]:
-        """Sums of a minibatch inserted at random (seeded) poses: a random blob of the data's power."""
+        """Seeded random initial volume: a minibatch inserted at random poses (the data's scale and
+        weights) plus a random smooth density of equal power within the window, band-limited to the
+        initial resolution; returned as sums ``(W Re V, W Im V, W)``."""
         from scipy.spatial.transform import Rotation
 
         g = self._rng(1, k)
         idx = g.choice(n, size=min(n, self.initial_minibatch), replace=False)
         rot = Rotation.random(len(idx), random_state=g).as_matrix()
-        w = np.ones((len(idx), 1))
-        sums = self._batch_sums(idx, rot[:, None], np.zeros((len(idx), 1, 2)), w, self._noise_weights(0),
-                                self._r_at(0))
-        return sums
+        r0 = self._r_at(0)
+        sums = self._batch_sums(idx, rot[:, None], np.zeros((len(idx), 1, 2)), np.ones((len(idx), 1)),
+                                self._noise_weights(0), r0)
+        wb = self.working_box_
+        blob = to_np(map_from_sums(tuple(self._xp.asarray(a) for a in sums), wb, self.pad, None, r0, self._xp))
+        field = np.asarray(fo.icfftn(fo.cfftn(g.standard_normal((wb,) * 3)) * _lowpass(wb, r0), wb))
+        field *= soft_sphere(wb, 0.3 * wb, 0.1 * wb)
+        field *= np.std(blob) / max(float(np.std(field)), 1e-30)
+        v = fo.volume_transform(blob + field, self.pad)
+        wgt = sums[2]
+        return [wgt * v.real, wgt * v.imag, wgt]
 
     def _batch_sums(self, idx: np.ndarray, rot: np.ndarray, shifts: np.ndarray, wts: np.ndarray, w: np.ndarray,
                     r: float) -> list[np.ndarray]:
@@ -530,3 +541,10 @@ def _shell_tau2(vol: np.ndarray, box: int) -> np.ndarray:
     p = np.bincount(sh[keep], weights=(np.abs(f) ** 2).ravel()[keep], minlength=ns)
     c = np.bincount(sh[keep], minlength=ns)
     return p / np.maximum(c, 1)
+
+
+def _lowpass(box: int, r: float) -> np.ndarray:
+    """Half-grid (box, box, box // 2 + 1) mask of frequencies within ``r`` cycles per box."""
+    from cryoframe.geometry.fsc import shell_index
+
+    return (shell_index(box, 3, 1) <= r).astype(np.float64)
