@@ -1,4 +1,4 @@
-"""Conventions pinned by RELION 3.1 itself (fixtures in tests/data/relion3d, see README_relion.md):
+"""Conventions pinned by RELION 3.1 itself (fixtures in tests/data/relion_3d, see README_relion.md):
 projections, shifts, CTF (with phase shift), hand, reconstruction and masks."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryoframe.geometry.ctf import ctf_grid
 from cryoframe.geometry.masks import threshold_mask
 from cryoframe.jobs._volumes import particle_geometry
 
-DATA = Path(__file__).parent / "data" / "relion3d"
+DATA = Path(__file__).parent / "data" / "relion_3d"
 
 
 def _read(name: str) -> np.ndarray:

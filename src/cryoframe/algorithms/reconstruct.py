@@ -9,7 +9,9 @@ then forms the half maps, the FSC, RELION's FSC-based regulariser, the regularis
 the map of both halves, and the FSC-weighted map (see :class:`Reconstructor`).
 
 Symmetry: every particle is inserted once per operator ``g`` of the group, with pose ``g R``
-(a particle of a symmetric object is equally a view at ``g R``).
+(a particle of a symmetric object is equally a view at ``g R``).  On the CPU the shift, the CTF and
+the insertion run fused in one numba loop (:func:`cryoframe.geometry._kernels.insert_ctf`); the
+vectorised path (CuPy, or NumPy without numba) applies them as array operations.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ __all__ = ["Reconstructor", "partition_sums"]
 def partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dict[str, np.ndarray] | None,
                    weights: np.ndarray | None, half: np.ndarray, *, box: int, psize_A: float, pad: int = 2,
                    r_max: float | None = None, sym: np.ndarray | None = None, device: str = "cpu",
-                   batch: int = 256) -> np.ndarray:
-    """Partial Fourier sums of one partition: (2, 3, P, P, P // 2 + 1) float32 — per half (0/1):
+                   batch: int = 512) -> np.ndarray:
+    """Partial Fourier sums of one partition: (2, P, P, P // 2 + 1, 3) float32 — per half (0/1):
     real and imaginary part of ``sum w CTF F`` and ``sum w CTF^2``.
 
     ``images`` (n, box, box) real; ``rot`` (n, 3, 3) pose matrices; ``shifts_px`` (n, 2) the
@@ -42,26 +44,45 @@ def partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dic
     :data:`cryoframe.geometry.ctf.CTF_PARAMS` or None; ``weights`` (n,) or None; ``half`` (n,) 0/1.
     """
     xp = get_array_module(device)
+    sym = np.eye(3)[None] if sym is None else np.asarray(sym, dtype=np.float64)
+    fused = fo._use_numba(xp, "auto")
+    if fused:
+        from cryoframe.geometry import _kernels
+
+        kx, ky, flat = fo.image_freqs(box, r_max)
     out = []
     for h in (0, 1):
-        sums = fo.new_sums(box, pad, xp)
+        # float32 partial sums: half the memory traffic of the scattered updates (the cost of insertion);
+        # a partition adds at most a few thousand terms per voxel, far from float32's precision limit
+        sums = fo.new_sums(box, pad, xp, dtype=xp.float32)
         sel = np.flatnonzero(half == h)
+        sel = sel[_view_order(rot[sel])]
         for s in range(0, len(sel), batch):
             idx = sel[s:s + batch]
             img = xp.asarray(np.asarray(images[idx], dtype=np.float32))
-            f = fo.cfft2(img, xp) * fo.phase_shift(box, shifts_px[idx], xp)
-            c = None if ctf is None else ctf_grid(box, psize_A, {k: v[idx] for k, v in ctf.items()}, xp=xp)
-            w = None if weights is None else weights[idx]
-            r = rot[idx]
-            if sym is not None and len(sym) > 1:
-                k = len(sym)
-                r = np.einsum("gij,njk->ngik", sym, r).reshape(-1, 3, 3)
-                f = xp.repeat(f, k, axis=0)
-                c = None if c is None else xp.repeat(c, k, axis=0)
-                w = np.repeat(np.ones(len(idx)) if w is None else w, k)
-            fo.insert_slices(sums, xp.asarray(r) if xp is not np else r, f, c, w, box, pad, r_max, xp)
-        out.append(np.stack([to_host(g).astype(np.float32) for g in sums]))
+            f = fo.cfft2(img, xp)
+            c_par = None if ctf is None else {k: np.asarray(v)[idx] for k, v in ctf.items()}
+            w = np.ones(len(idx)) if weights is None else np.asarray(weights, dtype=np.float64)[idx]
+            if fused:  # shift, CTF and insertion in one compiled loop
+                for g in sym:
+                    _kernels.insert_ctf(sums, (g @ rot[idx]) * pad, kx, ky, flat, box, psize_A, f, c_par,
+                                        shifts_px[idx], w)
+                continue
+            f = f * fo.phase_shift(box, shifts_px[idx], xp)
+            c = None if c_par is None else ctf_grid(box, psize_A, c_par, xp=xp)
+            for g in sym:
+                r = g @ rot[idx]
+                fo.insert_slices(sums, r if xp is np else xp.asarray(r), f, c, w, box, pad, r_max, xp, method="xp")
+        out.append(to_host(sums).astype(np.float32))
     return np.stack(out)
+
+
+def _view_order(rot: np.ndarray) -> np.ndarray:
+    """Order of particles by viewing direction (the slice normal ``R e_z``, sign folded): successive
+    slices then update neighbouring parts of the grid, which keeps the scattered updates in cache
+    (about 1.5x faster insertion than random order)."""
+    d = rot[:, :, 2] * np.where(rot[:, 0:1, 2] < 0, -1.0, 1.0)
+    return np.lexsort((np.arctan2(d[:, 1], d[:, 2]), np.round(np.arccos(np.clip(d[:, 0], -1.0, 1.0)) * 6)))
 
 
 def _add(*parts: np.ndarray) -> np.ndarray:
@@ -128,19 +149,29 @@ class Reconstructor:
     def fit(self, images: Any, rot: np.ndarray, shifts_px: np.ndarray, half: np.ndarray,
             ctf: dict[str, np.ndarray] | None = None, weights: np.ndarray | None = None,
             mask: np.ndarray | None = None) -> Reconstructor:
-        """Reconstruct from ``images`` (dask or NumPy (n, b, b)); other arguments as :func:`partition_sums`."""
+        """Reconstruct from ``images``: a dask or NumPy array (n, b, b), or a reader ``images(lo, hi)``
+        returning particles ``lo:hi`` (called inside each partition's task, e.g.
+        ``ParticleStore.read_images``); other arguments as :func:`partition_sums`."""
         import dask
-        import dask.array as da
 
         t0 = time.perf_counter()
         n = len(rot)
         sym = symmetry_matrices(self.symmetry)
-        x = images if isinstance(images, da.Array) else da.from_array(np.asarray(images), chunks=(self.partition_size, -1, -1))
-        x = x.rechunk((self.partition_size, x.shape[1], x.shape[2]))
-        blocks = x.to_delayed().ravel()
-        starts = np.cumsum((0,) + x.chunks[0])
+        step = max(1, int(self.partition_size))
+        if type(images).__module__.startswith("dask"):  # a dask array: its blocks, rechunked to partitions
+            x = images.rechunk((step, images.shape[1], images.shape[2]))
+            blocks = list(x.to_delayed().ravel())
+            starts = np.cumsum((0,) + x.chunks[0])
+            ranges = list(zip(starts[:-1], starts[1:], strict=True))
+        else:  # a reader ``images(lo, hi)`` (read inside each task) or an in-memory array
+            ranges = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+            if callable(images):
+                blocks = [dask.delayed(images)(int(lo), int(hi)) for lo, hi in ranges]
+            else:
+                arr = np.asarray(images)
+                blocks = [arr[lo:hi] for lo, hi in ranges]
         parts = []
-        for b, lo, hi in zip(blocks, starts[:-1], starts[1:], strict=True):
+        for b, (lo, hi) in zip(blocks, ranges, strict=True):
             sl = slice(int(lo), int(hi))
             parts.append(dask.delayed(partition_sums)(
                 b, rot[sl], shifts_px[sl], None if ctf is None else {k: v[sl] for k, v in ctf.items()},
@@ -159,15 +190,15 @@ class Reconstructor:
         b, pad, rm = self.box, self.pad, self.r_max_
         halves = []
         for h in (0, 1):
-            s = tuple(xp.asarray(total[h, i], dtype=xp.float64) for i in range(3))
+            s = xp.asarray(total[h], dtype=xp.float64)
             fo.enforce_hermitian(s, xp)
             halves.append(s)
         raw = [to_host(map_from_sums(s, b, pad, None, rm, xp)) for s in halves]
-        both = tuple(halves[0][i] + halves[1][i] for i in range(3))
+        both = halves[0] + halves[1]
         if isinstance(self.regulariser, str) and self.regulariser == "fsc":
             c0 = fsc(raw[0], raw[1])
-            regs = [fsc_regulariser(c0, shell_mean_weight(s[2], b, pad, xp), self.tau2_fudge) for s in halves]
-            reg_all = fsc_regulariser(c0, shell_mean_weight(both[2], b, pad, xp), self.tau2_fudge, full_map=True)
+            regs = [fsc_regulariser(c0, shell_mean_weight(s[..., 2], b, pad, xp), self.tau2_fudge) for s in halves]
+            reg_all = fsc_regulariser(c0, shell_mean_weight(both[..., 2], b, pad, xp), self.tau2_fudge, full_map=True)
             hm = [to_host(map_from_sums(s, b, pad, r, rm, xp)) for s, r in zip(halves, regs, strict=True)]
             full = to_host(map_from_sums(both, b, pad, reg_all, rm, xp))
         else:
@@ -183,6 +214,7 @@ class Reconstructor:
         nyq = int(math.floor(rm))
         cut = curve.copy()
         cut[nyq + 1:] = 0.0  # beyond --max-resolution nothing was inserted
-        self.resolution_ = {str(t): resolution_at(cut, b, self.psize_A, t) for t in (0.143, 0.5)}
+        floor = self.max_resolution_A or 0.0  # nothing beyond --max-resolution was inserted: claim no better
+        self.resolution_ = {str(t): max(resolution_at(cut, b, self.psize_A, t), floor) for t in (0.143, 0.5)}
         self.resolution_unmasked_ = {str(t): resolution_at(self.fsc_, b, self.psize_A, t) for t in (0.143, 0.5)}
         self.map_filtered_ = to_host(fsc_weighted(self.map_, cut))

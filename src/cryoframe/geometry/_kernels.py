@@ -1,7 +1,8 @@
 """Compiled (numba) CPU twins of the trilinear slice kernels of :mod:`cryoframe.geometry.fourier`.
 
 One loop over (image, frequency), no temporaries: ``insert`` adds ``w CTF F`` and ``w CTF^2`` to the
-padded half grids, ``extract`` samples a projector grid.  Each kernel is compiled on first use
+padded half-grid sums (one interleaved (P, P, P // 2 + 1, 3) array, so a trilinear corner touches one
+cache line), ``extract`` samples a projector grid.  Each kernel is compiled on first use
 (cached on disk by numba) and is tested against the vectorised NumPy version, which CuPy also runs.
 """
 
@@ -12,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "extract", "insert"]
+__all__ = ["HAVE_NUMBA", "extract", "insert", "insert_ctf"]
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _jit: dict[str, Any] = {}
 
 
-def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, dre, dim, wgt):  # noqa: ANN001, ANN202
+def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, acc):  # noqa: ANN001, ANN202
     n = rot.shape[0]
     m = kx.shape[0]
-    size = dre.shape[0]
-    hx = dre.shape[2]
+    size = acc.shape[0]
+    hx = acc.shape[2]
     use_ctf = ctf.shape[0] > 0
     for i in range(n):
         wi = wts[i]
@@ -63,9 +64,79 @@ def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, dre, dim, wgt):  # noqa:
                     for dx in range(2):
                         w = wzy * (fx if dx else 1.0 - fx)
                         ix = min(x0 + dx, hx - 1)
-                        dre[iz, iy, ix] += w * vr
-                        dim[iz, iy, ix] += w * vi
-                        wgt[iz, iy, ix] += w * vw
+                        acc[iz, iy, ix, 0] += w * vr
+                        acc[iz, iy, ix, 1] += w * vi
+                        acc[iz, iy, ix, 2] += w * vw
+
+
+def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc):  # noqa: ANN001, ANN202
+    # par[i] = (df_mean, df_half_diff, cos 2 angle, sin 2 angle, pi lambda, pi/2 Cs lambda^3,
+    #           phase shift + arcsin(A), weight, shift x / box, shift y / box, use_ctf)
+    n = rot.shape[0]
+    m = kx.shape[0]
+    size = acc.shape[0]
+    hx = acc.shape[2]
+    twopi = 2.0 * np.pi
+    for i in range(n):
+        wi = par[i, 7]
+        if wi == 0.0:
+            continue
+        dm = par[i, 0]
+        dd = par[i, 1]
+        ca = par[i, 2]
+        sa = par[i, 3]
+        pl = par[i, 4]
+        pc = par[i, 5]
+        p0 = par[i, 6]
+        sx = par[i, 8]
+        sy = par[i, 9]
+        use_ctf = par[i, 10] > 0
+        r00 = rot[i, 0, 0]
+        r01 = rot[i, 0, 1]
+        r10 = rot[i, 1, 0]
+        r11 = rot[i, 1, 1]
+        r20 = rot[i, 2, 0]
+        r21 = rot[i, 2, 1]
+        for j in range(m):
+            f = flat[j]
+            c = 1.0
+            if use_ctf:
+                d = dm + dd * (c2a[j] * ca + s2a[j] * sa)
+                c = np.sin(pl * d * s2[j] - pc * s2[j] * s2[j] + p0)
+            ph = -twopi * (kx[j] * sx + ky[j] * sy)
+            cp = np.cos(ph)
+            sp = np.sin(ph)
+            ar = fre[i, f]
+            ai = fim[i, f]
+            vr = (ar * cp - ai * sp) * c * wi
+            vi = (ar * sp + ai * cp) * c * wi
+            vw = c * c * wi
+            qx = r00 * kx[j] + r01 * ky[j]
+            qy = r10 * kx[j] + r11 * ky[j]
+            qz = r20 * kx[j] + r21 * ky[j]
+            if qx < 0:
+                qx = -qx
+                qy = -qy
+                qz = -qz
+                vi = -vi
+            x0 = int(np.floor(qx))
+            y0 = int(np.floor(qy))
+            z0 = int(np.floor(qz))
+            fx = qx - x0
+            fy = qy - y0
+            fz = qz - z0
+            for dz in range(2):
+                wz = fz if dz else 1.0 - fz
+                iz = (z0 + dz) % size
+                for dy in range(2):
+                    wzy = wz * (fy if dy else 1.0 - fy)
+                    iy = (y0 + dy) % size
+                    for dx in range(2):
+                        w = wzy * (fx if dx else 1.0 - fx)
+                        ix = min(x0 + dx, hx - 1)
+                        acc[iz, iy, ix, 0] += w * vr
+                        acc[iz, iy, ix, 1] += w * vi
+                        acc[iz, iy, ix, 2] += w * vw
 
 
 def _extract_loop(rot, kx, ky, flat, gre, gim, ore, oim):  # noqa: ANN001, ANN202
@@ -121,9 +192,9 @@ def _get(name: str, fn: Any) -> Any:
     return _jit[name]
 
 
-def insert(dre: np.ndarray, dim: np.ndarray, wgt: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
+def insert(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
            flat: np.ndarray, fimg: np.ndarray, ctf: np.ndarray | None, wts: np.ndarray) -> None:
-    """Trilinear insertion into float64 grids ``dre``/``dim``/``wgt`` (P, P, P // 2 + 1) in place.
+    """Trilinear insertion into the float64 sums ``acc`` (P, P, P // 2 + 1, 3) (real, imaginary, weight) in place.
 
     ``rot`` (n, 3, 3) pose matrices already multiplied by the padding factor; ``kx``/``ky``/``flat``
     from :func:`cryoframe.geometry.fourier.image_freqs`; ``fimg`` (n, b, b // 2 + 1) complex;
@@ -135,7 +206,7 @@ def insert(dre: np.ndarray, dim: np.ndarray, wgt: np.ndarray, rot: np.ndarray, k
     _get("insert", _insert_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat,
                                  np.ascontiguousarray(f.real, dtype=np.float32),
                                  np.ascontiguousarray(f.imag, dtype=np.float32), c,
-                                 np.ascontiguousarray(wts, dtype=np.float64), dre, dim, wgt)
+                                 np.ascontiguousarray(wts, dtype=np.float64), acc)
 
 
 def extract(gre: np.ndarray, gim: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray, flat: np.ndarray,
@@ -147,3 +218,39 @@ def extract(gre: np.ndarray, gim: np.ndarray, rot: np.ndarray, kx: np.ndarray, k
     oim = np.zeros_like(ore)
     _get("extract", _extract_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat, gre, gim, ore, oim)
     return (ore + 1j * oim).astype(np.complex64).reshape(n, box, box // 2 + 1)
+
+
+def insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
+               flat: np.ndarray, box: int, psize_A: float, fimg: np.ndarray, ctf: dict[str, np.ndarray] | None,
+               shifts_px: np.ndarray, wts: np.ndarray) -> None:
+    """Fused shift + CTF + trilinear insertion: ``F`` of the uncentred images ``fimg`` (n, b, b // 2 + 1)
+    is translated by ``shifts_px`` (n, 2), multiplied by the CTF of ``ctf`` (arrays of
+    :data:`cryoframe.geometry.ctf.CTF_PARAMS`, or None) and inserted with ``CTF^2`` weights; the
+    CTF is RELION's ``sqrt(1 - A^2) sin chi + A cos chi`` written as ``sin(chi + arcsin A)``."""
+    from cryoframe.geometry.ctf import electron_wavelength_A
+
+    n = fimg.shape[0]
+    f = fimg.reshape(n, -1)
+    s = np.hypot(kx, ky) / (box * psize_A)
+    ang = np.arctan2(ky, kx)
+    par = np.zeros((n, 11))
+    if ctf is not None:
+        lam = electron_wavelength_A(ctf["accel_kv"])
+        df1, df2 = np.asarray(ctf["df1_A"], np.float64), np.asarray(ctf["df2_A"], np.float64)
+        a2 = 2.0 * np.asarray(ctf["df_angle_rad"], np.float64)
+        par[:, 0] = 0.5 * (df1 + df2)
+        par[:, 1] = 0.5 * (df1 - df2)
+        par[:, 2] = np.cos(a2)
+        par[:, 3] = np.sin(a2)
+        par[:, 4] = np.pi * lam
+        par[:, 5] = 0.5 * np.pi * np.asarray(ctf["cs_mm"], np.float64) * 1e7 * lam**3
+        par[:, 6] = np.asarray(ctf.get("phase_shift_rad", 0.0), np.float64) + np.arcsin(
+            np.asarray(ctf["amp_contrast"], np.float64))
+        par[:, 10] = 1.0
+    par[:, 7] = wts
+    par[:, 8] = shifts_px[:, 0] / box
+    par[:, 9] = shifts_px[:, 1] / box
+    _get("insert_ctf", _insert_ctf_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat, s * s,
+                                         np.cos(2 * ang), np.sin(2 * ang),
+                                         np.ascontiguousarray(f.real, dtype=np.float32),
+                                         np.ascontiguousarray(f.imag, dtype=np.float32), par, acc)

@@ -18,16 +18,36 @@ with ``reg`` per resolution shell:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from cryoframe.backend import to_host
-from cryoframe.geometry.fourier import gridding_correction, icfftn
+from cryoframe.geometry.fourier import gridding_correction
 from cryoframe.geometry.fsc import shell_index
+from cryoframe.geometry.masks import soft_mask_outside
 
 __all__ = ["fsc_regulariser", "map_from_sums", "shell_mean_weight"]
+
+
+@lru_cache(maxsize=8)
+def _within(size: int, pad: int, r_max: float) -> np.ndarray:
+    """Points of the padded half grid within ``r_max`` cycles per box (cached, read-only)."""
+    k = np.fft.fftfreq(size) * size / pad
+    kx = np.fft.rfftfreq(size) * size / pad
+    out = (k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2) <= r_max * r_max + 1e-9
+    out.flags.writeable = False
+    return out
+
+
+def _irfftn(f: Any, size: int, xp: ModuleType) -> Any:
+    if xp is np:
+        import scipy.fft
+
+        return scipy.fft.irfftn(f, s=(size, size, size), axes=(0, 1, 2), workers=-1)
+    return xp.fft.irfftn(f, s=(size, size, size), axes=(0, 1, 2))
 
 
 def shell_mean_weight(weight: Any, box: int, pad: int = 2, xp: ModuleType = np) -> np.ndarray:
@@ -53,15 +73,18 @@ def fsc_regulariser(curve: np.ndarray, mean_weight: np.ndarray, tau2_fudge: floa
     return np.asarray(mean_weight, dtype=np.float64) / (tau2_fudge * snr)
 
 
-def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.ndarray | float | None = None,
+def map_from_sums(sums: Any, box: int, pad: int = 2, reg: np.ndarray | float | None = None,
                   r_max: float | None = None, xp: ModuleType = np) -> Any:
     """The map (box, box, box) float32 ``[z, y, x]`` from padded half-grid sums
-    ``(data real, data imaginary, weight)`` (Hermitian-complete, :func:`enforce_hermitian`).
+    (:func:`cryoframe.geometry.fourier.new_sums`, Hermitian-complete: ``enforce_hermitian``).
 
     ``reg``: see the module docstring.  ``r_max``: frequencies beyond it (cycles per box; default
-    ``box / 2``) are zero.
+    ``box / 2``) are zero (shells with rounded radius above it, after windowing to the box).
+    As RELION, the windowed map is replaced by its background outside a sphere of radius
+    ``box / 2`` (3 px raised-cosine edge, :func:`cryoframe.geometry.masks.soft_mask_outside`) and
+    then gridding-corrected.
     """
-    dre, dim, weight = sums
+    dre, dim, weight = sums[..., 0], sums[..., 1], sums[..., 2]
     size = weight.shape[0]
     r_max = box / 2 if r_max is None else r_max
     sh = shell_index(box, 3, pad, xp)
@@ -74,14 +97,13 @@ def map_from_sums(sums: tuple[Any, Any, Any], box: int, pad: int = 2, reg: np.nd
         denom = weight + float(reg)
     else:
         denom = weight + xp.asarray(np.asarray(reg, dtype=np.float64))[shc]
-    # radius in cycles per box on the padded grid
-    k = np.fft.fftfreq(size) * size / pad
-    kx = np.fft.rfftfreq(size) * size / pad
-    r2 = xp.asarray(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    inside = (r2 <= r_max * r_max + 1e-9) & (denom > 0)
-    d = xp.where(inside, denom, 1.0)
-    f = xp.where(inside, dre / d, 0.0) + 1j * xp.where(inside, dim / d, 0.0)
-    full = icfftn(f, size, xp)
-    o = size // 2 - box // 2
-    vol = full[o:o + box, o:o + box, o:o + box] / gridding_correction(box, pad, xp)
+    inside = xp.asarray(_within(size, pad, float(r_max))) & (denom > 0)
+    f = (dre + 1j * dim) * xp.where(inside, 1.0 / xp.where(inside, denom, 1.0), 0.0)
+    unshifted = _irfftn(f, size, xp)
+    idx = xp.asarray((np.arange(size // 2 - box // 2, size // 2 - box // 2 + box) - size // 2) % size)
+    win = unshifted[idx][:, idx][:, :, idx]  # the central box of the fftshift-ed map, without shifting it all
+    vol = soft_mask_outside(win, xp=xp) / gridding_correction(box, pad, xp)
+    if r_max < box / 2:  # windowing the padded map leaks a little past the cut-off: cut again in the box
+        f = xp.fft.rfftn(vol, axes=(0, 1, 2))
+        vol = xp.fft.irfftn(xp.where(shell_index(box, 3, 1, xp) <= r_max, f, 0), s=vol.shape, axes=(0, 1, 2))
     return vol.astype(xp.float32)

@@ -24,6 +24,7 @@ Grids and layouts (all arrays NumPy or CuPy, chosen by the ``xp`` argument):
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -72,10 +73,17 @@ def pad_volume(vol: Any, size: int, xp: ModuleType = np) -> Any:
 
 def gridding_correction(box: int, pad: int = 2, xp: ModuleType = np) -> Any:
     """``sinc^2(pi x / P)`` products (box, box, box) float64 (x px from the centre, ``P = pad * box``):
-    the real-space attenuation of trilinear interpolation on the padded grid."""
+    the real-space attenuation of trilinear interpolation on the padded grid (cached, read-only)."""
+    return xp.asarray(_gridding_correction(box, pad))
+
+
+@lru_cache(maxsize=8)
+def _gridding_correction(box: int, pad: int) -> np.ndarray:
     x = (np.arange(box) - box // 2) / (pad * box)
     s2 = np.sinc(x) ** 2  # numpy's sinc is sin(pi x)/(pi x)
-    return xp.asarray(s2[:, None, None] * s2[None, :, None] * s2[None, None, :])
+    out = s2[:, None, None] * s2[None, :, None] * s2[None, None, :]
+    out.flags.writeable = False
+    return out
 
 
 def volume_transform(vol: Any, pad: int = 2, xp: ModuleType = np) -> Any:
@@ -180,13 +188,14 @@ def extract_slices(vft: Any, rot: Any, box: int, pad: int = 2, r_max: float | No
     return out.reshape(n, box, box // 2 + 1)
 
 
-def new_sums(box: int, pad: int = 2, xp: ModuleType = np) -> tuple[Any, Any, Any]:
-    """Zeroed Fourier sums ``(data real, data imaginary, weight)``: float64 (P, P, P // 2 + 1) each."""
+def new_sums(box: int, pad: int = 2, xp: ModuleType = np, dtype: Any = None) -> Any:
+    """Zeroed Fourier sums (P, P, P // 2 + 1, 3) (default float64), the last axis (data real, data
+    imaginary, weight) interleaved so that a trilinear corner touches one cache line."""
     size = pad * box
-    return tuple(xp.zeros((size, size, size // 2 + 1), dtype=xp.float64) for _ in range(3))  # type: ignore[return-value]
+    return xp.zeros((size, size, size // 2 + 1, 3), dtype=dtype or xp.float64)
 
 
-def insert_slices(sums: tuple[Any, Any, Any], rot: Any, fimg: Any, ctf: Any | None, wts: Any | None, box: int,
+def insert_slices(sums: Any, rot: Any, fimg: Any, ctf: Any | None, wts: Any | None, box: int,
                   pad: int = 2, r_max: float | None = None, xp: ModuleType = np, method: str = "auto") -> None:
     """Add CTF-weighted slices to the padded half-grid sums in place (trilinear insertion):
     ``data += sum w CTF F`` (complex, as real and imaginary grids) and ``weight += sum w CTF^2``.
@@ -196,15 +205,14 @@ def insert_slices(sums: tuple[Any, Any, Any], rot: Any, fimg: Any, ctf: Any | No
     or None (CTF = 1); ``wts`` (n,) per-particle weights or None.  ``method`` as
     :func:`extract_slices`; the vectorised path uses ``bincount`` over flattened indices.
     """
-    dre, dim, wgt = sums
-    size = dre.shape[0]
+    size = sums.shape[0]
     kx, ky, flat = image_freqs(box, r_max)
     n = fimg.shape[0]
     if _use_numba(xp, method):
         from cryoframe.geometry import _kernels
 
         w = np.ones(n) if wts is None else np.asarray(wts, dtype=np.float64)
-        _kernels.insert(dre, dim, wgt, np.asarray(rot, dtype=np.float64) * pad, kx, ky, flat, fimg, ctf, w)
+        _kernels.insert(sums, np.asarray(rot, dtype=np.float64) * pad, kx, ky, flat, fimg, ctf, w)
         return
     fl = xp.asarray(flat)
     f = fimg.reshape(n, -1)[:, fl]
@@ -219,17 +227,19 @@ def insert_slices(sums: tuple[Any, Any, Any], rot: Any, fimg: Any, ctf: Any | No
     cf = xp.where(neg, xp.conj(cf), cf)
     idx = xp.concatenate([i.ravel() for i, _ in corners])
     w = xp.concatenate([w.ravel() for _, w in corners])
-    ncell = dre.size
-    for grid, v in ((dre, cf.real), (dim, cf.imag), (wgt, c2)):
-        grid.reshape(-1)[...] += xp.bincount(idx, weights=xp.concatenate([v.ravel()] * 8) * w, minlength=ncell)
+    ncell = sums[..., 0].size
+    for ch, v in enumerate((cf.real, cf.imag, c2)):
+        sums[..., ch] += xp.bincount(idx, weights=xp.concatenate([v.ravel()] * 8) * w,
+                                     minlength=ncell).reshape(sums.shape[:3])
 
 
-def enforce_hermitian(sums: tuple[Any, Any, Any], xp: ModuleType = np) -> None:
+def enforce_hermitian(sums: Any, xp: ModuleType = np) -> None:
     """Complete the x = 0 plane of half-grid sums in place: insertion only writes the x >= 0 member of
     each Hermitian pair, so the plane gets ``a(y, z) + conj(a(-y, -z))`` (weights: the plain sum)."""
-    for grid, sign in zip(sums, (1.0, -1.0, 1.0), strict=True):
-        p = grid[:, :, 0]
-        grid[:, :, 0] = p + sign * xp.roll(xp.flip(p, axis=(0, 1)), 1, axis=(0, 1))
+    p = sums[:, :, 0, :]
+    m = xp.roll(xp.flip(p, axis=(0, 1)), 1, axis=(0, 1))
+    m[..., 1] *= -1.0
+    sums[:, :, 0, :] = p + m
 
 
 def project_volume(vol: Any, rot: Any, pad: int = 2, xp: ModuleType = np) -> Any:

@@ -6,6 +6,7 @@ frequency ``i / (box * psize_A)`` 1/Å.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -18,7 +19,12 @@ __all__ = ["fsc", "fsc_weighted", "resolution_at", "shell_frequencies", "shell_i
 
 def shell_index(box: int, ndim: int = 3, pad: int = 1, xp: ModuleType = np) -> Any:
     """Rounded radius (int64, cycles per ``box``) of every point of the half transform of a
-    ``(pad * box)``-sized ``ndim``-D grid (radius measured in cycles per ``box``)."""
+    ``(pad * box)``-sized ``ndim``-D grid (radius measured in cycles per ``box``); cached."""
+    return xp.asarray(_shell_index(box, ndim, pad))
+
+
+@lru_cache(maxsize=16)
+def _shell_index(box: int, ndim: int, pad: int) -> np.ndarray:
     n = pad * box
     k = np.fft.fftfreq(n) * n / pad
     kx = np.fft.rfftfreq(n) * n / pad
@@ -26,7 +32,9 @@ def shell_index(box: int, ndim: int = 3, pad: int = 1, xp: ModuleType = np) -> A
         r2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kx[None, None, :] ** 2
     else:
         r2 = k[:, None] ** 2 + kx[None, :] ** 2
-    return xp.asarray(np.rint(np.sqrt(r2)).astype(np.int64))
+    out = np.rint(np.sqrt(r2)).astype(np.int64)
+    out.flags.writeable = False
+    return out
 
 
 def shell_frequencies(box: int, psize_A: float) -> np.ndarray:

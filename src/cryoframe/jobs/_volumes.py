@@ -77,7 +77,8 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
     if ctf:
         missing = [f for f in _CTF_REQUIRED if f not in fields]
         if missing:
-            raise InputError(f"{store.path}: --ctf needs field(s) {', '.join(missing)}; use --no-ctf")
+            raise InputError(f"{store.path}: --ctf needs field(s) {', '.join(missing)}; use --no-ctf "
+                             "(reconstruct) or leave out --ctf (project)")
     box = store.box
     if "blob/shape" in fields:
         shapes = store.table(["blob/shape"]).column(0).to_numpy(zero_copy_only=False)

@@ -1,10 +1,10 @@
 """Regenerate the RELION 3.1 fixtures in this folder (needs the Debian ``relion`` package).
 
-    cd tests/data/relion3d && PYTHONPATH=../../../src python make_fixtures.py
+    cd tests/data/relion_3d && PYTHONPATH=../../../src python make_fixtures.py
 
 Writes truth.mrc (a chiral blob map, box 32, 3 Å/px), poses.star (200 particles: all three Euler
 angles, origins, per-particle astigmatic defocus and phase shift), then runs the RELION commands
-listed in README_relion.md (also printed).  Only the outputs named there are kept.
+listed in ../../README_relion.md (also printed).  Only the outputs named there are kept.
 """
 
 from __future__ import annotations
