@@ -250,7 +250,7 @@ class AbInitio:
         sh = np.minimum(np.rint(self._comps.radius).astype(np.int64), len(s2) - 1)
         return (self._comps.mult / (2.0 * s2[sh])).astype(np.float32)
 
-    def _initial_sums(self, k: int, n: int) -> list[np.ndarray]:
+    def _initial_sums(self, k: int, n: int) -> np.ndarray:
         """Seeded random initial volume: a minibatch inserted at random poses (the data's scale and
         weights) plus a random smooth density of equal power within the window, band-limited to the
         initial resolution; returned as sums ``(W Re V, W Im V, W)``."""
@@ -263,18 +263,18 @@ class AbInitio:
         sums = self._batch_sums(idx, rot[:, None], np.zeros((len(idx), 1, 2)), np.ones((len(idx), 1)),
                                 self._noise_weights(0), r0)
         wb = self.working_box_
-        blob = to_np(map_from_sums(tuple(self._xp.asarray(a) for a in sums), wb, self.pad, None, r0, self._xp))
+        blob = to_np(map_from_sums(self._xp.asarray(sums), wb, self.pad, None, r0, self._xp))
         field = np.asarray(fo.icfftn(fo.cfftn(g.standard_normal((wb,) * 3)) * _lowpass(wb, r0), wb))
         field *= soft_sphere(wb, 0.3 * wb, 0.1 * wb)
         field *= np.std(blob) / max(float(np.std(field)), 1e-30)
         v = fo.volume_transform(blob + field, self.pad)
-        wgt = sums[2]
-        return [wgt * v.real, wgt * v.imag, wgt]
+        wgt = sums[..., 2]
+        return np.stack([wgt * v.real, wgt * v.imag, wgt], axis=-1)
 
     def _batch_sums(self, idx: np.ndarray, rot: np.ndarray, shifts: np.ndarray, wts: np.ndarray, w: np.ndarray,
-                    r: float) -> list[np.ndarray]:
-        """Fourier sums (3 grids) of particles ``idx`` inserted at poses ``rot`` (b, T, 3, 3), ``shifts``
-        (b, T, 2) with weights ``wts`` (b, T), whitened by the noise weights ``w``, up to radius ``r``."""
+                    r: float) -> np.ndarray:
+        """Fourier sums (:func:`cryoframe.geometry.fourier.new_sums`) of particles ``idx`` at poses
+        ``rot`` (b, T, 3, 3), shifts ``shifts`` (b, T, 2) with weights ``wts`` (b, T), whitened by the noise weights ``w``, up to radius ``r``."""
         xp = self._xp
         wb, comps = self.working_box_, self._comps
         m = comps.count(r)
@@ -283,7 +283,7 @@ class AbInitio:
         live = wts > 1e-3 * wts.max(initial=0.0)
         pi, ti = np.nonzero(live)
         if len(pi) == 0:
-            return [to_np(s) for s in sums]
+            return to_np(sums)
         inv_sigma = xp.asarray(np.sqrt(2.0 * w[:m] / comps.mult[:m]), dtype=xp.float32)
         x = self._X[xp.asarray(idx[pi]), :m] * comps.phases(shifts[pi, ti], self.box_, m, xp) * inv_sigma
         c = self._C[xp.asarray(idx[pi]), :m] * inv_sigma
@@ -300,18 +300,18 @@ class AbInitio:
             fo.insert_slices(sums, xp.asarray(rr[sl]) if xp is not np else rr[sl], comps.scatter(x[sl], wb, xp),
                              comps.scatter(c[sl], wb, xp), ww[sl], wb, self.pad, r, xp)
         fo.enforce_hermitian(sums, xp)
-        return [to_np(s) for s in sums]
+        return to_np(sums)
 
     def _volume(self, k: int, r: float) -> np.ndarray:
         """Working-box volume of class ``k``: regularised division of its sums, windowed."""
         xp = self._xp
         wb = self.working_box_
-        sums = tuple(xp.asarray(s) for s in self._sums[k])
+        sums = xp.asarray(self._sums[k])
         raw = to_np(map_from_sums(sums, wb, self.pad, None, r, xp))
         tau2 = _shell_tau2(raw, wb)
         from cryoframe.geometry.backprojector import shell_mean_weight
 
-        mw = shell_mean_weight(sums[2], wb, self.pad, xp)
+        mw = shell_mean_weight(sums[..., 2], wb, self.pad, xp)
         reg = 1.0 / (self.tau2_fudge * np.maximum(tau2, 1e-12 * max(tau2.max(), 1e-30)))
         reg = np.minimum(reg, 1e3 * np.maximum(mw, 1e-30))
         vol = to_np(map_from_sums(sums, wb, self.pad, reg, r, xp))
@@ -354,7 +354,7 @@ class AbInitio:
         w = self._noise_weights(t)
         for k in range(self.n_classes):
             bs = self._batch_sums(idx, res[k].rot, res[k].shift, post[:, k:k + 1] * res[k].weight, w, r)
-            self._sums[k] = [(1 - lr) * a + b for a, b in zip(self._sums[k], bs, strict=True)]
+            self._sums[k] = (1 - lr) * self._sums[k] + bs
         frac = post.mean(0)
         self._sizes = (1 - lr) * self._sizes + lr * frac
         if self.n_classes > 1 and sched.phase(t) != "final":
@@ -400,9 +400,9 @@ class AbInitio:
         for k in low:
             big = int(np.argmax(self._sizes))
             g = self._rng(3, t, int(k))
-            dre, dim, wgt = self._sums[big]
-            noise = 1.0 + 0.3 * g.standard_normal(dre.shape)
-            self._sums[k] = [0.5 * dre * noise, 0.5 * dim * noise, 0.5 * wgt.copy()]
+            new = 0.5 * self._sums[big]
+            new[..., :2] *= (1.0 + 0.3 * g.standard_normal(new.shape[:3]))[..., None]
+            self._sums[k] = new
             self._sizes[k] = self._sizes[big] = self._sizes[big] / 2
             self.events_.append({"iteration": t + 1, "class": int(k), "from_class": big})
 
@@ -433,7 +433,7 @@ class AbInitio:
                     for s, res in zip(range(0, n, 1024), results, strict=True):
                         idx = np.arange(s, min(n, s + 1024))
                         bs = self._batch_sums(idx, res[k].rot, res[k].shift, post[idx, k:k + 1] * res[k].weight, w, r)
-                        acc = bs if acc is None else [a + b for a, b in zip(acc, bs, strict=True)]
+                        acc = bs if acc is None else acc + bs
                     self._sums[k] = acc
                 self._volumes_w = [self._volume(k, r) for k in range(K)]
             self.history_.append({"iteration": len(self.history_) + 1, "phase": f"final pass {p + 1}",
@@ -490,7 +490,7 @@ class AbInitio:
     def _save_checkpoint(self, t: int) -> None:
         d = Path(self.checkpoint_dir)  # type: ignore[arg-type]
         d.mkdir(parents=True, exist_ok=True)
-        arrays = {f"sums_{k}_{i}": g.astype(np.float32) for k, s in enumerate(self._sums) for i, g in enumerate(s)}
+        arrays = {f"sums_{k}": s.astype(np.float32) for k, s in enumerate(self._sums)}
         meta = {"t": t, "params": self._params(), "n": int(self._X.shape[0]), "sigma2_n": self._sigma2_n,
                 "history": self.history_, "events": self.events_}
         tmp = d / f".{CKPT_NAME}"
@@ -518,7 +518,7 @@ class AbInitio:
         self._sigma2_data = z["sigma2_data"]
         self._sigma2_n = float(meta["sigma2_n"])
         self._sizes = z["sizes"]
-        self._sums = [[z[f"sums_{k}_{i}"].astype(np.float64) for i in range(3)] for k in range(self.n_classes)]
+        self._sums = [z[f"sums_{k}"].astype(np.float64) for k in range(self.n_classes)]
         self.history_ = meta["history"]
         self.events_ = meta["events"]
         return int(meta["t"])
