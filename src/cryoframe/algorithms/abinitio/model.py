@@ -75,6 +75,7 @@ class AbInitio:
         (:class:`cryoframe.algorithms.posesearch.PoseSearch`); shifts in px of the images.
     window_inner_radius, window_outer_radius : the soft spherical window (fractions of half the box).
     final_passes : passes over all particles after SGD (>= 1).
+    soft_candidates : grid poses per particle averaged over (posterior weights) before the final phase.
     tau2_fudge : regularisation T (the volume prior ``1 / (T tau^2)``).
     random_state : seed of the minibatches, initial volumes and half split.
     device : ``cpu`` or ``gpu`` (:func:`cryoframe.backend.get_array_module`).
@@ -99,7 +100,7 @@ class AbInitio:
                  class_similarity_anneal_end: int | None = None, empty_class_fraction: float = 0.2,
                  coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
                  shift_step_px: float = 2.0, n_candidates: int = 4, window_inner_radius: float = 0.85,
-                 window_outer_radius: float = 0.99, final_passes: int = 2, tau2_fudge: float = 4.0, pad: int = 2,
+                 window_outer_radius: float = 0.99, final_passes: int = 2, soft_candidates: int = 24, tau2_fudge: float = 4.0, pad: int = 2,
                  random_state: int = 0, device: str = "cpu", checkpoint_dir: str | os.PathLike[str] | None = None,
                  checkpoint_every: int = 10) -> None:
         self.n_classes = n_classes
@@ -129,6 +130,7 @@ class AbInitio:
         self.window_inner_radius = window_inner_radius
         self.window_outer_radius = window_outer_radius
         self.final_passes = final_passes
+        self.soft_candidates = soft_candidates
         self.tau2_fudge = tau2_fudge
         self.pad = pad
         self.random_state = random_state
@@ -203,6 +205,11 @@ class AbInitio:
         self._search = PoseSearch(coarse_step_deg=self.coarse_step_deg, fine_step_deg=self.fine_step_deg,
                                   shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
                                   n_candidates=self.n_candidates)
+        # before the final phase: soft assignment over the best poses of the exhaustive grid at the
+        # current resolution (no branching), so early gradients average over the plausible poses
+        self._soft = PoseSearch(coarse_step_deg=self.coarse_step_deg, fine_step_deg=self.coarse_step_deg,
+                                shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
+                                n_candidates=self.soft_candidates, coarse_radius=1e9, bound=False)
         self._window = soft_sphere(wb, self.window_inner_radius * wb / 2,
                                    max(0.0, (self.window_outer_radius - self.window_inner_radius) * wb / 2))
         K = self.n_classes
@@ -317,7 +324,8 @@ class AbInitio:
         vol = to_np(map_from_sums(sums, wb, self.pad, reg, r, xp))
         return (vol * self._window).astype(np.float32)
 
-    def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool) -> tuple[list[SearchResult], np.ndarray]:
+    def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool,
+                    soft: bool = False) -> tuple[list[SearchResult], np.ndarray]:
         """Pose search of particles ``idx`` against every class; returns the results and the log
         evidences (b, K)."""
         xp = self._xp
@@ -328,7 +336,8 @@ class AbInitio:
         res = []
         for k in range(self.n_classes):
             proj = Projector(self._volumes_w[k], self._comps, self.pad, xp)
-            res.append(self._search.search(proj, x, c, xp.asarray(w[:m]), self.box_, r, full=full))
+            search = self._soft if soft else self._search
+            res.append(search.search(proj, x, c, xp.asarray(w[:m]), self.box_, r, full=full))
         ev = np.stack([rr.log_evidence for rr in res], 1)
         return res, ev
 
@@ -346,7 +355,7 @@ class AbInitio:
         r = self._r_at(t)
         bsz = min(n, sched.minibatch(t))
         idx = np.sort(self._rng(2, t).choice(n, size=bsz, replace=False))
-        res, ev = self._search_all(idx, t, r, full=False)
+        res, ev = self._search_all(idx, t, r, full=False, soft=sched.phase(t) != "final")
         sim = sched.similarity(t) if self.n_classes > 1 else 0.0
         post = self._posteriors(ev, sim)
         lr = sched.learning_rate(t)
