@@ -228,8 +228,8 @@ class AbInitio:
             self._sigma2_n = 0.0
             self._sizes = np.full(K, 1.0 / K)
             self._sums = [self._initial_sums(k, n) for k in range(K)]
-        self._volumes_w = [self._volume(k, self._r_at(sched.n_iter - 1 if start >= sched.n_iter else start))
-                           for k in range(K)]
+        r_now = self.r_max_ if start >= sched.n_iter else self._r_at(start)
+        self._volumes_w = [self._volume(k, r_now) for k in range(K)]
         for t in range(start, sched.n_iter):
             self._iteration(t, n, t_start)
             if progress is not None:
