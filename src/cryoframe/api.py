@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PathLike",
     "StoreLike",
+    "abinitio",
     "class2d",
     "class3d",
     "demo",
@@ -389,3 +390,32 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
                         seed=seed, ctf=ctf,
                         partition_size=partition_size, device=device, resume=resume, plots=plots,
                         overwrite=overwrite)
+
+def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: int | None = None,
+             symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float = 35.0,
+             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 40,
+             initial_minibatch: int = 90, final_minibatch: int = 300, initial_learning_rate: float = 0.5,
+             final_learning_rate: float = 0.15, noise_model: str = "coloured", noise_init_sigmascale: float = 3.0,
+             noise_priorw: float = 50.0, class_similarity: float = 0.1,
+             class_similarity_anneal_start: int | None = None, class_similarity_anneal_end: int | None = None,
+             coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
+             shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 2, ctf: bool = True,
+             seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
+             overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
+    """Ab-initio reconstruction of ``classes`` volumes and 3D poses (see
+    :func:`cryoframe.jobs.abinitio.abinitio`; resolutions in Å, shifts in px, steps in degrees)."""
+    from cryoframe.jobs.abinitio import abinitio as _abinitio
+
+    with _scheduler(scheduler):
+        return _abinitio(
+            open_store(store), out, classes=classes, particles=particles, symmetry=symmetry,
+            max_resolution_A=max_resolution_A, initial_resolution_A=initial_resolution_A,
+            initial_iterations=initial_iterations, intermediate_iterations=intermediate_iterations,
+            final_iterations=final_iterations, initial_minibatch=initial_minibatch, final_minibatch=final_minibatch,
+            initial_learning_rate=initial_learning_rate, final_learning_rate=final_learning_rate,
+            noise_model=noise_model, noise_init_sigmascale=noise_init_sigmascale, noise_priorw=noise_priorw,
+            class_similarity=class_similarity, class_similarity_anneal_start=class_similarity_anneal_start,
+            class_similarity_anneal_end=class_similarity_anneal_end, coarse_step_deg=coarse_step_deg,
+            fine_step_deg=fine_step_deg, shift_range_px=shift_range_px, shift_step_px=shift_step_px,
+            n_candidates=n_candidates, final_passes=final_passes, ctf=ctf, seed=seed, device=device, resume=resume,
+            plots=plots, overwrite=overwrite)

@@ -28,6 +28,7 @@ VERBS = {
     "reconstruct": ("reconstruct", "3D reconstruction with CTF: half maps, map, FSC (poses from a refinement)"),
     "project": ("project", "project a map at a store's (or random) poses into a new store, as relion_project"),
     "class3d": ("class3d", "3D classification without alignment (O-EM + F-EM, masks, per-particle scale)"),
+    "abinitio": ("abinitio", "ab-initio reconstruction: K volumes and 3D poses from particles without poses"),
     "mask": ("mask", "threshold/extend/soft-edge mask of a map (as relion_mask_create) or a soft sphere"),
 }
 

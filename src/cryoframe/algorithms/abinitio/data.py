@@ -1,0 +1,52 @@
+"""Particles as Fourier components: one streaming pass over the images computes, for the
+components within the largest search radius (:class:`cryoframe.algorithms.posesearch.Components`),
+the image transforms ``X`` (n, m) complex64 and CTFs ``C`` (n, m) float32 — everything the
+iterations need, so minibatches never touch the image store again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cryoframe.algorithms.posesearch import Components
+from cryoframe.geometry import fourier as fo
+from cryoframe.geometry.ctf import ctf_grid
+
+__all__ = ["particle_components", "shell_power"]
+
+
+def particle_components(images: Any, rows: np.ndarray, comps: Components, box: int, psize_A: float,
+                        ctf: dict[str, np.ndarray] | None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, C)`` of the particles ``rows`` (indices into ``images`` (N, box, box), NumPy or dask;
+    ``ctf`` arrays are indexed by the same rows).  CTF = 1 when ``ctf`` is None."""
+    n = len(rows)
+    m = len(comps)
+    X = np.empty((n, m), dtype=np.complex64)
+    C = np.ones((n, m), dtype=np.float32)
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    for s in range(0, n, block):
+        o = order[s:s + block]
+        r = srt[s:s + block]
+        lo, hi = int(r[0]), int(r[-1]) + 1
+        chunk = images[lo:hi]
+        chunk = np.asarray(chunk.compute() if hasattr(chunk, "compute") else chunk, dtype=np.float32)[r - lo]
+        X[o] = comps.take(fo.cfft2(chunk), box)
+        if ctf is not None:
+            C[o] = comps.take(ctf_grid(box, psize_A, {k: v[r] for k, v in ctf.items()}), box)
+    return X, C
+
+
+def shell_power(values: np.ndarray, comps: Components, m: int | None = None) -> np.ndarray:
+    """Mean ``|v|^2`` (over particles and components) per integer shell ``0 .. ceil(r_max)`` of
+    ``values`` (n, m) at the components; shells without components get their neighbour's value."""
+    m = values.shape[1] if m is None else m
+    sh = np.rint(comps.radius[:m]).astype(np.int64)
+    ns = int(np.ceil(comps.r_max)) + 1
+    p = (np.abs(values[:, :m]) ** 2).mean(0).astype(np.float64)
+    s = np.bincount(sh, weights=p, minlength=ns)[:ns]
+    c = np.bincount(sh, minlength=ns)[:ns]
+    out = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+    good = np.flatnonzero(np.isfinite(out))
+    return np.interp(np.arange(ns), good, out[good]) if len(good) else np.ones(ns)

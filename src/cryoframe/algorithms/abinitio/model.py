@@ -1,0 +1,561 @@
+"""The :class:`AbInitio` estimator: K volumes from particles without poses by minibatch SGD.
+
+One iteration ``t`` (hyperparameters from :class:`Schedule`):
+
+1. draw a seeded minibatch of ``minibatch(t)`` particles;
+2. for each class search every particle's pose (branch and bound, :class:`PoseSearch`) against the
+   class volume up to ``resolution_A(t)``; the class evidence is ``log sum exp(-E)`` over the final
+   candidates;
+3. class posteriors ``p = (1 - s) softmax(log pi + evidence) + s / K`` with ``s`` the class
+   similarity (annealed to 0), so early on every particle feeds every class;
+4. the gradient step: each class's Fourier sums (``sum w CTF X / sigma^2`` and
+   ``sum w CTF^2 / sigma^2`` on the padded grid of a Fourier-cropped working box, inserted with
+   :func:`cryoframe.geometry.fourier.insert_slices` at the candidate poses with weights
+   ``p_k x pose posterior``, once per symmetry operator) move towards the minibatch's:
+   ``S <- (1 - lr) S + S_batch`` — SGD on the regularised likelihood preconditioned by its diagonal
+   Hessian; the volume is ``S_data / (S_weight + 1 / tau^2)`` (``tau^2`` the volume's shell power,
+   :func:`cryoframe.geometry.backprojector.map_from_sums`), windowed by a soft sphere;
+5. the noise model: per-shell (``coloured``) or flat (``white``) ``sigma^2``, starting at the image
+   power times ``noise_init_sigmascale^2`` (flat posteriors), annealed towards the residual power at
+   the best poses (prior weight ``noise_priorw`` particles);
+6. empty classes (running size below ``empty_class_fraction / K``) restart from a perturbed copy of
+   the largest class (until the final phase).
+
+After the SGD iterations, ``final_passes`` passes over all particles search poses exhaustively down
+to ``fine_step_deg`` (each pass but the last re-estimates the volumes from all particles), and the
+class maps are reconstructed at the full box with :class:`cryoframe.algorithms.reconstruct.Reconstructor`
+(half maps of a seeded split, FSC resolution), weighted by the class posteriors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoframe.algorithms.abinitio.data import particle_components, shell_power
+from cryoframe.algorithms.abinitio.schedule import Schedule
+from cryoframe.algorithms.posesearch import Components, PoseSearch, Projector, SearchResult
+from cryoframe.errors import InputError
+from cryoframe.geometry import fourier as fo
+from cryoframe.geometry.backprojector import map_from_sums
+from cryoframe.geometry.masks import soft_sphere
+from cryoframe.geometry.rotations import matrix_to_pose
+from cryoframe.geometry.symmetry import symmetry_matrices
+
+__all__ = ["AbInitio"]
+
+CKPT_NAME = "abinitio_state.npz"
+
+
+class AbInitio:
+    """Ab-initio reconstruction of ``n_classes`` volumes (cryoSPARC's parameter names).
+
+    Parameters
+    ----------
+    n_classes : K.
+    psize_A : pixel size of the images (Å/px).
+    symmetry : point group imposed on the volumes (``C1``, ``Cn``, ``Dn``, ``T``, ``O``, ``I``).
+    max_resolution_A, initial_resolution_A : resolution (Å) of the final and the initial iterations.
+    initial_iterations, intermediate_iterations, final_iterations : the three phases (:class:`Schedule`).
+    initial_minibatch, final_minibatch : particles per iteration in the initial / final phase.
+    initial_learning_rate, final_learning_rate : SGD step (fraction of the sums replaced per iteration).
+    noise_model : ``coloured`` (per shell) or ``white`` (flat) noise power.
+    noise_init_sigmascale : initial noise sd as a multiple of the images' (flattens early posteriors).
+    noise_priorw : weight (in particles) of the initial noise estimate against the data's.
+    class_similarity, class_similarity_anneal_start, class_similarity_anneal_end : see :class:`Schedule`
+        (iterations; defaults: the start and the end of the intermediate phase).
+    empty_class_fraction : a class whose running share falls below this / K is re-initialised.
+    coarse_step_deg, fine_step_deg, shift_range_px, shift_step_px, n_candidates : the pose search
+        (:class:`cryoframe.algorithms.posesearch.PoseSearch`); shifts in px of the images.
+    window_inner_radius, window_outer_radius : the soft spherical window (fractions of half the box).
+    final_passes : passes over all particles after SGD (>= 1).
+    soft_candidates : grid poses per particle averaged over (posterior weights) before the final phase.
+    tau2_fudge : regularisation T (the volume prior ``1 / (T tau^2)``).
+    random_state : seed of the minibatches, initial volumes and half split.
+    device : ``cpu`` or ``gpu`` (:func:`cryoframe.backend.get_array_module`).
+    checkpoint_dir : state after every ``checkpoint_every`` iterations, for ``fit(resume=True)``.
+
+    Learned attributes
+    ------------------
+    ``volumes_`` (K, b, b, b) float32 class maps at the full box (Å/px ``psize_A``), ``half_maps_``,
+    ``resolution_A_`` (K,) FSC 0.143 of the half maps, ``fsc_`` (K, b // 2 + 1),
+    ``poses_`` (n, 3) rotation vectors (rad), ``rot_`` (n, 3, 3), ``shifts_px_`` (n, 2) (px of the
+    images, the translation that centres the particle), ``labels_`` (n,), ``posteriors_`` (n, K),
+    ``class_sizes_`` (K,), ``history_`` (per iteration), ``slices_`` (snapshots of the central
+    slices), ``working_box_``, ``n_iter_``, ``events_`` (class re-initialisations).
+    """
+
+    def __init__(self, n_classes: int = 1, *, psize_A: float, symmetry: str = "C1", max_resolution_A: float = 12.0,
+                 initial_resolution_A: float = 35.0, initial_iterations: int = 40, intermediate_iterations: int = 40,
+                 final_iterations: int = 40, initial_minibatch: int = 90, final_minibatch: int = 300,
+                 initial_learning_rate: float = 0.5, final_learning_rate: float = 0.15,
+                 noise_model: str = "coloured", noise_init_sigmascale: float = 3.0, noise_priorw: float = 50.0,
+                 class_similarity: float = 0.1, class_similarity_anneal_start: int | None = None,
+                 class_similarity_anneal_end: int | None = None, empty_class_fraction: float = 0.2,
+                 coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
+                 shift_step_px: float = 2.0, n_candidates: int = 4, window_inner_radius: float = 0.85,
+                 window_outer_radius: float = 0.99, final_passes: int = 2, soft_candidates: int = 24, tau2_fudge: float = 4.0, pad: int = 2,
+                 random_state: int = 0, device: str = "cpu", checkpoint_dir: str | os.PathLike[str] | None = None,
+                 checkpoint_every: int = 10) -> None:
+        self.n_classes = n_classes
+        self.psize_A = psize_A
+        self.symmetry = symmetry
+        self.max_resolution_A = max_resolution_A
+        self.initial_resolution_A = initial_resolution_A
+        self.initial_iterations = initial_iterations
+        self.intermediate_iterations = intermediate_iterations
+        self.final_iterations = final_iterations
+        self.initial_minibatch = initial_minibatch
+        self.final_minibatch = final_minibatch
+        self.initial_learning_rate = initial_learning_rate
+        self.final_learning_rate = final_learning_rate
+        self.noise_model = noise_model
+        self.noise_init_sigmascale = noise_init_sigmascale
+        self.noise_priorw = noise_priorw
+        self.class_similarity = class_similarity
+        self.class_similarity_anneal_start = class_similarity_anneal_start
+        self.class_similarity_anneal_end = class_similarity_anneal_end
+        self.empty_class_fraction = empty_class_fraction
+        self.coarse_step_deg = coarse_step_deg
+        self.fine_step_deg = fine_step_deg
+        self.shift_range_px = shift_range_px
+        self.shift_step_px = shift_step_px
+        self.n_candidates = n_candidates
+        self.window_inner_radius = window_inner_radius
+        self.window_outer_radius = window_outer_radius
+        self.final_passes = final_passes
+        self.soft_candidates = soft_candidates
+        self.tau2_fudge = tau2_fudge
+        self.pad = pad
+        self.random_state = random_state
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def schedule(self) -> Schedule:
+        """The iteration plan of these parameters."""
+        s = self.initial_iterations
+        e = self.initial_iterations + self.intermediate_iterations
+        a0 = s if self.class_similarity_anneal_start is None else self.class_similarity_anneal_start
+        a1 = e if self.class_similarity_anneal_end is None else self.class_similarity_anneal_end
+        return Schedule(self.initial_iterations, self.intermediate_iterations, self.final_iterations,
+                        self.initial_minibatch, self.final_minibatch, self.initial_resolution_A,
+                        self.max_resolution_A, self.initial_learning_rate, self.final_learning_rate,
+                        self.class_similarity, a0, max(a0, a1))
+
+    def _validate(self, n: int, box: int) -> None:
+        nyq = 2 * self.psize_A
+        if self.n_classes < 1:
+            raise InputError(f"--classes must be >= 1 (got {self.n_classes})")
+        if self.n_classes > n:
+            raise InputError(f"--classes {self.n_classes} is larger than the number of particles ({n})")
+        if not self.max_resolution_A >= nyq - 1e-9:
+            raise InputError(f"--max-resolution {self.max_resolution_A} Å is beyond Nyquist ({nyq:.3f} Å at "
+                             f"{self.psize_A:.4f} Å/px)")
+        if not self.initial_resolution_A >= self.max_resolution_A:
+            raise InputError(f"--initial-resolution {self.initial_resolution_A} Å must be >= --max-resolution "
+                             f"{self.max_resolution_A} Å")
+        if self.noise_model not in ("coloured", "white"):
+            raise InputError(f"--noise-model {self.noise_model!r}: expected coloured or white")
+        if not 0 <= self.class_similarity <= 1:
+            raise InputError(f"--class-similarity must be in [0, 1] (got {self.class_similarity})")
+        for name in ("initial_minibatch", "final_minibatch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1")
+        for name in ("initial_learning_rate", "final_learning_rate"):
+            if not 0 < getattr(self, name) <= 1:
+                raise InputError(f"--{name.replace('_', '-')} must be in (0, 1]")
+        if min(self.initial_iterations, self.intermediate_iterations, self.final_iterations) < 0:
+            raise InputError("iteration counts must be >= 0")
+        if self.final_passes < 1:
+            raise InputError("--final-passes must be >= 1")
+        symmetry_matrices(self.symmetry)
+
+    # -- fit ----------------------------------------------------------------------------------------
+    def fit(self, images: Any, ctf_params: dict[str, np.ndarray] | None = None, *, resume: bool = False,
+            progress: Any = None) -> AbInitio:
+        """Fit to ``images`` (n, b, b) (NumPy or dask) with CTF parameters (n,) arrays (or None)."""
+        from cryoframe.backend import get_array_module
+
+        t_start = time.perf_counter()
+        n, box = int(images.shape[0]), int(images.shape[-1])
+        self._validate(n, box)
+        xp = get_array_module(self.device)
+        self._xp = xp
+        sched = self.schedule()
+        self.schedule_ = sched
+        self.box_ = box
+        r_max = min(box * self.psize_A / self.max_resolution_A, box / 2 - 1)
+        self.r_max_ = r_max
+        wb = min(box, 2 * int(math.ceil(r_max)) + 4)
+        wb += wb % 2
+        self.working_box_ = wb
+        comps = Components(r_max)
+        self._comps = comps
+        self._sym = symmetry_matrices(self.symmetry)
+        X, C = particle_components(images, np.arange(n), comps, box, self.psize_A, ctf_params)
+        self._X, self._C = xp.asarray(X), xp.asarray(C)
+        self._search = PoseSearch(coarse_step_deg=self.coarse_step_deg, fine_step_deg=self.fine_step_deg,
+                                  shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
+                                  n_candidates=self.n_candidates)
+        # before the final phase: soft assignment over the best poses of the exhaustive grid at the
+        # current resolution (no branching), so early gradients average over the plausible poses
+        self._soft = PoseSearch(coarse_step_deg=self.coarse_step_deg, fine_step_deg=self.coarse_step_deg,
+                                shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
+                                n_candidates=self.soft_candidates, coarse_radius=1e9, bound=False)
+        self._window = soft_sphere(wb, self.window_inner_radius * wb / 2,
+                                   max(0.0, (self.window_outer_radius - self.window_inner_radius) * wb / 2))
+        K = self.n_classes
+        self.history_: list[dict[str, Any]] = []
+        self.slices_: list[dict[str, Any]] = []
+        self.events_: list[dict[str, Any]] = []
+        start = 0
+        if resume:
+            start = self._load_checkpoint()
+        else:
+            # white initial noise: the image power of the outer shells (noise-dominated), scaled
+            p0 = shell_power(X[: min(n, 2000)], comps)
+            flat = np.full_like(p0, float(np.median(p0[len(p0) // 2:])))
+            self._sigma2_init = flat * self.noise_init_sigmascale ** 2
+            self._sigma2_data = flat.copy()
+            self._sigma2_n = 0.0
+            self._sizes = np.full(K, 1.0 / K)
+            self._sums = [self._initial_sums(k, n) for k in range(K)]
+        r_now = self.r_max_ if start >= sched.n_iter else self._r_at(start)
+        self._volumes_w = [self._volume(k, r_now) for k in range(K)]
+        for t in range(start, sched.n_iter):
+            self._iteration(t, n, t_start)
+            if progress is not None:
+                progress(t + 1, sched.n_iter)
+            if self.checkpoint_dir is not None and ((t + 1) % self.checkpoint_every == 0 or t + 1 == sched.n_iter):
+                self._save_checkpoint(t + 1)
+        self._final(images, ctf_params, n, t_start)
+        self.n_iter_ = sched.n_iter
+        return self
+
+    def _r_at(self, t: int) -> float:
+        """Search/insertion radius (cycles per box) at iteration ``t``."""
+        return min(self.r_max_, self.box_ * self.psize_A / self.schedule_.resolution_A(t))
+
+    def _rng(self, *keys: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.random_state, 17, *keys]))
+
+    def _noise_weights(self, t: int | None) -> np.ndarray:
+        """Weights ``mult / (2 sigma^2)`` (m,) float32 at the components for iteration ``t`` (None: final)."""
+        a = 1.0 if t is None else self.schedule_.anneal(t)
+        s2 = (1 - a) * self._sigma2_init + a * self._sigma2_data
+        if self.noise_model == "white":
+            sh = np.rint(self._comps.radius).astype(np.int64)
+            s2 = np.full_like(s2, float(np.mean(s2[np.minimum(sh, len(s2) - 1)])))
+        sh = np.minimum(np.rint(self._comps.radius).astype(np.int64), len(s2) - 1)
+        return (self._comps.mult / (2.0 * s2[sh])).astype(np.float32)
+
+    def _initial_sums(self, k: int, n: int) -> np.ndarray:
+        """Seeded random initial volume: a minibatch inserted at random poses (the data's scale and
+        weights) plus a random smooth density of equal power within the window, band-limited to the
+        initial resolution; returned as sums ``(W Re V, W Im V, W)``."""
+        from scipy.spatial.transform import Rotation
+
+        g = self._rng(1, k)
+        idx = g.choice(n, size=min(n, self.initial_minibatch), replace=False)
+        rot = Rotation.random(len(idx), random_state=g).as_matrix()
+        r0 = self._r_at(0)
+        sums = self._batch_sums(idx, rot[:, None], np.zeros((len(idx), 1, 2)), np.ones((len(idx), 1)),
+                                self._noise_weights(0), r0)
+        wb = self.working_box_
+        blob = to_np(map_from_sums(self._xp.asarray(sums), wb, self.pad, None, r0, self._xp))
+        field = np.asarray(fo.icfftn(fo.cfftn(g.standard_normal((wb,) * 3)) * _lowpass(wb, r0), wb))
+        field *= soft_sphere(wb, 0.3 * wb, 0.1 * wb)
+        field *= np.std(blob) / max(float(np.std(field)), 1e-30)
+        v = fo.volume_transform(blob + field, self.pad)
+        wgt = sums[..., 2]
+        return np.stack([wgt * v.real, wgt * v.imag, wgt], axis=-1)
+
+    def _batch_sums(self, idx: np.ndarray, rot: np.ndarray, shifts: np.ndarray, wts: np.ndarray, w: np.ndarray,
+                    r: float) -> np.ndarray:
+        """Fourier sums (:func:`cryoframe.geometry.fourier.new_sums`) of particles ``idx`` at poses
+        ``rot`` (b, T, 3, 3), shifts ``shifts`` (b, T, 2) with weights ``wts`` (b, T), whitened by the noise weights ``w``, up to radius ``r``."""
+        xp = self._xp
+        wb, comps = self.working_box_, self._comps
+        m = comps.count(r)
+        sums = fo.new_sums(wb, self.pad, xp)
+        b, T = wts.shape
+        live = wts > 1e-3 * wts.max(initial=0.0)
+        pi, ti = np.nonzero(live)
+        if len(pi) == 0:
+            return to_np(sums)
+        inv_sigma = xp.asarray(np.sqrt(2.0 * w[:m] / comps.mult[:m]), dtype=xp.float32)
+        x = self._X[xp.asarray(idx[pi]), :m] * comps.phases(shifts[pi, ti], self.box_, m, xp) * inv_sigma
+        c = self._C[xp.asarray(idx[pi]), :m] * inv_sigma
+        rr = rot[pi, ti]
+        ww = wts[pi, ti]
+        sym = self._sym
+        if len(sym) > 1:
+            rr = np.einsum("gij,njk->ngik", sym, rr).reshape(-1, 3, 3)
+            x = xp.repeat(x, len(sym), axis=0)
+            c = xp.repeat(c, len(sym), axis=0)
+            ww = np.repeat(ww, len(sym))
+        for s in range(0, len(rr), 4096):
+            sl = slice(s, s + 4096)
+            fo.insert_slices(sums, xp.asarray(rr[sl]) if xp is not np else rr[sl], comps.scatter(x[sl], wb, xp),
+                             comps.scatter(c[sl], wb, xp), ww[sl], wb, self.pad, r, xp)
+        fo.enforce_hermitian(sums, xp)
+        return to_np(sums)
+
+    def _volume(self, k: int, r: float) -> np.ndarray:
+        """Working-box volume of class ``k``: regularised division of its sums, windowed."""
+        xp = self._xp
+        wb = self.working_box_
+        sums = xp.asarray(self._sums[k])
+        raw = to_np(map_from_sums(sums, wb, self.pad, None, r, xp))
+        tau2 = _shell_tau2(raw, wb)
+        from cryoframe.geometry.backprojector import shell_mean_weight
+
+        mw = shell_mean_weight(sums[..., 2], wb, self.pad, xp)
+        reg = 1.0 / (self.tau2_fudge * np.maximum(tau2, 1e-12 * max(tau2.max(), 1e-30)))
+        reg = np.minimum(reg, 1e3 * np.maximum(mw, 1e-30))
+        vol = to_np(map_from_sums(sums, wb, self.pad, reg, r, xp))
+        return (vol * self._window).astype(np.float32)
+
+    def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool,
+                    soft: bool = False) -> tuple[list[SearchResult], np.ndarray]:
+        """Pose search of particles ``idx`` against every class; returns the results and the log
+        evidences (b, K)."""
+        xp = self._xp
+        m = self._comps.count(r)
+        w = self._noise_weights(t)
+        x = self._X[xp.asarray(idx), :m]
+        c = self._C[xp.asarray(idx), :m]
+        res = []
+        for k in range(self.n_classes):
+            proj = Projector(self._volumes_w[k], self._comps, self.pad, xp)
+            search = self._soft if soft else self._search
+            res.append(search.search(proj, x, c, xp.asarray(w[:m]), self.box_, r, full=full))
+        ev = np.stack([rr.log_evidence for rr in res], 1)
+        return res, ev
+
+    def _posteriors(self, ev: np.ndarray, similarity: float) -> np.ndarray:
+        lp = ev + np.log(np.maximum(self._sizes, 1e-6))[None]
+        lp -= lp.max(1, keepdims=True)
+        p = np.exp(lp)
+        p /= p.sum(1, keepdims=True)
+        K = self.n_classes
+        return (1 - similarity) * p + similarity / K
+
+    def _iteration(self, t: int, n: int, t_start: float) -> None:
+        sched = self.schedule_
+        t0 = time.perf_counter()
+        r = self._r_at(t)
+        bsz = min(n, sched.minibatch(t))
+        idx = np.sort(self._rng(2, t).choice(n, size=bsz, replace=False))
+        res, ev = self._search_all(idx, t, r, full=False, soft=sched.phase(t) != "final")
+        sim = sched.similarity(t) if self.n_classes > 1 else 0.0
+        post = self._posteriors(ev, sim)
+        lr = sched.learning_rate(t)
+        self._update_noise(idx, res, post, r)
+        w = self._noise_weights(t)
+        for k in range(self.n_classes):
+            bs = self._batch_sums(idx, res[k].rot, res[k].shift, post[:, k:k + 1] * res[k].weight, w, r)
+            self._sums[k] = (1 - lr) * self._sums[k] + bs
+        frac = post.mean(0)
+        self._sizes = (1 - lr) * self._sizes + lr * frac
+        if self.n_classes > 1 and sched.phase(t) != "final":
+            self._reinit_empty(t)
+        self._volumes_w = [self._volume(k, r) for k in range(self.n_classes)]
+        stats = res[0].stats
+        self.history_.append({
+            "iteration": t + 1, "phase": sched.phase(t), "resolution_A": self.box_ * self.psize_A / r,
+            "learning_rate": lr, "minibatch": bsz, "class_similarity": sim,
+            "class_sizes": self._sizes.tolist(), "noise_anneal": sched.anneal(t),
+            "mean_error": float(np.mean([rr.error[:, 0].mean() for rr in res])),
+            "pruned_fraction": stats["pruned"] / max(1.0, stats["pruned"] + stats["scored"]),
+            "time_s": time.perf_counter() - t0, "elapsed_s": time.perf_counter() - t_start})
+        every = max(1, sched.n_iter // 12)
+        if t % every == 0 or t + 1 == sched.n_iter:
+            self.slices_.append({"iteration": t + 1, "slices": [v[self.working_box_ // 2].copy() for v in self._volumes_w]})
+
+    def _update_noise(self, idx: np.ndarray, res: list[SearchResult], post: np.ndarray, r: float) -> None:
+        """Residual power per shell at each particle's best pose of its most probable class."""
+        xp = self._xp
+        m = self._comps.count(r)
+        best = post.argmax(1)
+        resid = np.empty((len(idx), m), dtype=np.complex64)
+        for k in range(self.n_classes):
+            sel = np.flatnonzero(best == k)
+            if len(sel) == 0:
+                continue
+            proj = Projector(self._volumes_w[k], self._comps, self.pad, xp)
+            P = proj.slices(res[k].rot[sel, 0], m)
+            x = self._X[xp.asarray(idx[sel]), :m] * self._comps.phases(res[k].shift[sel, 0], self.box_, m, xp)
+            resid[sel] = to_np(x - self._C[xp.asarray(idx[sel]), :m] * P)
+        p = shell_power(resid, self._comps)
+        ns = int(np.ceil(r))
+        nb = float(len(idx))
+        wold = self.noise_priorw + self._sigma2_n
+        upd = (wold * self._sigma2_data + nb * p) / (wold + nb)
+        self._sigma2_data[: ns + 1] = upd[: ns + 1]
+        self._sigma2_n = min(self._sigma2_n + nb, 10 * self.noise_priorw)
+
+    def _reinit_empty(self, t: int) -> None:
+        K = self.n_classes
+        low = np.flatnonzero(self._sizes < self.empty_class_fraction / K)
+        for k in low:
+            big = int(np.argmax(self._sizes))
+            g = self._rng(3, t, int(k))
+            new = 0.5 * self._sums[big]
+            new[..., :2] *= (1.0 + 0.3 * g.standard_normal(new.shape[:3]))[..., None]
+            self._sums[k] = new
+            self._sizes[k] = self._sizes[big] = self._sizes[big] / 2
+            self.events_.append({"iteration": t + 1, "class": int(k), "from_class": big})
+
+    # -- final passes and maps -------------------------------------------------------------------------
+    def _final(self, images: Any, ctf_params: dict[str, np.ndarray] | None, n: int, t_start: float) -> None:
+        r = self.r_max_
+        K = self.n_classes
+        for p in range(self.final_passes):
+            t0 = time.perf_counter()
+            rot = np.empty((n, K, 3, 3))
+            shifts = np.empty((n, K, 2))
+            ev = np.empty((n, K))
+            results: list[list[SearchResult]] = []
+            for s in range(0, n, 1024):
+                idx = np.arange(s, min(n, s + 1024))
+                res, e = self._search_all(idx, None, r, full=True)
+                ev[idx] = e
+                for k in range(K):
+                    rot[idx, k] = res[k].rot[:, 0]
+                    shifts[idx, k] = res[k].shift[:, 0]
+                results.append(res)
+            post = self._posteriors(ev, 0.0)
+            self._sizes = post.mean(0)
+            if p + 1 < self.final_passes:
+                w = self._noise_weights(None)
+                for k in range(K):
+                    acc: np.ndarray | None = None
+                    for s, res in zip(range(0, n, 1024), results, strict=True):
+                        idx = np.arange(s, min(n, s + 1024))
+                        bs = self._batch_sums(idx, res[k].rot, res[k].shift, post[idx, k:k + 1] * res[k].weight, w, r)
+                        acc = bs if acc is None else acc + bs
+                    if acc is not None:
+                        self._sums[k] = acc
+                self._volumes_w = [self._volume(k, r) for k in range(K)]
+            self.history_.append({"iteration": len(self.history_) + 1, "phase": f"final pass {p + 1}",
+                                  "resolution_A": self.box_ * self.psize_A / r, "learning_rate": 1.0,
+                                  "minibatch": n, "class_similarity": 0.0, "class_sizes": self._sizes.tolist(),
+                                  "noise_anneal": 1.0, "time_s": time.perf_counter() - t0,
+                                  "elapsed_s": time.perf_counter() - t_start})
+        labels = post.argmax(1)
+        self.labels_ = labels
+        self.posteriors_ = post.astype(np.float32)
+        self.class_sizes_ = np.bincount(labels, minlength=K)
+        self.rot_ = rot[np.arange(n), labels]
+        self.poses_ = matrix_to_pose(self.rot_)
+        self.shifts_px_ = shifts[np.arange(n), labels]
+        self.slices_.append({"iteration": len(self.history_), "slices": [v[self.working_box_ // 2].copy()
+                                                                         for v in self._volumes_w]})
+        self._maps(images, ctf_params, post)
+
+    def _maps(self, images: Any, ctf_params: dict[str, np.ndarray] | None, post: np.ndarray) -> None:
+        from cryoframe.algorithms.reconstruct import Reconstructor
+
+        n = len(post)
+        half = np.zeros(n, dtype=np.int64)
+        half[self._rng(4).permutation(n)[(n + 1) // 2:]] = 1
+        vols, halves, fscs, res = [], [], [], []
+        for k in range(self.n_classes):
+            wk = post[:, k].astype(np.float64)
+            sel = np.flatnonzero(wk > 1e-3)
+            rec = Reconstructor(self.box_, self.psize_A, pad=self.pad, symmetry=self.symmetry,
+                                max_resolution_A=self.max_resolution_A, regulariser="fsc", device=self.device)
+            if len(sel) < 2 or half[sel].min() == half[sel].max():
+                vols.append(np.zeros((self.box_,) * 3, np.float32))
+                halves.append(np.zeros((2,) + (self.box_,) * 3, np.float32))
+                fscs.append(np.zeros(self.box_ // 2 + 1))
+                res.append(float("inf"))
+                continue
+            imgs = images[np.asarray(sel)] if not hasattr(images, "compute") else images[sel]
+            rec.fit(imgs, self.rot_[sel], self.shifts_px_[sel], half[sel],
+                    ctf=None if ctf_params is None else {a: v[sel] for a, v in ctf_params.items()}, weights=wk[sel])
+            vols.append(rec.map_)
+            halves.append(rec.half_maps_)
+            fscs.append(rec.fsc_)
+            res.append(rec.resolution_["0.143"])
+        self.volumes_ = np.stack(vols)
+        self.half_maps_ = np.stack(halves)
+        self.fsc_ = np.stack(fscs)
+        self.resolution_A_ = np.asarray(res)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")
+                and k not in ("checkpoint_dir", "device", "checkpoint_every")}
+
+    def _save_checkpoint(self, t: int) -> None:
+        d = Path(self.checkpoint_dir)  # type: ignore[arg-type]
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {f"sums_{k}": s.astype(np.float32) for k, s in enumerate(self._sums)}
+        meta = {"t": t, "params": self._params(), "n": int(self._X.shape[0]), "sigma2_n": self._sigma2_n,
+                "history": self.history_, "events": self.events_}
+        tmp = d / f".{CKPT_NAME}"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, sigma2_init=self._sigma2_init, sigma2_data=self._sigma2_data, sizes=self._sizes,
+                     meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8),
+                     **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **arrays
+        os.replace(tmp, d / CKPT_NAME)
+
+    def _load_checkpoint(self) -> int:
+        if self.checkpoint_dir is None:
+            raise InputError("resume needs checkpoint_dir")
+        f = Path(self.checkpoint_dir) / CKPT_NAME
+        if not f.is_file():
+            raise InputError(f"{f}: no ab-initio checkpoint to continue from")
+        z = np.load(f)
+        meta = json.loads(bytes(z["meta"]).decode())
+        mine = json.loads(json.dumps(self._params(), default=float))
+        theirs = dict(meta["params"])
+        for key in ("initial_iterations", "intermediate_iterations", "final_iterations", "final_passes"):
+            mine.pop(key, None)
+            theirs.pop(key, None)
+        if theirs != mine or meta["n"] != int(self._X.shape[0]):
+            raise InputError(f"{f}: checkpoint written for other data or parameters; cannot continue")
+        self._sigma2_init = z["sigma2_init"]
+        self._sigma2_data = z["sigma2_data"]
+        self._sigma2_n = float(meta["sigma2_n"])
+        self._sizes = z["sizes"]
+        self._sums = [z[f"sums_{k}"].astype(np.float64) for k in range(self.n_classes)]
+        self.history_ = meta["history"]
+        self.events_ = meta["events"]
+        return int(meta["t"])
+
+
+def to_np(a: Any) -> np.ndarray:
+    from cryoframe.backend import to_host
+
+    return to_host(a)
+
+
+def _shell_tau2(vol: np.ndarray, box: int) -> np.ndarray:
+    """Shell power (box // 2 + 1,) of a volume's transform (the prior ``tau^2``)."""
+    from cryoframe.geometry.fsc import shell_index
+
+    f = fo.cfftn(vol.astype(np.float64))
+    sh = shell_index(box, 3, 1).ravel()
+    ns = box // 2 + 1
+    keep = sh < ns
+    p = np.bincount(sh[keep], weights=(np.abs(f) ** 2).ravel()[keep], minlength=ns)
+    c = np.bincount(sh[keep], minlength=ns)
+    return p / np.maximum(c, 1)
+
+
+def _lowpass(box: int, r: float) -> np.ndarray:
+    """Half-grid (box, box, box // 2 + 1) mask of frequencies within ``r`` cycles per box."""
+    from cryoframe.geometry.fsc import shell_index
+
+    return (shell_index(box, 3, 1) <= r).astype(np.float64)

@@ -1,0 +1,352 @@
+"""Coarse-to-fine pose search over SO(3) x shifts with branch-and-bound pruning (cryoSPARC's BnB,
+Punjani et al. 2017), for ab-initio reconstruction and later refinements.
+
+Data model (all in Fourier space, per particle, at the integer frequencies ``(kx, ky)`` cycles per
+box within a radius, :class:`Components`, sorted by radius so a lower resolution is a prefix):
+
+* ``X`` (n, m) complex: the particle images' transforms (:func:`cryoframe.geometry.fourier.cfft2`);
+* ``C`` (n, m) real: their CTFs; ``w`` (m,) the noise weights ``mult / (2 sigma^2)`` with ``mult`` 2
+  for kx > 0 and 1 on the kx = 0 column (each Hermitian pair once), ``sigma^2 = E|noise_k|^2``;
+* the error of a pose (rotation ``R``, shift ``t``) against a reference ``V``:
+  ``E = sum_k w_k |X_k T_k(t) - C_k P_k(R)|^2`` with ``P(R)`` the central slice of ``V``
+  (:func:`cryoframe.geometry.fourier.extract_slices`) and ``T(t)`` the phase factor translating the
+  image by ``t`` px (the stored shift: the translation that centres the particle); the
+  log-likelihood is ``-E`` up to a per-particle constant.
+
+Search (:class:`PoseSearch`): level 0 scores every rotation of a uniform grid
+(:func:`cryoframe.geometry.grids.rotation_grid`) times every shift of a lattice at the low radius
+``r_0`` as two matrix products (particles x shifts by rotations over the components).  Branch and
+bound: for each particle the pose with the lowest low-resolution error gets its exact error up to
+the next level's radius ``r_1``; any pose whose lower bound — its low-resolution error plus a bound
+on the error between ``r_0`` and ``r_1`` that holds for every pose,
+``sum_k w_k max(0, |X_k| - |C_k| Pmax_k)^2`` with ``Pmax_k`` the largest modulus of the reference
+near radius ``|k|`` — exceeds that error cannot be the best pose and is pruned with its branches.
+Of the survivors at most ``n_candidates`` (lowest bound first) are branched: each into its
+neighbourhood at half the angular step (:func:`cryoframe.geometry.grids.local_rotations`) and a
+3 x 3 shift neighbourhood at half the shift step, scored at the next radius; this repeats until the
+finest step.  The final candidates carry posterior weights ``softmax(-E)`` (per particle).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from cryoframe.backend import to_host
+from cryoframe.geometry import fourier as fo
+from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
+
+__all__ = ["Components", "PoseSearch", "Projector", "SearchResult"]
+
+
+class Components:
+    """The half-plane Fourier components within ``r_max`` (cycles per box), sorted by radius.
+
+    ``kx``, ``ky`` (m,) integers, ``radius`` (m,), ``mult`` (m,) 2 for kx > 0 else 1.  The same list
+    indexes transforms of any box larger than ``2 r_max`` (:meth:`flat`): a Fourier-cropped working
+    box and the full box share frequencies (cycles per box) when the pixel size scales with the box.
+    """
+
+    def __init__(self, r_max: float) -> None:
+        b = 2 * int(math.ceil(r_max)) + 2
+        kx, ky, _ = fo.image_freqs(b, r_max)
+        r = np.hypot(kx, ky)
+        order = np.lexsort((kx, ky, r))
+        self.r_max = float(r_max)
+        self.kx = kx[order].astype(np.int64)
+        self.ky = ky[order].astype(np.int64)
+        self.radius = r[order]
+        self.mult = np.where(self.kx > 0, 2.0, 1.0)
+
+    def __len__(self) -> int:
+        return len(self.kx)
+
+    def count(self, r: float) -> int:
+        """Number of components within radius ``r`` (a prefix of the list)."""
+        return int(np.searchsorted(self.radius, r + 1e-9, side="right"))
+
+    def flat(self, box: int) -> np.ndarray:
+        """Indices of the components in a raveled ``(box, box // 2 + 1)`` half-plane transform."""
+        if box < 2 * self.r_max:
+            raise ValueError(f"box {box} is too small for radius {self.r_max}")
+        return (self.ky % box) * (box // 2 + 1) + self.kx
+
+    def take(self, f: Any, box: int, xp: ModuleType = np) -> Any:
+        """The components (n, m) of half-plane transforms ``f`` (n, box, box // 2 + 1)."""
+        return f.reshape(f.shape[0], -1)[:, xp.asarray(self.flat(box))]
+
+    def scatter(self, values: Any, box: int, xp: ModuleType = np) -> Any:
+        """Half-plane arrays (n, box, box // 2 + 1) holding ``values`` (n, m) at the components (0 elsewhere)."""
+        out = xp.zeros((values.shape[0], box * (box // 2 + 1)), dtype=values.dtype)
+        out[:, xp.asarray(self.flat(box)[:values.shape[1]])] = values
+        return out.reshape(values.shape[0], box, box // 2 + 1)
+
+    def phases(self, shifts: Any, box: int, m: int | None = None, xp: ModuleType = np) -> Any:
+        """Factors (..., m) complex64 translating images of ``box`` px by ``shifts`` (..., 2) px (x, y):
+        :func:`cryoframe.geometry.fourier.phase_shift` at the components."""
+        m = len(self) if m is None else m
+        s = xp.asarray(shifts, dtype=xp.float64)
+        kx = xp.asarray(self.kx[:m], dtype=xp.float64)
+        ky = xp.asarray(self.ky[:m], dtype=xp.float64)
+        ph = (-2.0 * math.pi / box) * (s[..., 0, None] * kx + s[..., 1, None] * ky)
+        return (xp.cos(ph) + 1j * xp.sin(ph)).astype(xp.complex64)
+
+
+class Projector:
+    """Central slices of a volume at the :class:`Components`.
+
+    ``vol`` (b, b, b) ``[z, y, x]`` real on a box ``b > 2 r_max`` (e.g. a Fourier-cropped working
+    box); its slices are in the units of the transforms of that box's projections.
+    """
+
+    def __init__(self, vol: Any, comps: Components, pad: int = 2, xp: ModuleType = np) -> None:
+        self.box = int(vol.shape[0])
+        self.comps = comps
+        self.pad = pad
+        self.xp = xp
+        self.vft = fo.volume_transform(xp.asarray(vol), pad, xp)
+        self._flat = comps.flat(self.box)
+        self._pmax: np.ndarray | None = None
+
+    def slices(self, rot: np.ndarray, m: int, chunk: int = 8192) -> Any:
+        """Slices (n, m) complex64 at pose matrices ``rot`` (n, 3, 3), components ``0 .. m - 1``."""
+        xp = self.xp
+        r_max = float(self.comps.radius[m - 1]) if m else 0.0
+        idx = xp.asarray(self._flat[:m])
+        out = []
+        for s in range(0, len(rot), chunk):
+            r = rot[s:s + chunk]
+            f = fo.extract_slices(self.vft, xp.asarray(r) if xp is not np else r, self.box, self.pad, r_max, xp=xp)
+            out.append(f.reshape(len(r), -1)[:, idx])
+        return xp.concatenate(out) if out else xp.zeros((0, m), dtype=xp.complex64)
+
+    def pmax(self) -> np.ndarray:
+        """Upper bound (m,) of ``|P_k|`` over all rotations: the largest modulus of the padded
+        transform within one voxel of the component's radius (trilinear values are convex
+        combinations of their corners)."""
+        if self._pmax is None:
+            from cryoframe.geometry.fsc import shell_index
+
+            sh = to_host(shell_index(self.box, 3, self.pad, self.xp)).ravel()
+            a = to_host(self.xp.abs(self.vft)).ravel()
+            ns = int(sh.max()) + 2
+            smax = np.zeros(ns + 2)
+            np.maximum.at(smax, sh, a)
+            r = self.comps.radius
+            lo = np.maximum(np.floor(r).astype(int) - 1, 0)
+            cand = np.stack([smax[np.minimum(lo + j, ns + 1)] for j in range(4)])
+            self._pmax = cand.max(0)
+        return self._pmax
+
+
+@dataclass
+class SearchResult:
+    """Result of :meth:`PoseSearch.search` for n particles and T candidates each.
+
+    ``rot`` (n, T, 3, 3) pose matrices, ``shift`` (n, T, 2) px, ``error`` (n, T) (lowest first),
+    ``weight`` (n, T) posterior weights summing to 1, ``stats``: counts of scored and pruned poses.
+    """
+
+    rot: np.ndarray
+    shift: np.ndarray
+    error: np.ndarray
+    weight: np.ndarray
+    stats: dict[str, float]
+
+    @property
+    def log_evidence(self) -> np.ndarray:
+        """``log sum_T exp(-E)`` per particle (n,): the class evidence over the candidates."""
+        e = -self.error
+        mx = e.max(1)
+        return mx + np.log(np.exp(e - mx[:, None]).sum(1))
+
+
+class PoseSearch:
+    """Branch-and-bound pose search (see the module docstring).
+
+    Parameters
+    ----------
+    coarse_step_deg, fine_step_deg : angular step (deg) of the exhaustive level and the finest level.
+    shift_range_px, shift_step_px : shift search disc radius and lattice step (px of the images) at
+        level 0; each further level searches a 3 x 3 neighbourhood at half the step.
+    n_candidates : poses branched per particle between levels (lowest lower bound first).
+    coarse_radius : component radius (cycles per box) of level 0; None: ``1.6 / step`` (rad),
+        capped by the search radius.  Level ``l`` uses twice the radius of level ``l - 1``.
+    bound : apply the branch-and-bound pruning at level 0 (else keep the best ``n_candidates``).
+    chunk : particles per vectorised block.
+    """
+
+    def __init__(self, *, coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
+                 shift_step_px: float = 2.0, n_candidates: int = 8, coarse_radius: float | None = None,
+                 bound: bool = True, chunk: int = 64) -> None:
+        self.coarse_step_deg = coarse_step_deg
+        self.fine_step_deg = fine_step_deg
+        self.shift_range_px = shift_range_px
+        self.shift_step_px = shift_step_px
+        self.n_candidates = n_candidates
+        self.coarse_radius = coarse_radius
+        self.bound = bound
+        self.chunk = chunk
+        self._grid: dict[float, np.ndarray] = {}
+
+    def grid(self, step_deg: float) -> np.ndarray:
+        """The level-0 rotation grid (cached)."""
+        if step_deg not in self._grid:
+            self._grid[step_deg] = rotation_grid(step_deg)
+        return self._grid[step_deg]
+
+    def shift_step(self, box: int, r0: float) -> float:
+        """Level-0 shift lattice step (px): ``shift_step_px`` divided by the smallest integer that
+        makes it at most ``box / (4 r0)``, a quarter period of the highest level-0 frequency."""
+        limit = box / (4.0 * max(r0, 1.0))
+        return self.shift_step_px / max(1, math.ceil(self.shift_step_px / limit - 1e-9))
+
+    def levels(self, r_max: float, full: bool = False) -> tuple[list[float], list[float]]:
+        """Angular steps (deg) and component radii (cycles per box) of the levels searched up to
+        ``r_max``.  A level is only added while the previous one was below ``r_max`` (a finer grid
+        gains nothing without finer frequencies) unless ``full``: then down to ``fine_step_deg``."""
+        steps = level_steps(self.coarse_step_deg, self.fine_step_deg)
+        r0 = self.coarse_radius or 1.6 / math.radians(self.coarse_step_deg)
+        radii = [min(r_max, max(2.0, r0 * 2 ** i)) for i in range(len(steps))]
+        if not full:
+            n = 1
+            while n < len(steps) and r0 * 2 ** (n - 1) < r_max:
+                n += 1
+            steps, radii = steps[:n], radii[:n]
+        return steps, radii
+
+    def search(self, proj: Projector, X: Any, C: Any, w: Any, box: int, r_max: float,
+               prior_shift: np.ndarray | None = None, full: bool = False) -> SearchResult:
+        """Search poses of particles ``X`` (n, m), CTF ``C`` (n, m), weights ``w`` (m,) against
+        ``proj`` up to radius ``r_max`` (cycles per box; images of ``box`` px).
+
+        ``prior_shift`` (n, 2) px centres each particle's shift lattice (default 0); ``full``: refine
+        down to ``fine_step_deg`` whatever the radius (see :meth:`levels`).
+        """
+        xp = proj.xp
+        comps = proj.comps
+        n = X.shape[0]
+        steps, radii = self.levels(r_max, full)
+        ms = [comps.count(r) for r in radii]
+        grid = self.grid(steps[0])
+        sstep = self.shift_step(box, radii[0])
+        sgrid = shift_grid(self.shift_range_px, sstep)
+        m0 = ms[0]
+        P0 = proj.slices(grid, m0)
+        P0r, P0i = P0.real.T.copy(), P0.imag.T.copy()
+        P0a = (xp.abs(P0) ** 2).T.copy()
+        T = max(1, self.n_candidates)
+        stats = {"scored": 0.0, "pruned": 0.0, "bound_checked": 0.0}
+        out_rot = np.empty((n, T, 3, 3))
+        out_sh = np.empty((n, T, 2))
+        out_err = np.empty((n, T))
+        pmax = xp.asarray(proj.pmax()) if self.bound and len(ms) > 1 else None
+        wf = xp.asarray(w, dtype=xp.float32)
+        for s in range(0, n, self.chunk):
+            sl = slice(s, min(n, s + self.chunk))
+            x, c = X[sl], C[sl]
+            nb = x.shape[0]
+            base = np.zeros((nb, 2)) if prior_shift is None else np.asarray(prior_shift[sl], dtype=np.float64)
+            shifts = base[:, None, :] + sgrid[None]  # (nb, S, 2)
+            S = shifts.shape[1]
+            ph = comps.phases(shifts, box, m0, xp)  # (nb, S, m0)
+            xs = x[:, None, :m0] * ph
+            a = (wf[:m0] * c[:, :m0])[:, None, :] * xs  # (nb, S, m0)
+            t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
+            t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
+            const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
+            e0 = to_host(const[:, None, None] - 2.0 * t1.reshape(nb, S, -1) + t2[:, None, :]).reshape(nb, -1)
+            stats["scored"] += e0.size
+            top = min(T, e0.shape[1])
+            order = np.argpartition(e0, top - 1, axis=1)[:, :top]
+            order = np.take_along_axis(order, np.argsort(np.take_along_axis(e0, order, 1), 1), 1)
+            keep = order
+            if pmax is not None:
+                keep = self._prune(proj, x, c, wf, e0, order, shifts, grid, box, ms[0], ms[1], pmax, stats)
+            R = len(grid)
+            si, ri = keep // R, keep % R
+            rot = grid[np.maximum(ri, 0)]
+            sh = np.take_along_axis(shifts, np.maximum(si, 0)[..., None], axis=1)
+            err = np.where(keep >= 0, np.take_along_axis(e0, np.maximum(keep, 0), 1), np.inf)
+            for lvl in range(1, len(steps)):
+                rot, sh, err = self._refine(proj, x, c, wf, rot, sh, err, box, ms[lvl], steps[lvl],
+                                            sstep / 2 ** lvl, T, stats)
+            if len(steps) == 1 and ms[0] < comps.count(r_max):
+                err = self._errors(proj, x, c, wf, rot, sh, box, comps.count(r_max))
+            out_rot[sl], out_sh[sl], out_err[sl] = rot, sh, err
+        o = np.argsort(out_err, axis=1)
+        out_rot = np.take_along_axis(out_rot, o[..., None, None], 1)
+        out_sh = np.take_along_axis(out_sh, o[..., None], 1)
+        out_err = np.take_along_axis(out_err, o, 1)
+        e = -(out_err - out_err[:, :1])
+        wts = np.exp(e)
+        wts /= wts.sum(1, keepdims=True)
+        return SearchResult(out_rot, out_sh, out_err, wts, stats)
+
+    def _errors(self, proj: Projector, x: Any, c: Any, wf: Any, rot: np.ndarray, sh: np.ndarray, box: int,
+                m: int) -> np.ndarray:
+        """Exact errors (nb, q) of candidate poses ``rot`` (nb, q, 3, 3), ``sh`` (nb, q, 2) at ``m`` components."""
+        xp = proj.xp
+        nb, q = rot.shape[:2]
+        P = proj.slices(rot.reshape(-1, 3, 3), m).reshape(nb, q, m)
+        ph = proj.comps.phases(sh, box, m, xp)
+        r = x[:, None, :m] * ph - c[:, None, :m] * P
+        return to_host((wf[:m] * (r.real ** 2 + r.imag ** 2)).sum(-1)).astype(np.float64)
+
+    def _prune(self, proj: Projector, x: Any, c: Any, wf: Any, e0: np.ndarray, order: np.ndarray,
+               shifts: np.ndarray, grid: np.ndarray, box: int, m0: int, m1: int, pmax: Any,
+               stats: dict[str, float]) -> np.ndarray:
+        """Branch-and-bound at level 0: flat pose indices (nb, T) to branch (-1 = none)."""
+        xp = proj.xp
+        nb, S = shifts.shape[:2]
+        best = order[:, 0]
+        R = len(grid)
+        rot = grid[best % R][:, None]
+        sh = np.take_along_axis(shifts, (best // R)[:, None, None], axis=1)
+        e_best = self._errors(proj, x, c, wf, rot, sh, box, m1)[:, 0]
+        hi = slice(m0, m1)
+        gap = xp.maximum(xp.abs(x[:, hi]) - xp.abs(c[:, hi]) * pmax[None, hi], 0.0)
+        bound_hi = to_host((wf[hi] * gap ** 2).sum(1)).astype(np.float64)
+        lower = e0 + bound_hi[:, None]
+        alive = lower <= e_best[:, None] + 1e-6 * np.abs(e_best[:, None])
+        stats["bound_checked"] += nb
+        stats["pruned"] += float((~alive).sum())
+        keep = order.copy()
+        ok = np.take_along_axis(alive, keep, 1)
+        ok[:, 0] = True  # the best lower bound always survives
+        keep[~ok] = -1
+        return keep
+
+    def _refine(self, proj: Projector, x: Any, c: Any, wf: Any, rot: np.ndarray, sh: np.ndarray, err: np.ndarray,
+                box: int, m: int, step_deg: float, shift_step: float, T: int,
+                stats: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One level: branch live candidates into rotation neighbourhoods, keep the best T, then
+        branch those into shift neighbourhoods, keep the best T."""
+        nb = rot.shape[0]
+        live = np.isfinite(err)
+        nbh = local_rotations(step_deg)
+        q = len(nbh)
+        cand = np.einsum("ntij,qjk->ntqik", rot, nbh).reshape(nb, -1, 3, 3)
+        csh = np.repeat(sh, q, axis=1)
+        e = self._errors(proj, x, c, wf, cand, csh, box, m)
+        e[~np.repeat(live, q, axis=1)] = np.inf
+        stats["scored"] += float(np.isfinite(e).sum())
+        rot, sh, err = _best(cand, csh, e, T)
+        ds = shift_grid(shift_step * 1.5, shift_step)[:9]
+        cand = np.repeat(rot, len(ds), axis=1)
+        csh = (sh[:, :, None, :] + ds[None, None]).reshape(nb, -1, 2)
+        e = self._errors(proj, x, c, wf, cand, csh, box, m)
+        e[~np.isfinite(np.repeat(err, len(ds), axis=1))] = np.inf
+        stats["scored"] += float(np.isfinite(e).sum())
+        return _best(cand, csh, e, T)
+
+
+def _best(rot: np.ndarray, sh: np.ndarray, e: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The T lowest-error candidates per particle, pose duplicates collapsed."""
+    o = np.argsort(e, axis=1)[:, :T]
+    return (np.take_along_axis(rot, o[..., None, None], 1), np.take_along_axis(sh, o[..., None], 1),
+            np.take_along_axis(e, o, 1))

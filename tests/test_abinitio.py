@@ -1,0 +1,196 @@
+"""Ab-initio reconstruction: the three-phase schedule, pose evaluation up to a global rotation and
+hand, pose recovery on a clean tiny set, and the job end to end from a RELION .star without poses
+(import -> abinitio -> export .star -> re-import), --particles/unused set, --continue, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+from scipy.spatial.transform import Rotation
+
+from cryoframe.algorithms.abinitio import AbInitio, Schedule
+from cryoframe.algorithms.abinitio.evaluate import pose_errors
+from cryoframe.cli import main as cli
+from cryoframe.storage.store import ParticleStore
+from cryoframe.testing.synth import make_particles, write_star_dataset
+
+FAST = ["--initial-iterations", "2", "--intermediate-iterations", "2", "--final-iterations", "2",
+        "--initial-minibatch", "40", "--final-minibatch", "60", "--final-passes", "1", "--no-plots"]
+
+
+def test_schedule_fixes_anneals_then_holds() -> None:
+    s = Schedule(10, 10, 5, 90, 300, 35.0, 12.0, 0.5, 0.1, 0.2, 10, 20)
+    assert s.n_iter == 25
+    assert [s.phase(t) for t in (0, 9, 10, 19, 20, 24)] == ["initial"] * 2 + ["intermediate"] * 2 + ["final"] * 2
+    assert s.resolution_A(0) == 35.0 and s.resolution_A(9) == 35.0 and np.isclose(s.resolution_A(24), 12.0)
+    mid = s.resolution_A(14)
+    assert np.isclose(1 / mid, 0.5 / 35 + 0.5 / 12)  # linear in frequency
+    assert s.minibatch(0) == 90 and s.minibatch(19) == 300
+    assert s.learning_rate(0) == 0.5 and np.isclose(s.learning_rate(22), 0.1)
+    assert s.similarity(9) == 0.2 and np.isclose(s.similarity(15), 0.1) and s.similarity(20) == 0.0
+
+
+def test_pose_errors_remove_global_rotation_and_hand() -> None:
+    true = Rotation.random(200, random_state=0).as_matrix()
+    g = Rotation.from_rotvec([0.3, -1.2, 0.7]).as_matrix()
+    est = np.einsum("ij,njk->nik", g.T, true)  # R_true = G R_est
+    r = pose_errors(est, true)
+    assert r["hand"] == "same" and r["median_deg"] < 1e-5 and np.allclose(r["rotation"], g, atol=1e-6)
+    f = np.diag([1.0, 1.0, -1.0])
+    mirrored = np.einsum("ij,njk->nik", g.T, f @ true @ f)
+    r = pose_errors(mirrored, true)
+    assert r["hand"] == "mirrored" and r["median_deg"] < 1e-5
+    noisy = Rotation.from_matrix(est) * Rotation.from_rotvec(np.radians(30) * np.eye(3)[np.arange(200) % 3])
+    assert pose_errors(noisy.as_matrix(), true)["median_deg"] > 25
+
+
+def _tiny(n: int = 300, box: int = 32, snr: float = 2.0) -> tuple[np.ndarray, dict, dict]:
+    imgs, t = make_particles(n, box, classes=1, snr=snr, psize_A=4.0, kind="3d", seed=0, ctf=True)
+    ctf = {"df1_A": t["df1_A"], "df2_A": t["df2_A"], "df_angle_rad": t["df_angle_rad"], "accel_kv": np.full(n, 300.0),
+           "cs_mm": np.full(n, 2.7), "amp_contrast": np.full(n, 0.1)}
+    return imgs, t, ctf
+
+
+@pytest.mark.slow
+def test_final_passes_find_poses_against_a_correct_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The search + reconstruction path of the final passes: started from sums of the true poses
+    (no SGD iterations), the exhaustive branch-and-bound passes recover the poses."""
+    imgs, t, ctf = _tiny()
+    rot = Rotation.from_rotvec(t["pose"]).as_matrix()
+
+    def true_sums(self: AbInitio, k: int, n: int) -> np.ndarray:
+        return self._batch_sums(np.arange(n), rot[:, None], -t["shift"][:, None], np.ones((n, 1)),
+                                self._noise_weights(None), self.r_max_)
+
+    monkeypatch.setattr(AbInitio, "_initial_sums", true_sums)
+    m = AbInitio(1, psize_A=4.0, initial_iterations=0, intermediate_iterations=0, final_iterations=0,
+                 final_passes=2, random_state=0).fit(imgs, ctf)
+    err = pose_errors(m.rot_, rot)
+    assert err["hand"] == "same" and np.allclose(err["rotation"], np.eye(3), atol=0.1)
+    assert err["median_deg"] < 15.0 and err["within_10_deg"] > 0.3  # random poses: ~110 deg, 1%
+    assert np.median(np.abs(m.shifts_px_ + t["shift"])) < 1.0
+    assert m.volumes_.shape == (1, 32, 32, 32) and np.isfinite(m.resolution_A_[0])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known gap: SGD from random volumes does not yet reach the true structure on this data",
+                   strict=False)
+def test_abinitio_from_random_volumes_recovers_poses() -> None:
+    imgs, t, ctf = _tiny()
+    m = AbInitio(1, psize_A=4.0, initial_resolution_A=18.0, initial_iterations=20, intermediate_iterations=10,
+                 final_iterations=5, final_passes=2, random_state=0).fit(imgs, ctf)
+    err = pose_errors(m.rot_, Rotation.from_rotvec(t["pose"]).as_matrix())
+    assert err["median_deg"] < 10.0 and err["within_10_deg"] > 0.5
+    assert len(m.history_) == 35 + 2 and {"resolution_A", "learning_rate", "minibatch", "class_sizes",
+                                          "time_s"} <= set(m.history_[0])
+
+
+@pytest.fixture(scope="module")
+def noposes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("abinit")
+    write_star_dataset(d, 120, box=24, classes=1, snr=5.0, psize_A=4.0, kind="3d", seed=1)
+    st = starfile.read(d / "particles.star", always_dict=True)
+    p = st["particles"]
+    st["particles"] = p.drop(columns=[c for c in p.columns if c.startswith(("rlnAngle", "rlnOrigin"))
+                                      or c in ("rlnClassNumber", "rlnRandomSubset", "rlnMaxValueProbDistribution")])
+    starfile.write(st, d / "particles_noposes.star", overwrite=True)
+    assert cli(["-q", "import", str(d / "particles_noposes.star"), "--out", str(d / "clean.cf")]) == 0
+    return d
+
+
+@pytest.mark.slow
+def test_cli_from_star_without_poses_to_star_with_poses(noposes: Path) -> None:
+    d = noposes
+    clean = ParticleStore(d / "clean.cf")
+    assert not any(f.startswith("alignments3D") for f in clean.fields)
+    out = d / "abinit.cf"
+    assert cli(["-q", "abinitio", str(d / "clean.cf"), "--classes", "1", "--seed", "0", "--out", str(out), *FAST]) == 0
+    s = ParticleStore(out)
+    t = s.table(["alignments3D/pose", "alignments3D/shift", "alignments3D/class", "alignments3D/class_posterior"])
+    pose = np.stack(t.column("alignments3D/pose").to_numpy(zero_copy_only=False))
+    assert s.n == 120 and np.all(np.isfinite(pose)) and np.all(np.linalg.norm(pose, axis=1) <= np.pi + 1e-5)
+    model = json.loads((s.extras_dir() / "model.json").read_text())
+    assert len(model["history"]) == 7 and model["classes"][0]["count"] == 120
+    assert (s.extras_dir() / "class_000.mrc").is_file() and (s.extras_dir() / "volumes.zarr").is_dir()
+    assert ParticleStore(s.extras_dir() / "sets" / "class_000.cf").n == 120
+    assert cli(["-q", "export", str(out), "--format", "star", "--out", str(d / "abinit.star")]) == 0
+    st = starfile.read(d / "abinit.star", always_dict=True)["particles"]
+    for col in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnClassNumber"):
+        assert col in st.columns
+    assert set(st["rlnClassNumber"]) == {1}
+    # round trip: the re-imported angles are the estimated poses
+    assert cli(["-q", "import", str(d / "abinit.star"), "--out", str(d / "back.cf")]) == 0
+    back = ParticleStore(d / "back.cf").table(["alignments3D/pose", "alignments3D/shift"])
+    rb = Rotation.from_rotvec(np.stack(back.column("alignments3D/pose").to_numpy(zero_copy_only=False))).as_matrix()
+    ang = np.degrees(Rotation.from_matrix(np.einsum("nji,njk->nik", rb, Rotation.from_rotvec(pose).as_matrix()))
+                     .magnitude())
+    assert ang.max() < 1e-3
+    sh = np.stack(t.column("alignments3D/shift").to_numpy(zero_copy_only=False))
+    assert np.allclose(np.stack(back.column("alignments3D/shift").to_numpy(zero_copy_only=False)), sh, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_particles_subset_and_unused_set_then_continue(noposes: Path) -> None:
+    d = noposes
+    out = d / "sub.cf"
+    assert cli(["-q", "abinitio", str(d / "clean.cf"), "--particles", "80", "--seed", "3", "--out", str(out),
+                *FAST]) == 0
+    s = ParticleStore(out)
+    unused = ParticleStore(s.extras_dir() / "sets" / "unused.cf")
+    assert s.n == 80 and unused.n == 40
+    uids = set(s.table(["uid"]).column(0).to_pylist()) | set(unused.table(["uid"]).column(0).to_pylist())
+    assert len(uids) == 120
+    assert unused.read_images(0, 2).shape == (2, 24, 24)
+    more = [a if a != "2" or FAST[i - 1] != "--final-iterations" else "4" for i, a in enumerate(FAST)]
+    assert cli(["-q", "abinitio", str(out), "--seed", "3", "--continue", "--out", str(d / "more.cf"), *more]) == 0
+    hist = json.loads((ParticleStore(d / "more.cf").extras_dir() / "model.json").read_text())["history"]
+    assert [h["iteration"] for h in hist[:8]] == list(range(1, 9)) and len(hist) == 9
+
+
+@pytest.mark.slow
+def test_three_classes_with_similarity_and_symmetry_option(noposes: Path) -> None:
+    d = noposes
+    out = d / "k3.cf"
+    assert cli(["-q", "abinitio", str(d / "clean.cf"), "--classes", "3", "--max-resolution", "12", "--symmetry", "C1",
+                "--class-similarity", "0.1", "--out", str(out), *FAST]) == 0
+    s = ParticleStore(out)
+    post = np.stack(s.table(["alignments3D_multi/class_posterior"]).column(0).to_numpy(zero_copy_only=False))
+    assert post.shape == (120, 3) and np.allclose(post.sum(1), 1, atol=1e-4)
+    sizes = [ParticleStore(s.extras_dir() / "sets" / f"class_{k:03d}.cf").n for k in range(3)]
+    assert sum(sizes) == 120
+    hist = json.loads((s.extras_dir() / "model.json").read_text())["history"]
+    assert hist[0]["class_similarity"] == pytest.approx(0.1) and hist[5]["class_similarity"] == 0.0
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--classes", "500"], "larger than the number of particles"),
+    (["--symmetry", "Q7"], "unknown symmetry"),
+    (["--max-resolution", "4"], "beyond Nyquist"),
+    (["--particles", "1000"], "--particles"),
+])
+def test_bad_input_one_error_nothing_written(noposes: Path, args: list[str], msg: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    out = noposes / "bad.cf"
+    assert cli(["abinitio", str(noposes / "clean.cf"), "--out", str(out), *args, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+    assert not out.exists() and not list(noposes.glob(".bad.cf*"))
+
+
+def test_missing_images_is_one_clear_error(noposes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    src = noposes / "clean.cf"
+    moved = tmp_path / "clean.cf"
+    shutil.copytree(src, moved)
+    # a store linking images it no longer finds
+    assert cli(["-q", "query", str(moved), "--where", "`ctf/df1_A` > 0", "--out", str(tmp_path / "q.cf")]) == 0
+    shutil.rmtree(moved)
+    out = tmp_path / "x.cf"
+    assert cli(["abinitio", str(tmp_path / "q.cf"), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not found" in err[0] and not out.exists()
