@@ -57,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         cmd = [sys.executable, str(d / SCRIPTS[name])]
         if name in ROW_SCRIPTS:
             cmd += ["--rows", *map(str, args.rows)]
-        if name == "class2d" and args.relion:
+        if name == "class2d" and getattr(args, "relion", False):
             cmd.append("--relion")
         if args.no_record:
             cmd.append("--no-record")

@@ -212,7 +212,7 @@ def match_positions(store: ParticleStore, where: str | None) -> np.ndarray:
 
     if not where:
         return np.arange(store.n, dtype=np.int64)
-    expr, local = _uint64_literals(where)
+    expr, local = prepare_where(where)
     have = {f["name"] for f in store.manifest["fields"]}
     try:
         aexpr, names = to_arrow_expression(expr, have, local)
@@ -253,7 +253,7 @@ def match_positions(store: ParticleStore, where: str | None) -> np.ndarray:
 def _match_pandas(store: ParticleStore, where: str) -> np.ndarray:
     import pandas as pd
 
-    expr, local = _uint64_literals(where)
+    expr, local = prepare_where(where)
     out, start = [], 0
     for b in store.iter_batches():
         pdf = b.to_pandas(types_mapper=pd.ArrowDtype)
