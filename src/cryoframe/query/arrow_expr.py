@@ -126,6 +126,13 @@ class _Translator(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> Any:
         if isinstance(node.func, ast.Name) and node.func.id == "abs" and len(node.args) == 1 and not node.keywords:
             return _call("abs", self.visit(node.args[0]))
+        if isinstance(node.func, ast.Name) and node.func.id == "inpolygon":  # lasso selections
+            from cryoframe.query.polygon import arrow_from_call
+
+            try:
+                return arrow_from_call(node, lambda n: _expr(self.visit(n)))
+            except ValueError as exc:  # the pandas path reports it
+                raise Unsupported(str(exc)) from exc
         raise Unsupported("call")
 
 

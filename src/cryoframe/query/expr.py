@@ -46,7 +46,11 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
         store._check_columns(cols)
     ddf = store.metadata(None if where else cols, include_internal=include_internal)
     if where:
+        from cryoframe.query.polygon import pandas_locals
+
         expr, local = _uint64_literals(where)
+        expr, poly = pandas_locals(expr)  # inpolygon(...) as a local function
+        local.update(poly)
         try:
             ddf = ddf.query(expr, local_dict=local) if local else ddf.query(expr)
         except Exception as exc:  # pandas raises many types for bad expressions
