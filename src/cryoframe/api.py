@@ -20,7 +20,7 @@ from cryoframe.storage.exporters import export_cs, export_star
 from cryoframe.storage.importers import import_file
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["class2d", "demo", "export", "import_", "info", "open_store", "query", "select2d", "stats", "subset", "synth"]
+__all__ = ["class2d", "demo", "export", "import_", "info", "open_store", "query", "select2d", "stats", "subset", "synth", "view"]
 
 PathLike = str | os.PathLike[str]
 StoreLike = PathLike | ParticleStore
@@ -220,3 +220,21 @@ def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None =
 
     return _select2d(open_store(store), out, classes=list(classes) if classes else None, auto=auto,
                      threshold=threshold, regroup=regroup, overwrite=overwrite)
+
+
+def view(store: StoreLike, *, join: Sequence[StoreLike] = (), save_dir: PathLike | None = None, serve: bool = False,
+         port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> Any:
+    """The interactive curation page (a Panel layout, shown inline in a notebook) for ``store``
+    (``join``: further stores joined on uid); the save button writes into ``save_dir`` (default: cwd).
+
+    ``serve=True`` serves it at http://ADDRESS:PORT/ instead and blocks (``cryoframe view``).
+    """
+    from cryoframe.view.server import make_data
+    from cryoframe.view.server import serve as _serve
+
+    data = make_data(open_store(store), [open_store(j) for j in join])
+    if serve:
+        return _serve(data, port=port, address=address, show=show, save_dir=save_dir)
+    from cryoframe.view.app import CurationApp
+
+    return CurationApp(data, save_dir=save_dir).layout

@@ -24,6 +24,7 @@ VERBS = {
     "stats": ("stats", "summarise a per-particle statistic; list the statistics a store provides"),
     "subset": ("subset", "split a store into sets by a statistic (GMM or thresholds)"),
     "synth": ("synth", "write a deterministic synthetic store with ground truth"),
+    "view": ("view", "interactive curation in the browser: linked plots, selections as --where expressions"),
 }
 
 
