@@ -84,16 +84,16 @@ class CurationApp:
         self.where = w.TextInput(value="", placeholder="--where expression (Enter applies), e.g. `ctf/df1_A` < 15000",
                                  css_classes=["cf-where"], sizing_mode="stretch_width")
         self.where_error = pn.pane.HTML("", css_classes=["cf-where-error"], styles={"color": "#b00020"})
-        self.clear_btn = w.Button(name="clear selection", css_classes=["cf-clear"], width=130)
-        self.x_field = w.Select(name="x", options=data.numeric, value=x, css_classes=["cf-x-field"], width=250)
-        self.y_field = w.Select(name="y", options=data.numeric, value=y, css_classes=["cf-y-field"], width=250)
-        self.hist_fields = w.MultiChoice(name="histograms", options=data.numeric, value=hist_fields,
+        self.clear_btn = w.Button(label="clear selection", css_classes=["cf-clear"], width=130)
+        self.x_field = w.Select(label="x", options=data.numeric, value=x, css_classes=["cf-x-field"], width=250)
+        self.y_field = w.Select(label="y", options=data.numeric, value=y, css_classes=["cf-y-field"], width=250)
+        self.hist_fields = w.MultiChoice(label="histograms", options=data.numeric, value=hist_fields,
                                          css_classes=["cf-hist-fields"], width=520)
-        self.save_name = w.TextInput(name="save as", placeholder="name of the new store", css_classes=["cf-save-name"],
+        self.save_name = w.TextInput(label="save as", placeholder="name of the new store", css_classes=["cf-save-name"],
                                      width=260)
-        self.save_btn = w.Button(name="save", button_type="primary", css_classes=["cf-save"], width=90)
-        self.export_cs = w.Button(name="export .cs", css_classes=["cf-export-cs"], width=100)
-        self.export_star = w.Button(name="export .star", css_classes=["cf-export-star"], width=100)
+        self.save_btn = w.Button(label="save", button_type="primary", css_classes=["cf-save"], width=90)
+        self.export_cs = w.Button(label="export .cs", css_classes=["cf-export-cs"], width=100)
+        self.export_star = w.Button(label="export .star", css_classes=["cf-export-star"], width=100)
         self.message = pn.pane.HTML("", css_classes=["cf-message"], sizing_mode="stretch_width")
 
         self.where.param.watch(self._on_where, "value")
@@ -315,10 +315,10 @@ class CurationApp:
         import panel as pn
 
         w = pn.widgets
-        self.gmm_field = w.Select(name="GMM on", options=self.data.numeric, value=self.hist_fields.value[0],
+        self.gmm_field = w.Select(label="GMM on", options=self.data.numeric, value=self.hist_fields.value[0],
                                   css_classes=["cf-gmm-field"], width=220)
-        self.gmm_k = w.IntInput(name="components", value=2, start=1, end=8, css_classes=["cf-gmm-k"], width=90)
-        self.gmm_fit = w.Button(name="fit GMM on selection", css_classes=["cf-gmm-fit"], width=170)
+        self.gmm_k = w.IntInput(label="components", value=2, start=1, end=8, css_classes=["cf-gmm-k"], width=90)
+        self.gmm_fit = w.Button(label="fit GMM on selection", css_classes=["cf-gmm-fit"], width=170)
         self.gmm_sets = pn.Row()
         self.gmm_fit.on_click(self._on_gmm_fit)
         return pn.Column(pn.Row(self.gmm_field, self.gmm_k, self.gmm_fit), self.gmm_sets)
@@ -355,7 +355,7 @@ class CurationApp:
                 continue
             lo = v.min() if where[0] == 0 else (grid[where[0] - 1] + grid[where[0]]) / 2
             hi = v.max() if where[-1] == grid.size - 1 else (grid[where[-1]] + grid[where[-1] + 1]) / 2
-            btn = pn.widgets.Button(name=f"set {i}: {mu[c]:.4g} ± {sd[c]:.3g}", css_classes=[f"cf-gmm-set-{i}"],
+            btn = pn.widgets.Button(label=f"set {i}: {mu[c]:.4g} ± {sd[c]:.3g}", css_classes=[f"cf-gmm-set-{i}"],
                                     width=170)
             btn.on_click(functools.partial(self._on_gmm_set, format_range(field, lo, hi)))
             buttons.append(btn)
@@ -385,7 +385,7 @@ class CurationApp:
         self._tiles: dict[int, Any] = {}
         tiles = []
         for c in order:
-            tog = pn.widgets.Toggle(name=f"#{c} · {sizes.get(c, 0)} · {scores[c]:.2f}", css_classes=[f"cf-class-{c}"],
+            tog = pn.widgets.Toggle(label=f"#{c} · {sizes.get(c, 0)} · {scores[c]:.2f}", css_classes=[f"cf-class-{c}"],
                                     width=112, margin=(0, 2))
             tog.param.watch(self._on_tile, "value")
             self._tiles[c] = tog

@@ -1,0 +1,127 @@
+"""The view's selection model and the inpolygon predicate, without a browser: exact agreement with
+``cryoframe query`` (Arrow and pandas evaluators), refusals, port and store errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cryoframe import api
+from cryoframe.errors import InputError
+from cryoframe.query.expr import query_frame
+from cryoframe.query.polygon import format_inpolygon, inpolygon
+from cryoframe.storage.store import ParticleStore
+from cryoframe.view import Selection, ViewData, format_classes, format_range
+
+X, Y = "ctf/df1_A", "alignments3D/error"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return api.synth(tmp_path_factory.mktemp("view") / "m.cf", n=3000, classes=4, metadata_only=True, seed=3)
+
+
+def _poly(store: ParticleStore) -> list[list[float]]:
+    t = store.table([X, Y])
+    x, y = t.column(0).to_numpy(), t.column(1).to_numpy()
+    (x0, x5, x9), (y0, y5, y9) = np.percentile(x, [5, 50, 95]), np.percentile(y, [5, 50, 95])
+    return [[x0, y0], [x9, y5], [x5, y9], [x5, y5]]  # concave: the last vertex dents it
+
+
+def test_inpolygon_even_odd_against_matplotlib():
+    from matplotlib.path import Path
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 2, size=(20000, 2)).astype(np.float32)
+    poly = [[0, 0], [1, 0], [1, 1], [0.5, 0.2], [0, 1]]
+    ours = inpolygon(pts[:, 0], pts[:, 1], poly)
+    ref = Path(poly).contains_points(pts.astype(np.float64))
+    assert 0 < ours.sum() < len(pts)
+    assert (ours != ref).sum() <= 2  # matplotlib's edge handling differs only for points on edges
+    assert not inpolygon(np.array([np.nan]), np.array([0.5]), poly)[0]
+    with pytest.raises(ValueError, match="at least 3"):
+        inpolygon(pts[:, 0], pts[:, 1], [[0, 0], [1, 1]])
+
+
+def test_inpolygon_arrow_and_pandas_paths_agree(store):
+    poly = _poly(store)
+    where = format_inpolygon(X, Y, poly) + " and `alignments2D/class` in [0, 2]"
+    arrow_n = len(api.query(store, where, columns=["uid"]))  # Arrow kernels (registered function)
+    pandas_n = len(query_frame(store, where, ["uid"]).compute())  # pandas fallback (local function)
+    t = store.table([X, Y, "alignments2D/class"])
+    ref = inpolygon(t.column(0).to_numpy(), t.column(1).to_numpy(), poly) & np.isin(t.column(2).to_numpy(), [0, 2])
+    assert arrow_n == pandas_n == int(ref.sum()) > 0
+
+
+@pytest.mark.parametrize("where", [
+    "`ctf/df1_A` < 15000",
+    "12000.5 <= `ctf/df1_A` <= 19000.25 and `alignments3D/error` > 9500",
+    "`alignments2D/class` in [1, 3] or not (`pick_stats/ncc_score` < 0.4)",
+    "abs(`alignments2D/pose`) < 1 and `uid` > 9223372036854775808",
+    "`ctf/df1_A` + `ctf/df2_A` > 30000",
+])
+def test_selection_count_equals_query(store, where):
+    data = ViewData(store)
+    assert int(data.evaluate(where).sum()) == len(api.query(store, where, columns=["uid"]))
+
+
+def test_terms_combine_exactly_and_bad_input_keeps_selection(store):
+    data = ViewData(store)
+    sel = Selection(data)
+    sel.set_term("scatter", f"{format_range(X, 12000, 18000)} and {format_range(Y, 9000, 10000)}")
+    sel.set_term("classes", format_classes("alignments2D/class", [2, 0, 2]))
+    assert sel.terms["classes"] == "`alignments2D/class` in [0, 2]"
+    assert sel.count == len(api.query(store, sel.expression, columns=["uid"])) > 0
+    before = (sel.expression, sel.count)
+    with pytest.raises(InputError, match="bad expression"):
+        sel.set_expression("`ctf/df1_A` < ")
+    with pytest.raises(InputError, match="unknown field.*nope"):
+        sel.set_expression("`nope` > 3")
+    assert (sel.expression, sel.count) == before
+    sel.set_term("classes", None)
+    sel.clear()
+    assert sel.count == store.n and sel.expression == ""
+
+
+def test_save_matches_query_and_refusals(store, tmp_path):
+    pytest.importorskip("panel")
+    from cryoframe.view.app import CurationApp
+
+    app = CurationApp(ViewData(store), save_dir=tmp_path)
+    app.where.value = "`ctf/df1_A` < 15000"
+    app.save_name.value = "low"
+    app._on_save(None)
+    saved = ParticleStore(tmp_path / "low.cf")
+    ref = api.query(store, "`ctf/df1_A` < 15000", out=tmp_path / "ref.cf")
+    assert np.array_equal(saved.table(["uid"]).column(0).to_numpy(), ref.table(["uid"]).column(0).to_numpy())
+    assert saved.lineage[-1]["params"]["where"] == "`ctf/df1_A` < 15000"
+    app._on_save(None)  # same name again
+    assert "exists" in app.message.object
+    app.where.value = "`ctf/df1_A` < 0"
+    assert app.sel.count == 0
+    app.save_name.value = "empty"
+    app._on_save(None)
+    assert "empty" in app.message.object and not (tmp_path / "empty.cf").exists()
+    app.where.value = "`ctf/df1_A` <"  # malformed: error next to the box, selection kept
+    assert "bad expression" in app.where_error.object and app.sel.count == 0
+    app._on_export("star", None)
+    assert (tmp_path / "low.star").exists() and "exported" in app.message.object
+
+
+def test_port_in_use_and_not_a_store(tmp_path):
+    from cryoframe.view.server import check_port
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(InputError, match=f"port {port}"):
+            check_port("127.0.0.1", port)
+        r = subprocess.run([sys.executable, "-m", "cryoframe", "view", str(tmp_path), "--no-browser"],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert str(tmp_path) in r.stderr and len(r.stderr.strip().splitlines()) == 1
