@@ -107,14 +107,14 @@ class Page:
 
         box = self.inner("where", "input")
         box.send_keys(Keys.CONTROL, "a")  # select and overwrite: clear() would fire a change (an empty query)
-        box.send_keys(text + Keys.ENTER)
+        box.send_keys((text or Keys.BACK_SPACE) + Keys.ENTER)
 
     def type_into(self, name: str, text: str) -> None:
         from selenium.webdriver.common.keys import Keys
 
         box = self.inner(name, "input")
         box.send_keys(Keys.CONTROL, "a")  # select and overwrite: clear() would fire a change (an empty query)
-        box.send_keys(text + Keys.ENTER)
+        box.send_keys((text or Keys.BACK_SPACE) + Keys.ENTER)
 
     def click(self, name: str) -> None:
         self.inner(name, "button").click()
