@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ class CurationApp:
         self.save_dir = Path(save_dir) if save_dir is not None else Path.cwd()
         self.saved: Any = None
         self._syncing = False
+        self._generation = 0
+        self._draw_lock = threading.Lock()
         self._scatter_cache: dict[str, Any] = {}
         self._bins: dict[str, Binned] = {}
         if len(data.numeric) < 1:
@@ -148,16 +151,46 @@ class CurationApp:
 
         doc = pn.state.curdoc
         if doc is not None and doc.session_context is not None:
-            doc.add_next_tick_callback(self._redraw)
+            # the plots are computed off the event loop so the count goes out at once; the newest wins
+            self._generation += 1
+            gen = self._generation
+            threading.Thread(target=self._compute_plots, args=(doc, gen), daemon=True).start()
         else:
             self._redraw()
 
+    def _compute_plots(self, doc: Any, gen: int) -> None:
+        with self._draw_lock:
+            if gen != self._generation:
+                return
+            try:
+                out = self._plot_data()
+            except Exception:  # noqa: BLE001 - logged; the page keeps the previous plots
+                log.exception("cryoframe view: redraw failed")
+                return
+        if gen == self._generation:
+            doc.add_next_tick_callback(functools.partial(self._show_plots, out))
+
+    def _plot_data(self) -> dict[str, Any]:
+        xr, yr = self._ranges()
+        out: dict[str, Any] = {"scatter": {"image": [self._scatter_rgba(xr, yr)], "x": [xr[0]], "y": [yr[0]],
+                                           "dw": [xr[1] - xr[0]], "dh": [yr[1] - yr[0]]},
+                               "hists": {f: self._binned(f).counts(self.sel.mask) for f in list(self._hist_src)}}
+        if self.viewing is not None:
+            out["viewing"] = {"image": [self._viewing_rgba()]}
+        return out
+
+    @_safe
+    def _show_plots(self, out: dict[str, Any]) -> None:
+        self.scatter_src.data = out["scatter"]
+        for f, counts in out["hists"].items():
+            if f in self._hist_src:
+                self._hist_src[f].patch({"sel": [(slice(None), counts)]})
+        if "viewing" in out:
+            self._view_src.data = out["viewing"]
+
     @_safe
     def _redraw(self) -> None:
-        self._draw_scatter()
-        self._draw_hists()
-        if self.viewing is not None:
-            self._draw_viewing()
+        self._show_plots(self._plot_data())
 
     def _apply(self, key: str, text: str | None) -> None:
         self.sel.set_term(key, text)
@@ -217,11 +250,6 @@ class CurationApp:
         xs, ys = self.data.values(self.x_field.value), self.data.values(self.y_field.value)
         return scatter_image(xs, ys, self.sel.mask, xr, yr, self.SCATTER_W, self.SCATTER_H, self._scatter_cache)
 
-    def _draw_scatter(self) -> None:
-        xr, yr = self._ranges()
-        self.scatter_src.data = {"image": [self._scatter_rgba(xr, yr)], "x": [xr[0]], "y": [yr[0]],
-                                 "dw": [xr[1] - xr[0]], "dh": [yr[1] - yr[0]]}
-
     @_safe
     def _on_scatter_select(self, event: Any) -> None:
         if not event.final:
@@ -276,10 +304,6 @@ class CurationApp:
         fig.on_event(SelectionGeometry, functools.partial(self._on_hist_select, field))
         return fig
 
-    def _draw_hists(self) -> None:
-        for field, src in self._hist_src.items():
-            src.patch({"sel": [(slice(None), self._binned(field).counts(self.sel.mask))]})
-
     @_safe
     def _on_hist_select(self, field: str, event: Any) -> None:
         if event.final and event.geometry.get("type") == "rect":
@@ -306,9 +330,6 @@ class CurationApp:
         idx = b if self.sel.count == self.data.n else b[self.sel.mask]
         counts = np.bincount(idx, minlength=72 * 36 + 1)[: 72 * 36].reshape(36, 72)
         return colour_counts(counts)
-
-    def _draw_viewing(self) -> None:
-        self._view_src.data = {"image": [self._viewing_rgba()]}
 
     # -- GMM ------------------------------------------------------------------------------------
     def _gmm_panel(self) -> Any:

@@ -106,15 +106,15 @@ class Page:
         from selenium.webdriver.common.keys import Keys
 
         box = self.inner("where", "input")
-        box.send_keys(Keys.CONTROL, "a")  # select and overwrite: clear() would fire a change (an empty query)
-        box.send_keys((text or Keys.BACK_SPACE) + Keys.ENTER)
+        self.driver.execute_script("arguments[0].value = '';", box)  # no event: clear() would apply ''
+        box.send_keys((text or " ") + Keys.ENTER)
 
     def type_into(self, name: str, text: str) -> None:
         from selenium.webdriver.common.keys import Keys
 
         box = self.inner(name, "input")
-        box.send_keys(Keys.CONTROL, "a")  # select and overwrite: clear() would fire a change (an empty query)
-        box.send_keys((text or Keys.BACK_SPACE) + Keys.ENTER)
+        self.driver.execute_script("arguments[0].value = '';", box)  # no event: clear() would apply ''
+        box.send_keys((text or " ") + Keys.ENTER)
 
     def click(self, name: str) -> None:
         self.inner(name, "button").click()
