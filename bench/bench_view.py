@@ -72,7 +72,9 @@ def measure(store: Path, tries: int) -> dict[str, float]:
             except OSError:
                 time.sleep(0.1)
         page = Page(url, timeout=120)
+        page.timeout = 30  # per update; a try that does not change the count fails loudly
         ready = time.perf_counter() - t0
+        print(f"  ready after {ready:.1f} s", file=sys.stderr, flush=True)
         n = page.count()
         enter, enter_plot, drag, drag_plot = [], [], [], []
         qs = np.linspace(11000, 22000, tries)
@@ -83,6 +85,7 @@ def measure(store: Path, tries: int) -> dict[str, float]:
             (enter_plot if i % 2 else enter).append(page.plot_latency() if i % 2 else page.latency())
             if i % 2:
                 enter.append(float(page.driver.execute_script("return window.__cf_lat;")))
+            print(f"  enter {i}: count {page.count()}, {enter[-1]:.0f} ms", file=sys.stderr, flush=True)
         page.type_where("")  # back to everything, then box drags of different sizes
         page.wait(lambda: page.count() == n)
         for i in range(tries):
@@ -93,6 +96,7 @@ def measure(store: Path, tries: int) -> dict[str, float]:
             (drag_plot if i % 2 else drag).append(page.plot_latency() if i % 2 else page.latency())
             if i % 2:
                 drag.append(float(page.driver.execute_script("return window.__cf_lat;")))
+            print(f"  drag {i}: count {page.count()}, {drag[-1]:.0f} ms", file=sys.stderr, flush=True)
         return {"n": n, "ready_s": ready, "enter_ms": statistics.median(enter), "drag_ms": statistics.median(drag),
                 "enter_plot_ms": statistics.median(enter_plot), "drag_plot_ms": statistics.median(drag_plot),
                 "tries": len(enter), "peak_gb": mem.peak / 1e9}

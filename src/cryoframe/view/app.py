@@ -326,6 +326,9 @@ class CurationApp:
         return fig
 
     def _viewing_rgba(self) -> np.ndarray:
+        if not self.data.pose_ready:  # still being computed in the background: blank until the next redraw
+            self.data.start_pose_bins()
+            return np.zeros((36, 72), dtype=np.uint32)
         b = self.data.pose_bins()
         idx = b if self.sel.count == self.data.n else b[self.sel.mask]
         counts = np.bincount(idx, minlength=72 * 36 + 1)[: 72 * 36].reshape(36, 72)

@@ -88,6 +88,18 @@ class ViewData:
     def has_poses(self) -> bool:
         return self.POSE in self.fields
 
+    def start_pose_bins(self) -> None:
+        """Compute :meth:`pose_bins` in a background thread (seconds at 1e7: the page does not wait)."""
+        import threading
+
+        if self.has_poses and "_pose_thread" not in self.__dict__:
+            self._pose_thread = threading.Thread(target=self.pose_bins, daemon=True)
+            self._pose_thread.start()
+
+    @property
+    def pose_ready(self) -> bool:
+        return "_pose" in self.__dict__
+
     def pose_bins(self) -> np.ndarray:
         """Viewing-direction bin per particle (see :func:`cryoframe.view.render.pose_bins`), read in batches."""
         if "_pose" not in self.__dict__:

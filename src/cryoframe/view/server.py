@@ -25,6 +25,7 @@ def make_data(store: ParticleStore, join: Sequence[ParticleStore] = ()) -> ViewD
     data = ViewData(store, join)
     for f in _default_fields(data.numeric)[:4]:
         data.values(f)
+    data.start_pose_bins()
     warm_up()
     return data
 
