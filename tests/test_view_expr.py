@@ -69,6 +69,19 @@ def test_selection_count_equals_query(store, where):
     assert int(data.evaluate(where).sum()) == len(api.query(store, where, columns=["uid"]))
 
 
+def test_range_fast_path_equals_query_at_float32_boundaries(store):
+    data = ViewData(store)
+    x = store.table([X]).column(0).to_numpy()
+    lo, hi = float(np.sort(x)[100]), float(np.sort(x)[2000])  # bounds equal to stored float32 values
+    for where in [format_range(X, lo, hi),  # inclusive at both ends
+                  format_range(X, np.nextafter(lo, np.inf), np.nextafter(hi, -np.inf)),  # just inside (float64)
+                  f"({format_range(X, 12000.123456789, 19000.987654321)}) and ({format_range(Y, 9500.0001, 10500.77)})"]:
+        assert data._ranges_fast(where) is not None
+        assert int(data.evaluate(where).sum()) == len(api.query(store, where, columns=["uid"])) > 0
+    assert int(data.evaluate(format_range(X, lo, hi)).sum()) == 1901
+    assert data._ranges_fast("(1 <= `ctf/df1_A` <= 2") is None  # unbalanced: left to the parser's error
+
+
 def test_terms_combine_exactly_and_bad_input_keeps_selection(store):
     data = ViewData(store)
     sel = Selection(data)

@@ -165,19 +165,16 @@ class Page:
         """Milliseconds from the armed event to the count's update (waits for it)."""
         return float(self.wait(lambda: self.driver.execute_script("return window.__cf_lat;")))
 
-    def plot_latency(self, quiet_s: float = 0.5) -> float:
-        """Milliseconds from the armed event to the last plot data update (after the count changed and
-        no update for ``quiet_s``); NaN when no plot update was seen."""
+    def plot_latency(self, quiet_s: float = 0.5, timeout: float = 30.0) -> float:
+        """Milliseconds from the armed event to the last plot data update (after the count changed, the
+        first plot update seen, then no update for ``quiet_s``); NaN when none came within ``timeout``."""
         self.latency()
+        end = time.monotonic() + timeout
         last = None
-        while True:
+        while time.monotonic() < end:
             cur = self.driver.execute_script("return window.__cf_plot;")
             if cur is not None and cur == last:
-                break
+                return float(self.driver.execute_script("return window.__cf_plot - window.__cf_t0;"))
             last = cur
-            time.sleep(quiet_s)
-            if cur is None and last is None:
-                cur = self.driver.execute_script("return window.__cf_plot;")
-                if cur is None:
-                    return float("nan")
-        return float(self.driver.execute_script("return window.__cf_plot - window.__cf_t0;"))
+            time.sleep(quiet_s if cur is not None else 0.05)
+        return float("nan")

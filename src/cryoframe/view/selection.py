@@ -27,6 +27,8 @@ from cryoframe.storage.store import ParticleStore
 __all__ = ["ViewData", "Selection", "format_classes", "format_range"]
 
 _BT = re.compile(r"`([^`]+)`")
+_NUM = r"(-?\d+\.?\d*(?:[eE][-+]?\d+)?)"
+_RANGE = re.compile(rf"^{_NUM} <= `([^`]+)` <= {_NUM}$")
 
 
 def format_range(field: str, lo: float, hi: float) -> str:
@@ -141,6 +143,9 @@ class ViewData:
         missing = sorted({nm for nm in _BT.findall(where) if nm not in self.fields})
         if missing:
             raise InputError(f"unknown field(s) {', '.join(missing)}")
+        fast = self._ranges_fast(where)
+        if fast is not None:
+            return fast
         expr, local = _uint64_literals(where)
         try:
             aexpr, used = to_arrow_expression(expr, set(self.fields), local)
@@ -156,6 +161,38 @@ class ViewData:
         m = pc.fill_null(m, False)
         return m.to_numpy(zero_copy_only=False).astype(bool, copy=False) if m.num_chunks != 1 else \
             m.chunk(0).to_numpy(zero_copy_only=False)
+
+    def _ranges_fast(self, where: str) -> np.ndarray | None:
+        """``lo <= `f` <= hi [and ...]`` on float fields (boxes, histogram ranges) in numpy, in the
+        field's own precision with bounds rounded inward to it — the same rows as comparing in float64
+        like Arrow does, at a quarter of the memory traffic.  None for any other expression."""
+        parts = where.split(" and ")
+        parts = [p.strip() for p in parts]
+        parts = [p[1:-1] if p.startswith("(") and p.endswith(")") else p for p in parts]
+        terms = [_RANGE.match(p) for p in parts]
+        if not all(terms):
+            return None
+        mask = None
+        for m in terms:
+            field = m.group(2)
+            col = self.column(field)
+            if not pa.types.is_floating(col.type) or col.null_count:
+                return None
+            x = col.to_numpy(zero_copy_only=False)
+            lo, hi = float(m.group(1)), float(m.group(3))
+            if x.dtype == np.float32:
+                lo32, hi32 = np.float32(lo), np.float32(hi)
+                if np.isfinite(lo32) and float(lo32) < lo:
+                    lo32 = np.nextafter(lo32, np.float32(np.inf))
+                if np.isfinite(hi32) and float(hi32) > hi:
+                    hi32 = np.nextafter(hi32, np.float32(-np.inf))
+                lo_, hi_ = lo32, hi32
+            else:
+                lo_, hi_ = np.float64(lo), np.float64(hi)
+            t = x >= lo_
+            t &= x <= hi_
+            mask = t if mask is None else np.logical_and(mask, t, out=mask)
+        return mask
 
     def _pandas(self, expr: str, local: dict[str, Any]) -> np.ndarray:
         import pandas as pd
