@@ -138,3 +138,26 @@ def test_port_in_use_and_not_a_store(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert str(tmp_path) in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_scatter_pixels_match_datashader_and_selection_counts_are_exact():
+    import datashader as ds
+    import pandas as pd
+
+    from cryoframe.view.render import Binned, PixelGrid
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=50000).astype(np.float32)
+    y = rng.normal(size=50000).astype(np.float32)
+    x[:10] = np.nan
+    xr_, yr_ = (-4.5, 4.5), (-4.0, 4.0)
+    g = PixelGrid(x, y, xr_, yr_, 120, 90)
+    ref = ds.Canvas(plot_width=120, plot_height=90, x_range=xr_, y_range=yr_).points(
+        pd.DataFrame({"x": x, "y": y}), "x", "y").values
+    assert np.abs(g.all.reshape(90, 120) - ref).sum() <= 0.001 * len(x)  # float rounding at pixel edges only
+    for frac in (0.1, 0.9):  # below and above half selected (the complement path)
+        mask = rng.random(len(x)) < frac
+        assert np.array_equal(g.counts(mask), np.bincount(g.index[mask], minlength=g.size)[: 120 * 90])
+        b = Binned(x, -4.5, 4.5, bins=40)
+        assert np.array_equal(b.counts(mask), np.bincount(b.index[mask], minlength=256)[:40])
+        assert b.counts(mask).sum() == np.count_nonzero(mask & np.isfinite(x))  # NaN not counted

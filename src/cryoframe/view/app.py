@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.errors import CryoframeError
-from cryoframe.view.render import Binned, colour_counts, scatter_image
+from cryoframe.view.render import Binned, _masked_counts, colour_counts, scatter_image
 from cryoframe.view.selection import Selection, ViewData, format_classes, format_range
 
 __all__ = ["CurationApp"]
@@ -174,7 +174,8 @@ class CurationApp:
         xr, yr = self._ranges()
         out: dict[str, Any] = {"scatter": {"image": [self._scatter_rgba(xr, yr)], "x": [xr[0]], "y": [yr[0]],
                                            "dw": [xr[1] - xr[0]], "dh": [yr[1] - yr[0]]},
-                               "hists": {f: self._binned(f).counts(self.sel.mask) for f in list(self._hist_src)}}
+                               "hists": {f: self._binned(f).counts(self.sel.mask, self.sel.count)
+                                         for f in list(self._hist_src)}}
         if self.viewing is not None:
             out["viewing"] = {"image": [self._viewing_rgba()]}
         return out
@@ -248,7 +249,8 @@ class CurationApp:
 
     def _scatter_rgba(self, xr: tuple[float, float], yr: tuple[float, float]) -> np.ndarray:
         xs, ys = self.data.values(self.x_field.value), self.data.values(self.y_field.value)
-        return scatter_image(xs, ys, self.sel.mask, xr, yr, self.SCATTER_W, self.SCATTER_H, self._scatter_cache)
+        return scatter_image(xs, ys, self.sel.mask, xr, yr, self.SCATTER_W, self.SCATTER_H, self._scatter_cache,
+                             self.sel.count)
 
     @_safe
     def _on_scatter_select(self, event: Any) -> None:
@@ -329,9 +331,10 @@ class CurationApp:
         if not self.data.pose_ready:  # still being computed in the background: blank until the next redraw
             self.data.start_pose_bins()
             return np.zeros((36, 72), dtype=np.uint32)
-        b = self.data.pose_bins()
-        idx = b if self.sel.count == self.data.n else b[self.sel.mask]
-        counts = np.bincount(idx, minlength=72 * 36 + 1)[: 72 * 36].reshape(36, 72)
+        if "pose_all" not in self._scatter_cache:
+            self._scatter_cache["pose_all"] = np.bincount(self.data.pose_bins(), minlength=72 * 36 + 1)
+        counts = _masked_counts(self.data.pose_bins(), 72 * 36 + 1, self.sel.mask, self.sel.count,
+                                self._scatter_cache["pose_all"])[: 72 * 36].reshape(36, 72)
         return colour_counts(counts)
 
     # -- GMM ------------------------------------------------------------------------------------

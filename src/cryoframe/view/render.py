@@ -1,7 +1,8 @@
 """Images and counts for the view's plots, from numpy masks (no table, no per-redraw sorting).
 
-* scatter: Datashader ``Canvas.points`` aggregates of all particles (cached per field pair) and of
-  the selection, shaded and stacked into one RGBA image for a Bokeh ``image_rgba`` glyph;
+* scatter: each point's pixel is computed once per field pair (:class:`PixelGrid`), the selection's
+  aggregate is one ``np.bincount`` (of the unselected points above half), shaded with Datashader
+  (eq_hist) and stacked over all particles into one RGBA image for a Bokeh ``image_rgba`` glyph;
 * histograms: each field's bin index is computed once (uint8), so a redraw is one
   ``np.bincount`` over the selected indices;
 * viewing directions: (azimuth, elevation) bin of each particle's pose, computed in batches.
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Binned", "colour_counts", "scatter_image"]
+__all__ = ["Binned", "PixelGrid", "colour_counts", "scatter_image"]
 
 ALL_CMAP = ["#e6e6e6", "#6b6b6b"]
 SEL_CMAP = ["#9ecae1", "#08306b"]
@@ -33,34 +34,71 @@ class Binned:
         self.index = idx.astype(np.uint8)
         self.all = self.counts(None)
 
-    def counts(self, mask: np.ndarray | None) -> np.ndarray:
-        idx = self.index if mask is None or mask.all() else self.index[mask]
-        return np.bincount(idx, minlength=256)[: self.bins]
+    def counts(self, mask: np.ndarray | None, selected: int | None = None) -> np.ndarray:
+        return _masked_counts(self.index, 256, mask, selected, getattr(self, "all", None))[: self.bins]
+
+
+def _masked_counts(index: np.ndarray, size: int, mask: np.ndarray | None, selected: int | None,
+                   total: np.ndarray | None) -> np.ndarray:
+    """``bincount(index[mask])``; above half selected, ``total - bincount(index[~mask])`` (half the work)."""
+    if mask is None:
+        return np.bincount(index, minlength=size)
+    n_sel = int(np.count_nonzero(mask)) if selected is None else selected
+    if total is not None and n_sel == index.size:
+        return total
+    if total is not None and n_sel > index.size // 2:
+        return total - np.bincount(index[~mask], minlength=size)[: total.size]
+    return np.bincount(index[mask], minlength=size)
+
+
+class PixelGrid:
+    """Pixel of each point on a ``width`` × ``height`` canvas over ``xr`` × ``yr`` (Datashader's
+    ``Canvas.points`` binning), so a selection's image is one gather + ``np.bincount``."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, xr: tuple[float, float], yr: tuple[float, float],
+                 width: int, height: int) -> None:
+        self.xr, self.yr, self.width, self.height = xr, yr, width, height
+        ix = np.floor((x.astype(np.float64) - xr[0]) * (width / (xr[1] - xr[0])))
+        iy = np.floor((y.astype(np.float64) - yr[0]) * (height / (yr[1] - yr[0])))
+        ix[ix == width] = width - 1  # the right/top edge belongs to the last pixel
+        iy[iy == height] = height - 1
+        ok = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)  # NaN compares false
+        self.index = np.where(ok, iy * width + ix, width * height).astype(np.int32)
+        self.size = width * height + 1
+        self.all = np.bincount(self.index, minlength=self.size)[: width * height]
+
+    def agg(self, counts: np.ndarray) -> Any:
+        import xarray as xr
+
+        w, h = self.width, self.height
+        xs = self.xr[0] + (np.arange(w) + 0.5) * (self.xr[1] - self.xr[0]) / w
+        ys = self.yr[0] + (np.arange(h) + 0.5) * (self.yr[1] - self.yr[0]) / h
+        return xr.DataArray(counts[: w * h].reshape(h, w), coords=[("y", ys), ("x", xs)])
+
+    def counts(self, mask: np.ndarray | None, selected: int | None = None) -> np.ndarray:
+        return _masked_counts(self.index, self.size, mask, selected, self.all)[: self.width * self.height]
 
 
 def scatter_image(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, xr: tuple[float, float],
-                  yr: tuple[float, float], width: int, height: int, cache: dict[str, Any]) -> np.ndarray:
-    """(height, width) uint32 RGBA: all particles in grey, the selection in blue (eq_hist shading).
-
-    ``cache`` keeps the all-particles aggregate between calls with the same arrays and ranges.
-    """
-    import datashader as ds
+                  yr: tuple[float, float], width: int, height: int, cache: dict[str, Any],
+                  selected: int | None = None) -> np.ndarray:
+    """(height, width) uint32 RGBA: all particles in grey, the selection in blue (Datashader eq_hist
+    shading).  ``cache`` keeps the points' pixels between calls with the same arrays and ranges."""
     import datashader.transfer_functions as tf
-    import pandas as pd
 
-    cvs = ds.Canvas(plot_width=width, plot_height=height, x_range=xr, y_range=yr)
     key = (id(x), id(y), xr, yr, width, height)
     if cache.get("key") != key:
         cache["key"] = key
-        cache["agg"] = cvs.points(pd.DataFrame({"x": x, "y": y}, copy=False), "x", "y")
-    agg_all = cache["agg"]
-    if mask is None or mask.all():
-        img = tf.shade(agg_all, cmap=SEL_CMAP, how="eq_hist")
-    elif not mask.any():
-        img = tf.shade(agg_all, cmap=ALL_CMAP, how="eq_hist")
+        cache["grid"] = PixelGrid(x, y, xr, yr, width, height)
+    g: PixelGrid = cache["grid"]
+    n_sel = None if mask is None else (int(np.count_nonzero(mask)) if selected is None else selected)
+    if mask is None or n_sel == x.size:
+        img = tf.shade(g.agg(g.all), cmap=SEL_CMAP, how="eq_hist")
+    elif n_sel == 0:
+        img = tf.shade(g.agg(g.all), cmap=ALL_CMAP, how="eq_hist")
     else:
-        agg_sel = cvs.points(pd.DataFrame({"x": x[mask], "y": y[mask]}, copy=False), "x", "y")
-        img = tf.stack(tf.shade(agg_all, cmap=ALL_CMAP, how="eq_hist"), tf.shade(agg_sel, cmap=SEL_CMAP, how="eq_hist"))
+        img = tf.stack(tf.shade(g.agg(g.all), cmap=ALL_CMAP, how="eq_hist"),
+                       tf.shade(g.agg(g.counts(mask, n_sel)), cmap=SEL_CMAP, how="eq_hist"))
     return np.ascontiguousarray(img.data)
 
 
