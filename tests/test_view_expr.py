@@ -79,6 +79,11 @@ def test_range_fast_path_equals_query_at_float32_boundaries(store):
         assert data._ranges_fast(where) is not None
         assert int(data.evaluate(where).sum()) == len(api.query(store, where, columns=["uid"])) > 0
     assert int(data.evaluate(format_range(X, lo, hi)).sum()) == 1901
+    for c in map(float, (lo, np.nextafter(lo, np.inf), np.nextafter(lo, -np.inf), 15000.3)):
+        for where in [f"`{X}` < {c!r}", f"`{X}` <= {c!r}", f"{c!r} < `{X}`", f"`{X}` >= {c!r} and `{Y}` > 9800.5",
+                      f"{c!r} < `{X}` <= {hi!r}"]:
+            assert data._ranges_fast(where) is not None
+            assert int(data.evaluate(where).sum()) == len(api.query(store, where, columns=["uid"])), where
     assert data._ranges_fast("(1 <= `ctf/df1_A` <= 2") is None  # unbalanced: left to the parser's error
 
 

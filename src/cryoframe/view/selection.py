@@ -28,7 +28,29 @@ __all__ = ["ViewData", "Selection", "format_classes", "format_range"]
 
 _BT = re.compile(r"`([^`]+)`")
 _NUM = r"(-?\d+\.?\d*(?:[eE][-+]?\d+)?)"
-_RANGE = re.compile(rf"^{_NUM} <= `([^`]+)` <= {_NUM}$")
+_OP = r"(<=|>=|<|>)"
+_CHAIN = re.compile(rf"^{_NUM}\s*(<=|<)\s*`([^`]+)`\s*(<=|<)\s*{_NUM}$")
+_LEFT = re.compile(rf"^`([^`]+)`\s*{_OP}\s*{_NUM}$")
+_RIGHT = re.compile(rf"^{_NUM}\s*{_OP}\s*`([^`]+)`$")
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _compare(x: np.ndarray, op: str, c: float) -> np.ndarray:
+    """``x OP c`` with ``c`` compared as float64 (like Arrow and pandas), computed in ``x``'s dtype.
+
+    For float32 ``x``: ``x >= c`` ⟺ ``x >= ceil32(c)``, ``x < c`` ⟺ ``x < ceil32(c)``, ``x <= c`` ⟺
+    ``x <= floor32(c)``, ``x > c`` ⟺ ``x > floor32(c)`` (ceil32/floor32: nearest float32 above/below).
+    """
+    if x.dtype == np.float32:
+        c32 = np.float32(c)
+        if np.isfinite(c32) and float(c32) != c:
+            up = c32 if float(c32) > c else np.nextafter(c32, np.float32(np.inf))
+            down = c32 if float(c32) < c else np.nextafter(c32, np.float32(-np.inf))
+            c32 = up if op in (">=", "<") else down
+        b: Any = c32
+    else:
+        b = np.float64(c)
+    return {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}[op](x, b)
 
 
 def format_range(field: str, lo: float, hi: float) -> str:
@@ -163,34 +185,33 @@ class ViewData:
             m.chunk(0).to_numpy(zero_copy_only=False)
 
     def _ranges_fast(self, where: str) -> np.ndarray | None:
-        """``lo <= `f` <= hi [and ...]`` on float fields (boxes, histogram ranges) in numpy, in the
-        field's own precision with bounds rounded inward to it — the same rows as comparing in float64
-        like Arrow does, at a quarter of the memory traffic.  None for any other expression."""
-        parts = where.split(" and ")
-        parts = [p.strip() for p in parts]
-        parts = [p[1:-1] if p.startswith("(") and p.endswith(")") else p for p in parts]
-        terms = [_RANGE.match(p) for p in parts]
-        if not all(terms):
-            return None
+        """Comparisons of float fields with numbers joined by ``and`` (``lo <= `f` <= hi``, ```f` < c``,
+        ``c >= `f```: boxes, histogram ranges, typed thresholds) in numpy, in the field's own precision
+        with each bound rounded to it in the safe direction — the same rows as Arrow's float64
+        comparison, at a quarter of the memory traffic.  None for any other expression."""
+        conds = []
+        for p in where.split(" and "):
+            p = p.strip()
+            p = p[1:-1] if p.startswith("(") and p.endswith(")") and p.count("(") == 1 else p
+            m = _CHAIN.match(p)
+            if m:
+                conds += [(m.group(3), _FLIP[m.group(2)], m.group(1)), (m.group(3), m.group(4), m.group(5))]
+                continue
+            m = _LEFT.match(p)
+            if m:
+                conds.append((m.group(1), m.group(2), m.group(3)))
+                continue
+            m = _RIGHT.match(p)
+            if not m:
+                return None
+            conds.append((m.group(3), _FLIP[m.group(2)], m.group(1)))
         mask = None
-        for m in terms:
-            field = m.group(2)
+        for field, op, num in conds:
             col = self.column(field)
             if not pa.types.is_floating(col.type) or col.null_count:
                 return None
             x = col.to_numpy(zero_copy_only=False)
-            lo, hi = float(m.group(1)), float(m.group(3))
-            if x.dtype == np.float32:
-                lo32, hi32 = np.float32(lo), np.float32(hi)
-                if np.isfinite(lo32) and float(lo32) < lo:
-                    lo32 = np.nextafter(lo32, np.float32(np.inf))
-                if np.isfinite(hi32) and float(hi32) > hi:
-                    hi32 = np.nextafter(hi32, np.float32(-np.inf))
-                lo_, hi_ = lo32, hi32
-            else:
-                lo_, hi_ = np.float64(lo), np.float64(hi)
-            t = x >= lo_
-            t &= x <= hi_
+            t = _compare(x, op, float(num))
             mask = t if mask is None else np.logical_and(mask, t, out=mask)
         return mask
 
