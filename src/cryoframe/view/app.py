@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.errors import CryoframeError
-from cryoframe.view.render import Binned, _masked_counts, colour_counts, scatter_image
+from cryoframe.view.render import Binned, PixelGrid, _masked_counts, colour_counts, scatter_image
 from cryoframe.view.selection import Selection, ViewData, format_classes, format_range
 
 __all__ = ["CurationApp"]
@@ -73,8 +73,6 @@ class CurationApp:
         self._syncing = False
         self._generation = 0
         self._draw_lock = threading.Lock()
-        self._scatter_cache: dict[str, Any] = {}
-        self._bins: dict[str, Binned] = {}
         if len(data.numeric) < 1:
             raise CryoframeError(f"{data.store.path}: no numeric fields to show")
         fields = _default_fields(data.numeric)
@@ -249,8 +247,9 @@ class CurationApp:
 
     def _scatter_rgba(self, xr: tuple[float, float], yr: tuple[float, float]) -> np.ndarray:
         xs, ys = self.data.values(self.x_field.value), self.data.values(self.y_field.value)
-        return scatter_image(xs, ys, self.sel.mask, xr, yr, self.SCATTER_W, self.SCATTER_H, self._scatter_cache,
-                             self.sel.count)
+        grid = self.data.cached(("grid", self.x_field.value, self.y_field.value, xr, yr),
+                                lambda: PixelGrid(xs, ys, xr, yr, self.SCATTER_W, self.SCATTER_H))
+        return scatter_image(grid, self.sel.mask, self.sel.count)
 
     @_safe
     def _on_scatter_select(self, event: Any) -> None:
@@ -274,10 +273,7 @@ class CurationApp:
 
     # -- histograms ----------------------------------------------------------------------------
     def _binned(self, field: str) -> Binned:
-        if field not in self._bins:
-            lo, hi = self.data.extent(field)
-            self._bins[field] = Binned(self.data.values(field), lo, hi)
-        return self._bins[field]
+        return self.data.cached(("bins", field), lambda: Binned(self.data.values(field), *self.data.extent(field)))
 
     def _hist_panes(self) -> list[Any]:
         import panel as pn
@@ -331,10 +327,9 @@ class CurationApp:
         if not self.data.pose_ready:  # still being computed in the background: blank until the next redraw
             self.data.start_pose_bins()
             return np.zeros((36, 72), dtype=np.uint32)
-        if "pose_all" not in self._scatter_cache:
-            self._scatter_cache["pose_all"] = np.bincount(self.data.pose_bins(), minlength=72 * 36 + 1)
+        total = self.data.cached(("pose_all",), lambda: np.bincount(self.data.pose_bins(), minlength=72 * 36 + 1))
         counts = _masked_counts(self.data.pose_bins(), 72 * 36 + 1, self.sel.mask, self.sel.count,
-                                self._scatter_cache["pose_all"])[: 72 * 36].reshape(36, 72)
+                                total)[: 72 * 36].reshape(36, 72)
         return colour_counts(counts)
 
     # -- GMM ------------------------------------------------------------------------------------

@@ -28,14 +28,25 @@ class Binned:
             raise ValueError("at most 254 bins")
         self.bins = bins
         self.edges = np.linspace(lo, hi, bins + 1)
-        scale = bins / (hi - lo)
-        idx = np.floor((values.astype(np.float64, copy=False) - lo) * scale)
-        idx = np.where(np.isfinite(idx), np.clip(idx, 0, bins - 1), 255)
-        self.index = idx.astype(np.uint8)
+        self.index = _cell(values, lo, bins / (hi - lo), bins, 255).astype(np.uint8)
         self.all = self.counts(None)
 
     def counts(self, mask: np.ndarray | None, selected: int | None = None) -> np.ndarray:
         return _masked_counts(self.index, 256, mask, selected, getattr(self, "all", None))[: self.bins]
+
+
+def _cell(v: np.ndarray, lo: float, scale: float, n: int, missing: int) -> np.ndarray:
+    """int32 cell ``floor((v - lo) * scale)`` clipped to 0..n-1 (the top edge in the last cell),
+    ``missing`` for NaN; computed in float32 (the cells are for drawing, not for selecting)."""
+    t = v.astype(np.float32, copy=True)
+    t -= np.float32(lo)
+    t *= np.float32(scale)
+    nan = np.isnan(t)
+    np.clip(t, 0, n - 1, out=t)
+    out = t.astype(np.int32)
+    if nan.any():
+        out[nan] = missing
+    return out
 
 
 def _masked_counts(index: np.ndarray, size: int, mask: np.ndarray | None, selected: int | None,
@@ -58,12 +69,13 @@ class PixelGrid:
     def __init__(self, x: np.ndarray, y: np.ndarray, xr: tuple[float, float], yr: tuple[float, float],
                  width: int, height: int) -> None:
         self.xr, self.yr, self.width, self.height = xr, yr, width, height
-        ix = np.floor((x.astype(np.float64) - xr[0]) * (width / (xr[1] - xr[0])))
-        iy = np.floor((y.astype(np.float64) - yr[0]) * (height / (yr[1] - yr[0])))
-        ix[ix == width] = width - 1  # the right/top edge belongs to the last pixel
-        iy[iy == height] = height - 1
-        ok = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)  # NaN compares false
-        self.index = np.where(ok, iy * width + ix, width * height).astype(np.int32)
+        off = width * height
+        ix = _cell(x, xr[0], width / (xr[1] - xr[0]), width, off)
+        iy = _cell(y, yr[0], height / (yr[1] - yr[0]), height, off)
+        iy *= width
+        iy += ix
+        np.minimum(iy, off, out=iy)  # a missing x or y: the overflow cell
+        self.index = iy
         self.size = width * height + 1
         self.all = np.bincount(self.index, minlength=self.size)[: width * height]
 
@@ -79,20 +91,13 @@ class PixelGrid:
         return _masked_counts(self.index, self.size, mask, selected, self.all)[: self.width * self.height]
 
 
-def scatter_image(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None, xr: tuple[float, float],
-                  yr: tuple[float, float], width: int, height: int, cache: dict[str, Any],
-                  selected: int | None = None) -> np.ndarray:
-    """(height, width) uint32 RGBA: all particles in grey, the selection in blue (Datashader eq_hist
-    shading).  ``cache`` keeps the points' pixels between calls with the same arrays and ranges."""
+def scatter_image(g: PixelGrid, mask: np.ndarray | None, selected: int | None = None) -> np.ndarray:
+    """(height, width) uint32 RGBA: all particles in grey, the selection in blue (Datashader eq_hist shading)."""
     import datashader.transfer_functions as tf
 
-    key = (id(x), id(y), xr, yr, width, height)
-    if cache.get("key") != key:
-        cache["key"] = key
-        cache["grid"] = PixelGrid(x, y, xr, yr, width, height)
-    g: PixelGrid = cache["grid"]
+    n = g.index.size
     n_sel = None if mask is None else (int(np.count_nonzero(mask)) if selected is None else selected)
-    if mask is None or n_sel == x.size:
+    if mask is None or n_sel == n:
         img = tf.shade(g.agg(g.all), cmap=SEL_CMAP, how="eq_hist")
     elif n_sel == 0:
         img = tf.shade(g.agg(g.all), cmap=ALL_CMAP, how="eq_hist")

@@ -87,6 +87,15 @@ class ViewData:
                         and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))]
         self._cols: dict[str, pa.Array] = {}
         self._f32: dict[str, np.ndarray] = {}
+        self._derived: dict[tuple[Any, ...], Any] = {}
+
+    def cached(self, key: tuple[Any, ...], make: Any) -> Any:
+        """A derived array (plot bins, pixel indices) shared by all page sessions, made once per key."""
+        if key not in self._derived:
+            if len(self._derived) > 32:
+                self._derived.pop(next(iter(self._derived)))
+            self._derived[key] = make()
+        return self._derived[key]
 
     # -- columns -----------------------------------------------------------------------------
     def column(self, field: str) -> pa.Array:

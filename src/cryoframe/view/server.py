@@ -26,7 +26,9 @@ def make_data(store: ParticleStore, join: Sequence[ParticleStore] = ()) -> ViewD
     for f in _default_fields(data.numeric)[:4]:
         data.values(f)
     data.start_pose_bins()
-    warm_up()
+    import threading
+
+    threading.Thread(target=warm_up, daemon=True).start()  # compiles while the first page loads
     return data
 
 
@@ -36,10 +38,10 @@ def warm_up() -> None:
     import numpy as np
 
     from cryoframe.query.polygon import inpolygon
-    from cryoframe.view.render import scatter_image
+    from cryoframe.view.render import PixelGrid, scatter_image
 
     x = np.linspace(0, 1, 64, dtype=np.float32)
-    scatter_image(x, x[::-1].copy(), x > 0.5, (0.0, 1.0), (0.0, 1.0), 8, 8, {})
+    scatter_image(PixelGrid(x, x[::-1].copy(), (0.0, 1.0), (0.0, 1.0), 8, 8), x > 0.5)
     inpolygon(x, x, [[0, 0], [1, 0], [0, 1]])
 
 
