@@ -166,3 +166,23 @@ def test_scatter_pixels_match_datashader_and_selection_counts_are_exact():
         b = Binned(x, -4.5, 4.5, bins=40)
         assert np.array_equal(b.counts(mask), np.bincount(b.index[mask], minlength=256)[:40])
         assert b.counts(mask).sum() == np.count_nonzero(mask & np.isfinite(x))  # NaN not counted
+
+
+def test_joined_stores_count_and_save_like_query_join(store, tmp_path):
+    pytest.importorskip("panel")
+    from cryoframe.view.app import CurationApp
+
+    part = api.query(store, "`alignments2D/class` in [0, 1]", columns=["alignments3D/error"], out=tmp_path / "p.cf")
+    data = ViewData(store, [part])
+    assert data.n == part.n
+    joined = [f for f in data.fields if f.startswith("alignments3D/error@")]
+    assert len(joined) == 2
+    where = f"`{joined[1]}` > 9600 and `ctf/df1_A` < 18000"
+    assert int(data.evaluate(where).sum()) == len(api.query(store, where, join=[part]))
+    app = CurationApp(data, save_dir=tmp_path)
+    app.where.value = where
+    app.save_name.value = "j"
+    app._on_save(None)
+    ref = api.query(store, where, join=[part], out=tmp_path / "ref.cf")
+    assert np.array_equal(ParticleStore(tmp_path / "j.cf").table(["uid"]).column(0).to_numpy(),
+                          ref.table(["uid"]).column(0).to_numpy())
