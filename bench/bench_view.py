@@ -14,6 +14,7 @@ lasso is reported unresponsive at 400k).  Appends a table to ``bench/RESULTS.md`
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def main() -> None:
 
     given = {int(k): Path(v) for k, v in (s.split("=", 1) for s in args.store)}
     lines = [f"\n## Interactive view (`bench/bench_view.py`), {time.strftime('%Y-%m-%d')}\n",
-             f"Machine: {machine()}. `cryoframe view STORE --no-browser` on a metadata-only synthetic store, driven "
+             f"Machine: {machine()}, load average {os.getloadavg()[0]:.1f} at the start. `cryoframe view STORE --no-browser` on a metadata-only synthetic store, driven "
              "by headless Chromium (selenium); latencies measured in the page with `performance.now()` from the "
              "Enter key / the mouse release of a box drag to the count's update (median of the tries), plots = to "
              "the last linked-plot data update (scatter image, 3 histograms, viewing directions). Ready = server "

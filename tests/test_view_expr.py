@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -186,3 +187,31 @@ def test_joined_stores_count_and_save_like_query_join(store, tmp_path):
     ref = api.query(store, where, join=[part], out=tmp_path / "ref.cf")
     assert np.array_equal(ParticleStore(tmp_path / "j.cf").table(["uid"]).column(0).to_numpy(),
                           ref.table(["uid"]).column(0).to_numpy())
+
+
+def test_lasso_histogram_range_and_gmm_set_select_what_query_selects(store, tmp_path):
+    pytest.importorskip("panel")
+    from types import SimpleNamespace
+
+    from cryoframe.view.app import CurationApp
+
+    app = CurationApp(ViewData(store), save_dir=tmp_path, x=X, y=Y)
+    poly = _poly(store)
+    app._on_scatter_select(SimpleNamespace(final=True, geometry={"type": "poly", "x": [p[0] for p in poly],
+                                                                 "y": [p[1] for p in poly]}))
+    assert app.where.value.startswith("inpolygon(`ctf/df1_A`, `alignments3D/error`, [[")
+    assert app.sel.count == len(api.query(store, app.where.value, columns=["uid"])) > 0
+    app._on_hist_select("pick_stats/ncc_score", SimpleNamespace(final=True, geometry={"type": "rect", "x0": 0.3,
+                                                                                     "x1": 0.6}))
+    assert "0.3 <= `pick_stats/ncc_score` <= 0.6" in app.where.value
+    assert app.sel.count == len(api.query(store, app.where.value, columns=["uid"])) > 0
+    app._on_clear(None)
+    app.gmm_field.value, app.gmm_k.value = "pick_stats/ncc_score", 2
+    app._on_gmm_fit(None)
+    assert len(app.gmm_sets.objects) == 2 and app.message.object == ""
+    app.gmm_sets.objects[1].clicks += 1  # pick the high set
+    lo, hi = (float(v) for v in re.fullmatch(r"(\S+) <= `pick_stats/ncc_score` <= (\S+)", app.where.value).groups())
+    score = store.table(["pick_stats/ncc_score"]).column(0).to_numpy()
+    assert np.percentile(score, 10) < lo < np.median(score) and hi == pytest.approx(score.max(), rel=1e-6)  # upper mode
+    assert 0 < app.sel.count < store.n
+    assert app.sel.count == len(api.query(store, app.where.value, columns=["uid"]))
