@@ -150,7 +150,7 @@ def test_scatter_pixels_match_datashader_and_selection_counts_are_exact():
     import datashader as ds
     import pandas as pd
 
-    from cryoframe.view.render import Binned, PixelGrid
+    from cryoframe.view.render import Binned, PixelGrid, scatter_image
 
     rng = np.random.default_rng(5)
     x = rng.normal(size=50000).astype(np.float32)
@@ -167,6 +167,10 @@ def test_scatter_pixels_match_datashader_and_selection_counts_are_exact():
         b = Binned(x, -4.5, 4.5, bins=40)
         assert np.array_equal(b.counts(mask), np.bincount(b.index[mask], minlength=256)[:40])
         assert b.counts(mask).sum() == np.count_nonzero(mask & np.isfinite(x))  # NaN not counted
+    img = scatter_image(g, mask)  # empty pixels stay transparent, the others are drawn
+    alpha = (img >> 24).ravel()
+    empty = g.all == 0
+    assert empty.any() and (alpha[empty] == 0).all() and (alpha[~empty] > 0).all()
 
 
 def test_joined_stores_count_and_save_like_query_join(store, tmp_path):

@@ -114,6 +114,8 @@ class CurationApp:
         if data.has_poses:
             self.viewing = pn.pane.Bokeh(self._viewing_figure(), css_classes=["cf-viewing"])
             right.insert(1, self.viewing)
+            if not data.pose_ready and pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+                self._pose_poll = pn.state.add_periodic_callback(self._on_pose_poll, period=1000)
         top = pn.Row(pn.pane.HTML("<b>selected</b>", margin=(8, 4)), self.count,
                      pn.pane.HTML(f"of {data.n} particles", margin=(8, 4)), self.clear_btn)
         body = [top, self.where, self.where_error,
@@ -331,6 +333,13 @@ class CurationApp:
         counts = _masked_counts(self.data.pose_bins(), 72 * 36 + 1, self.sel.mask, self.sel.count,
                                 total)[: 72 * 36].reshape(36, 72)
         return colour_counts(counts)
+
+    @_safe
+    def _on_pose_poll(self) -> None:
+        """Draw the viewing directions once their background computation is done."""
+        if self.data.pose_ready:
+            self._pose_poll.stop()
+            self._view_src.data = {"image": [self._viewing_rgba()]}
 
     # -- GMM ------------------------------------------------------------------------------------
     def _gmm_panel(self) -> Any:

@@ -85,7 +85,8 @@ class PixelGrid:
         w, h = self.width, self.height
         xs = self.xr[0] + (np.arange(w) + 0.5) * (self.xr[1] - self.xr[0]) / w
         ys = self.yr[0] + (np.arange(h) + 0.5) * (self.yr[1] - self.yr[0]) / h
-        return xr.DataArray(counts[: w * h].reshape(h, w), coords=[("y", ys), ("x", xs)])
+        # uint32 like Canvas.points: Datashader leaves zero counts transparent
+        return xr.DataArray(counts[: w * h].reshape(h, w).astype(np.uint32), coords=[("y", ys), ("x", xs)])
 
     def counts(self, mask: np.ndarray | None, selected: int | None = None) -> np.ndarray:
         return _masked_counts(self.index, self.size, mask, selected, self.all)[: self.width * self.height]
