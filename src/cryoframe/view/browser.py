@@ -141,9 +141,22 @@ class Page:
                                                                               y1 - y0 - (y1 - y0) // 2) \
             .release().perform()
 
+    def quiet(self, quiet_s: float = 0.5, timeout: float = 30.0) -> None:
+        """Wait until no plot update arrived for ``quiet_s`` (the previous action's redraw is done)."""
+        end = time.monotonic() + timeout
+        last = self.driver.execute_script("return window.__cf_plot === undefined ? null : window.__cf_plot;")
+        while time.monotonic() < end:
+            time.sleep(quiet_s)
+            cur = self.driver.execute_script("return window.__cf_plot === undefined ? null : window.__cf_plot;")
+            if cur == last:
+                return
+            last = cur
+
     def arm(self, before: int | None) -> None:
         """Start timing: the next Enter key or mouse release (seen by the page, ``performance.now()``)
-        starts the clock, the count's text changing from ``before`` stops it; see :meth:`latency`."""
+        starts the clock, the count's text changing from ``before`` stops it; see :meth:`latency`.
+        Waits first for the previous action's plot updates to end, so they are not counted."""
+        self.quiet()
         self.driver.execute_script(DEEP + """
             const before = String(arguments[0]); window.__cf_t0 = null; window.__cf_lat = null;
             window.__cf_plot = null;
@@ -172,7 +185,8 @@ class Page:
         end = time.monotonic() + timeout
         last = None
         while time.monotonic() < end:
-            cur = self.driver.execute_script("return window.__cf_plot;")
+            cur = self.driver.execute_script("return (window.__cf_plot !== null && window.__cf_t0 !== null"
+                                             " && window.__cf_plot > window.__cf_t0) ? window.__cf_plot : null;")
             if cur is not None and cur == last:
                 return float(self.driver.execute_script("return window.__cf_plot - window.__cf_t0;"))
             last = cur
