@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from cryoframe.errors import InputError
-from cryoframe.query.expr import filter_store, filter_table, query_frame
+from cryoframe.query.expr import filter_table, query_frame
 from cryoframe.schema import field_spec
 from cryoframe.storage.store import ParticleStore
 from cryoframe.types import (
@@ -55,6 +55,7 @@ __all__ = [
     "stats",
     "subset",
     "synth",
+    "view",
 ]
 
 StoreLike = PathLike | ParticleStore
@@ -176,13 +177,15 @@ def query(
     """
     s = open_store(store)
     with _scheduler(scheduler):
-        if join:
+        if join and out is None:
             from cryoframe.query.join import join_stores
 
             return join_stores([s, *[open_store(j) for j in join]], out, where, columns, head=head,
                                overwrite=overwrite)
         if out is not None:
-            return filter_store(s, out, where, columns, overwrite=overwrite)
+            from cryoframe.query.join import write_query
+
+            return write_query(s, out, where, columns, join=[open_store(j) for j in join], overwrite=overwrite)
         import pandas as pd
 
         query_frame(s, where, columns)  # validates field names and syntax with pandas' rules
@@ -196,15 +199,10 @@ def query(
 def export(store: StoreLike, out: PathLike, *, format: ExportFormat | None = None, images: bool = False,
            extra_fields: bool = True, overwrite: bool = False) -> Path:
     """Export to ``.cs`` or ``.star`` (``format`` defaults to ``out``'s suffix)."""
-    from cryoframe.storage.exporters import export_cs, export_star
+    from cryoframe.storage.exporters import export as _export
 
-    s = open_store(store)
-    fmt = (format or Path(out).suffix.lstrip(".")).lower()
-    if fmt == "cs":
-        return export_cs(s, out, images=images, overwrite=overwrite)
-    if fmt == "star":
-        return export_star(s, out, images=images, extra_fields=extra_fields, overwrite=overwrite)
-    raise InputError(f"unknown export format {fmt!r}: expected cs or star")
+    return _export(open_store(store), out, format=format, images=images, extra_fields=extra_fields,
+                   overwrite=overwrite)
 
 
 def materialize(view: StoreLike, out: PathLike, *, overwrite: bool = False) -> ParticleStore:
@@ -419,3 +417,20 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
             fine_step_deg=fine_step_deg, shift_range_px=shift_range_px, shift_step_px=shift_step_px,
             n_candidates=n_candidates, final_passes=final_passes, ctf=ctf, seed=seed, device=device, resume=resume,
             plots=plots, overwrite=overwrite)
+def view(store: StoreLike, *, join: Sequence[StoreLike] = (), save_dir: PathLike | None = None, serve: bool = False,
+         port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> Any:
+    """The interactive curation page (a Panel layout, shown inline in a notebook) for ``store``
+    (``join``: further stores joined on uid); the save button writes into ``save_dir`` (default: cwd).
+
+    ``serve=True`` serves it at http://ADDRESS:PORT/ instead and blocks (``cryoframe view``).
+    """
+    from cryoframe.view.server import make_data
+    from cryoframe.view.server import serve as _serve
+
+    data = make_data(open_store(store), [open_store(j) for j in join])
+    sdir = None if save_dir is None else Path(save_dir)
+    if serve:
+        return _serve(data, port=port, address=address, show=show, save_dir=sdir)
+    from cryoframe.view.app import CurationApp
+
+    return CurationApp(data, save_dir=sdir).layout

@@ -30,6 +30,7 @@ VERBS = {
     "class3d": ("class3d", "3D classification without alignment (O-EM + F-EM, masks, per-particle scale)"),
     "abinitio": ("abinitio", "ab-initio reconstruction: K volumes and 3D poses from particles without poses"),
     "mask": ("mask", "threshold/extend/soft-edge mask of a map (as relion_mask_create) or a soft sphere"),
+    "view": ("view", "interactive curation in the browser: linked plots, selections as --where expressions"),
 }
 
 

@@ -129,6 +129,13 @@ class _Translator(ast.NodeVisitor):
         if (isinstance(node.func, ast.Attribute) and node.func.attr == "isna" and not node.args
                 and not node.keywords):  # pandas' isna on Arrow-backed data: null only (NaN is a value)
             return _expr(self.visit(node.func.value)).is_null(nan_is_null=False)
+        if isinstance(node.func, ast.Name) and node.func.id == "inpolygon":  # lasso selections
+            from cryoframe.query.polygon import arrow_from_call
+
+            try:
+                return arrow_from_call(node, lambda n: _expr(self.visit(n)))
+            except ValueError as exc:  # the pandas path reports it
+                raise Unsupported(str(exc)) from exc
         raise Unsupported("call")
 
 

@@ -107,10 +107,15 @@ def prepare_where(where: str) -> tuple[str, dict[str, Any]]:
         test = f"(({x} != {x}) | {x}.isna())"
         return test if fn in ("isnull", "isna") else f"(~{test})"
 
+    from cryoframe.query.polygon import pandas_locals
+
     parts = where.split('"')
     for i in range(0, len(parts), 2):  # outside double-quoted strings
         parts[i] = _NULL_TEST.sub(null_test, parts[i])
-    return _uint64_literals('"'.join(parts))
+    expr, local = _uint64_literals('"'.join(parts))
+    expr, poly = pandas_locals(expr)  # inpolygon(...) as a local function (lasso selections)
+    local.update(poly)
+    return expr, local
 
 
 def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:

@@ -20,7 +20,7 @@ from cryoframe.storage.store import IMAGE_ROW, ParticleStore, StoreWriter
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["join_stores", "joined_table"]
+__all__ = ["join_stores", "joined_table", "write_query"]
 
 _ORDER = "__cf_order"
 
@@ -132,3 +132,19 @@ class _JoinedView:
 
         self.fields = [c for c in t.column_names if not c.startswith("_")]
         self.path = Path("join")
+
+
+def write_query(store: ParticleStore, out: str | os.PathLike[str], where: str | None = None,
+                columns: Sequence[str] | None = None, *, join: Sequence[ParticleStore] = (),
+                overwrite: bool = False) -> ParticleStore:
+    """The store ``cryoframe query STORE [--join J ...] --where EXPR --out OUT`` writes: a view of
+    ``store`` (no join), else the joined rows; the one function the CLI, the API and the curation
+    page's save button call."""
+    if join:
+        result = join_stores([store, *join], out, where, columns, overwrite=overwrite)
+        if not isinstance(result, ParticleStore):
+            raise TypeError("join_stores with out returns a store")
+        return result
+    from cryoframe.query.expr import filter_store
+
+    return filter_store(store, out, where, columns, overwrite=overwrite)

@@ -32,7 +32,7 @@ from cryoframe.storage.formats.mrc import write_stack
 from cryoframe.storage.formats.star import write_particles_star
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["export_cs", "export_star"]
+__all__ = ["export", "export_cs", "export_star"]
 
 PathLike = str | os.PathLike[str]
 RELION30_ONLY = ("rlnOriginX", "rlnOriginY", "rlnMagnification", "rlnDetectorPixelSize")
@@ -176,3 +176,15 @@ def export_star(
         _write_images(store, stack)
     write_particles_star(out, part, optics)
     return out
+
+
+def export(store: ParticleStore, out: str | os.PathLike[str], *, format: str | None = None, images: bool = False,
+           extra_fields: bool = True, overwrite: bool = False) -> Path:
+    """Export ``store`` to ``.cs`` or ``.star`` (``format`` defaults to ``out``'s suffix): what
+    ``cryoframe export`` and every export button write."""
+    fmt = (format or Path(out).suffix.lstrip(".")).lower()
+    if fmt == "cs":
+        return export_cs(store, out, images=images, overwrite=overwrite)
+    if fmt == "star":
+        return export_star(store, out, images=images, extra_fields=extra_fields, overwrite=overwrite)
+    raise InputError(f"unknown export format {fmt!r}: expected cs or star")
