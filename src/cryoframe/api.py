@@ -295,10 +295,11 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
 
 
 def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None = None, auto: bool = False,
-             threshold: float = 0.25, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
+             threshold: float | None = None, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
     """Keep the particles of chosen or auto-selected 2D classes (a store referencing the images).
 
-    ``auto`` keeps classes whose score is at least ``threshold``; ``regroup`` re-assigns noise groups
+    ``auto`` keeps classes whose score is at least ``threshold`` (None: the default of
+    :mod:`cryoframe.algorithms.class2d.rank`); ``regroup`` re-assigns noise groups
     (rlnGroupNumber) into about that many groups of similar defocus and scale.
     """
     from cryoframe.jobs.class2d import select2d as _select2d

@@ -223,7 +223,7 @@ def _group_sum(xp: ModuleType, vals: Any, gidx: Any, ng: int) -> Any:
 # -- the E-step ------------------------------------------------------------------------------------
 def estep_partition(
     images: Any, ctf_params: dict[str, Any] | None, model: dict[str, Any], xp: ModuleType = np,
-    need_stats: bool = True, groups: Any = None, fused: bool | None = None,
+    need_stats: bool = True, groups: Any = None, fused: bool | None = None, scales: Any = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """E-step of one partition of particles + the M-step sufficient statistics it contributes.
 
@@ -236,7 +236,12 @@ def estep_partition(
     the E-step and the statistics work on the frequencies with shell <= e_shell, as RELION's
     ``current_size``), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px), ``scale_range`` (lo, hi)
     or None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
-    maximiser of its log-likelihood clipped to the range.
+    maximiser of its log-likelihood clipped to the range.  ``scales`` (c,) with a ``scale_range``:
+    per-particle contrast scales instead (RELION's ``--scale``/norm correction): every sample of a
+    particle uses the particle's fixed scale (from the previous iteration), and the returned
+    ``scale`` is the new estimate, the least-squares scale of the best sample clipped to the range.
+    A per-sample free scale makes the score a correlation: junk then matches any class as well as
+    its own; a fixed per-particle scale keeps the likelihood's preference for flat classes.
 
     Per class, the cross terms of every angle and translation come from one real matrix product
     over the selected frequencies, ``[Re, -Im](X CTF h / sigma2) (c, 2F) @ B (2F, R S)`` with
@@ -297,6 +302,12 @@ def estep_partition(
     emask = xp.asarray((shells >= 1).astype(np.float64))
     const = -0.5 * (absx2 * hx * inv).sum(1) - (hx * emask * xp.log(2 * np.pi * sig)).sum(1)
 
+    srange = model.get("scale_range")
+    afix = None
+    if scales is not None and srange is not None:  # per-particle scale: a cross - a^2 q with a fixed
+        afix = xp.asarray(np.asarray(scales, dtype=np.float32).reshape(c))
+        xre_u, c2w_u = xre, c2w
+        xre, c2w = xre * afix[:, None], c2w * (afix * afix)[:, None]
     refs_f = cfft2(xp, pad_real(xp, refs, 2))  # (K, 2b, b + 1): padded for accurate rotation
     t_ref = _rotation_sel(xp, b, fy, fx, psi, 2)
     ang = 2 * np.pi * (fx[:, None] * offs[None, :, 0] + fy[:, None] * offs[None, :, 1]) / b  # (F, S)
@@ -306,8 +317,8 @@ def estep_partition(
         return gather(xp, refs_f[k], t_ref).astype(xp.complex64)  # (R, F)
 
     logl = xp.empty((c, nk, nr, ns), dtype=xp.float32)
-    srange = model.get("scale_range")
-    alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None else None
+    alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None and afix is None else None
+    srange_k = srange if afix is None else None
     lp = np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns)
     if fused is None:
         fused = xp is np
@@ -318,7 +329,7 @@ def estep_partition(
         cross = (xre @ bm).reshape(c, nr, ns)  # all angles and translations at once
         del bm
         if fused:
-            kern.score(cross, quad, srange, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
+            kern.score(cross, quad, srange_k, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
             continue
         q = quad[..., None].astype(xp.float32)
         if alpha is None:
@@ -345,12 +356,14 @@ def estep_partition(
         pmax, ess = flat.max(1), 1.0 / (flat.astype(xp.float64) ** 2).sum(1)
     loglik = top.astype(xp.float64) + xp.log(zsum.astype(xp.float64)) + const
     best_h = to_host(best)
+    if afix is not None:
+        new_scale = _best_scale(xp, xre_u, c2w_u, to_host(label), best_h, ns, rotated, pc, ps, srange)
     part = {
         "label": to_host(label).astype(np.int32),
         "posterior_max": to_host(pmax).astype(np.float32),
         "psi_deg": psi[best_h // ns].astype(np.float32),
         "shift": offs[best_h % ns].astype(np.float32).reshape(-1, 2),
-        "scale": (np.ones(c, np.float32) if alpha is None else
+        "scale": (new_scale if afix is not None else np.ones(c, np.float32) if alpha is None else
                   to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
         "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
@@ -385,9 +398,10 @@ def estep_partition(
             mx = xp.asarray(sub)
             m = len(sub)
             pk = p[mx, k]  # (m, R, S)
-            pa = pk * alpha[mx, k] if alpha is not None else pk
+            am = alpha[mx, k] if alpha is not None else None if afix is None else afix[mx, None, None]
+            pa = pk * am if am is not None else pk
             asum[k] += float(pa.astype(xp.float64).sum())
-            dpa = (pa * alpha[mx, k] if alpha is not None else pk).sum(-1)  # (m, R): sum_t w a^2
+            dpa = (pa * am if am is not None else pk).sum(-1)  # (m, R): sum_t w a^2
             # V(r, t, f) = sum_i w a CTF X; shifted back into the class frame: Y(r, f) = sum_t P(f, t) V
             v = (pa.reshape(m, nr * ns).T @ cx2r[mx]).reshape(nr, ns, 2 * nf2)
             if fused:
@@ -423,12 +437,36 @@ def estep_partition(
     return {"particles": part, "stats": stats}
 
 
-def estep_task(images: Any, ctf_params: dict[str, Any] | None, groups: Any, model: dict[str, Any], device: str,
-               need_stats: bool) -> dict[str, dict[str, np.ndarray]]:
-    """:func:`estep_partition` with the array module named by ``device`` (for dask tasks)."""
+def _best_scale(xp: ModuleType, xre: Any, c2w: Any, label: np.ndarray, best: np.ndarray, ns: int, rotated: Any,
+                pc: Any, ps: Any, srange: tuple[float, float]) -> np.ndarray:
+    """Least-squares contrast scale cross / 2q of every particle's best sample (class ``label``,
+    flat sample ``best``), clipped to ``srange``."""
+    from cryoframe.backend import to_host
+
+    c, nf = c2w.shape
+    out = np.ones(c, dtype=np.float32)
+    for k in np.unique(label):
+        mem = np.nonzero(label == k)[0]
+        ar = rotated(int(k))[xp.asarray(best[mem] // ns)]  # (m, F)
+        t = xp.asarray(best[mem] % ns)
+        pcm, psm = pc[:, t].T, ps[:, t].T  # (m, F)
+        col_re = ar.real * pcm + ar.imag * psm
+        col_im = ar.real * psm - ar.imag * pcm
+        mx = xp.asarray(mem)
+        cross = (xre[mx, :nf] * col_re + xre[mx, nf:] * col_im).sum(1)
+        q = 0.5 * (c2w[mx] * (ar.real**2 + ar.imag**2)).sum(1)
+        out[mem] = to_host(xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1])))
+    return out
+
+
+def estep_task(images: Any, ctf_params: dict[str, Any] | None, groups: Any, scales: Any, model: dict[str, Any],
+               device: str, need_stats: bool) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`estep_partition` with the array module named by ``device`` (for dask tasks);
+    ``scales`` per-particle contrast scales or None (see ``scale_mode`` of the model)."""
     from cryoframe.backend import get_array_module
 
-    return estep_partition(images, ctf_params, model, get_array_module(device), need_stats, groups)
+    return estep_partition(images, ctf_params, model, get_array_module(device), need_stats, groups,
+                           scales=scales if model.get("scale_mode", "particle") == "particle" else None)
 
 
 def combine(*parts: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
