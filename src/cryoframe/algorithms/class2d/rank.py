@@ -12,7 +12,8 @@ Features (each mapped to 0-1, 1 = looks like a real particle view):
   ``COMPACT_RANGE`` to 0-1.
 - ``resolution``: the class's resolution (last shell with SSNR > 1) as a fraction of the best
   class's spatial frequency (one-off debris averages blur out).
-- ``confidence``: 1 / mean ESS of the members' posteriors, relative to the best class.
+- ``confidence``: 1 / mean ESS of the members' posteriors relative to the median class, capped
+  at 1 (junk spreads its posteriors over many classes and poses).
 - ``size``: class size relative to the median of non-empty classes, capped at 1.
 
 Score = weighted geometric mean of the features with :data:`WEIGHTS` (a class must look right on
@@ -61,7 +62,8 @@ def class_features(averages: np.ndarray, counts: np.ndarray, resolution_A: np.nd
     resolution = freq / freq.max() if freq.max() > 0 else np.zeros(k)
     ess = np.asarray(mean_ess, dtype=float)
     inv = np.where(np.isfinite(ess) & (ess > 0), 1.0 / np.where(np.isfinite(ess) & (ess > 0), ess, 1.0), 0.0)
-    confidence = inv / inv.max() if inv.max() > 0 else np.zeros(k)
+    med_inv = np.median(inv[inv > 0]) if (inv > 0).any() else 1.0
+    confidence = np.minimum(inv / med_inv, 1.0)
     cnt = np.asarray(counts, dtype=float)
     med = np.median(cnt[cnt > 0]) if (cnt > 0).any() else 1.0
     size = np.minimum(cnt / max(med, 1e-12), 1.0)
