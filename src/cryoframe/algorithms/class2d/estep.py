@@ -358,11 +358,18 @@ def estep_partition(
     best_h = to_host(best)
     if afix is not None:
         new_scale = _best_scale(xp, xre_u, c2w_u, to_host(label), best_h, ns, rotated, pc, ps, srange)
+    psi_out = psi[best_h // ns].astype(np.float64)
+    shift_out = offs[best_h % ns].astype(np.float64).reshape(-1, 2)
+    if model.get("refine_poses") and c > 0:
+        psi_out, shift_out = refine_poses(
+            xp, xw if afix is None else xw * afix[:, None], c2w, refs_f, fy, fx, b, to_host(label), psi_out,
+            shift_out, float(model["psi_step_deg"]), float(model["offset_step_px"]),
+            srange if afix is None else None)
     part = {
         "label": to_host(label).astype(np.int32),
         "posterior_max": to_host(pmax).astype(np.float32),
-        "psi_deg": psi[best_h // ns].astype(np.float32),
-        "shift": offs[best_h % ns].astype(np.float32).reshape(-1, 2),
+        "psi_deg": np.mod(psi_out, 360.0).astype(np.float32),
+        "shift": shift_out.astype(np.float32),
         "scale": (new_scale if afix is not None else np.ones(c, np.float32) if alpha is None else
                   to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
         "ess": to_host(ess).astype(np.float32),
@@ -435,6 +442,47 @@ def estep_partition(
         "loglik": np.asarray(float(to_host(loglik.sum()))), "n": np.asarray(c),
     }
     return {"particles": part, "stats": stats}
+
+
+def refine_poses(xp: ModuleType, xw: Any, c2w: Any, refs_f: Any, fy: np.ndarray, fx: np.ndarray, b: int,
+                 label: np.ndarray, psi0: np.ndarray, shift0: np.ndarray, psi_step: float, offset_step: float,
+                 srange: tuple[float, float] | None, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Local pose refinement of each particle's best sample (class ``label``), as RELION's adaptive
+    oversampling of its significant poses: ``rounds`` passes over the 3 x 3 x 3 grid of in-plane
+    angle (deg) and x/y shift (px) at +-1/4, then +-1/8, ... of the coarse steps around the current
+    best, keeping the maximum of ``a cross - a^2 q`` (``a`` fitted within ``srange``, else the
+    particle weights already hold the scale).  ``xw`` (c, F) = (scaled) CTF X h / sigma2, ``c2w``
+    (c, F) = (scaled) CTF^2 h / sigma2, ``refs_f`` padded reference spectra.  Returns (psi, shift)."""
+    from cryoframe.backend import to_host
+
+    psi, shift = psi0.copy(), shift0.copy()
+    d = np.array([-1.0, 0.0, 1.0])
+    dpsi = np.repeat(d, 9)
+    dsx, dsy = np.tile(np.repeat(d, 3), 3), np.tile(d, 9)
+    fxx, fyy = xp.asarray(fx[None, None, :]), xp.asarray(fy[None, None, :])
+    for rnd in range(rounds):
+        fine = 0.25 / 2**rnd
+        for k in np.unique(label):
+            mem = np.nonzero(label == k)[0]
+            m = len(mem)
+            ang = (psi[mem, None] + fine * psi_step * dpsi[None]).ravel()  # (m * 27,)
+            ar = gather(xp, refs_f[int(k)], _rotation_sel(xp, b, fy, fx, ang, 2)).reshape(m, 27, -1)
+            sx = xp.asarray(shift[mem, 0, None] + fine * offset_step * dsx[None])[..., None]  # (m, 27, 1)
+            sy = xp.asarray(shift[mem, 1, None] + fine * offset_step * dsy[None])[..., None]
+            ph = xp.exp(2j * np.pi * (fxx * sx + fyy * sy) / b).astype(xp.complex64)
+            mx = xp.asarray(mem)
+            cross = (xw[mx][:, None, :] * xp.conj(ar) * ph).real.sum(-1)  # (m, 27)
+            q = 0.5 * (c2w[mx][:, None, :] * (ar.real**2 + ar.imag**2)).sum(-1)
+            if srange is not None:
+                a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
+                score = a * cross - a * a * q
+            else:
+                score = cross - q
+            j = to_host(xp.argmax(score, 1))
+            psi[mem] += fine * psi_step * dpsi[j]
+            shift[mem, 0] += fine * offset_step * dsx[j]
+            shift[mem, 1] += fine * offset_step * dsy[j]
+    return psi, shift
 
 
 def _best_scale(xp: ModuleType, xre: Any, c2w: Any, label: np.ndarray, best: np.ndarray, ns: int, rotated: Any,
