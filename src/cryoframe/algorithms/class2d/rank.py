@@ -11,7 +11,8 @@ Features (each mapped to 0-1, 1 = looks like a real particle view):
   and off-centre debris spread their power out to the mask edge.  Mapped linearly from
   ``COMPACT_RANGE`` to 0-1.
 - ``resolution``: the class's resolution (last shell with SSNR > 1) as a fraction of the best
-  class's spatial frequency (one-off debris averages blur out).
+  class's spatial frequency, mapped linearly from ``RESOLUTION_RANGE`` to 0-1 (one-off debris
+  averages blur out to about half the best class's frequency).
 - ``confidence``: 1 / mean ESS of the members' posteriors relative to the median class, capped
   at 1 (junk spreads its posteriors over many classes and poses).
 - ``size``: class size relative to the median of non-empty classes, capped at 1.
@@ -31,6 +32,7 @@ __all__ = ["COMPACT_RADIUS", "DEFAULT_THRESHOLD", "FEATURES", "WEIGHTS", "class_
 
 COMPACT_RADIUS = 0.6
 COMPACT_RANGE = (0.55, 0.85)
+RESOLUTION_RANGE = (0.45, 0.85)
 WEIGHTS: dict[str, float] = {"contrast": 1.0, "compactness": 1.0, "resolution": 1.0, "confidence": 0.5, "size": 0.5}
 FEATURES = tuple(WEIGHTS)
 DEFAULT_THRESHOLD = 0.5
@@ -59,7 +61,9 @@ def class_features(averages: np.ndarray, counts: np.ndarray, resolution_A: np.nd
     compact = np.clip((frac - lo) / (hi - lo), 0.0, 1.0)
     res = np.asarray(resolution_A, dtype=float)
     freq = np.where(np.isfinite(res) & (res > 0), 1.0 / np.where(np.isfinite(res) & (res > 0), res, 1.0), 0.0)
-    resolution = freq / freq.max() if freq.max() > 0 else np.zeros(k)
+    rel = freq / freq.max() if freq.max() > 0 else np.zeros(k)
+    lo, hi = RESOLUTION_RANGE
+    resolution = np.clip((rel - lo) / (hi - lo), 0.0, 1.0)
     ess = np.asarray(mean_ess, dtype=float)
     inv = np.where(np.isfinite(ess) & (ess > 0), 1.0 / np.where(np.isfinite(ess) & (ess > 0), ess, 1.0), 0.0)
     med_inv = np.median(inv[inv > 0]) if (inv > 0).any() else 1.0
