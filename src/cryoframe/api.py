@@ -214,18 +214,19 @@ def materialize(view: StoreLike, out: PathLike, *, overwrite: bool = False) -> P
 
 def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0.05, seed: int = 0,
           kind: SynthKind = "2d", metadata_only: bool = False, overwrite: bool = False, psize_A: float = 2.0,
-          ctf: bool = True, batch_size: int = 262_144) -> ParticleStore:
+          ctf: bool = True, batch_size: int = 262_144, junk: float = 0.0) -> ParticleStore:
     """Write a deterministic synthetic store with ground truth (see :func:`cryoframe.synthetic.synth_store`).
 
     ``n`` particles of ``box`` px at ``psize_A`` Å/px from ``classes`` 2D templates or 3D volumes
     (``kind``), with CTF (``ctf``) and noise at signal-to-noise (variance) ratio ``snr``;
-    ``batch_size`` rows are generated at a time.
+    ``batch_size`` rows are generated at a time; ``junk``: fraction of junk images (empty picks,
+    debris, ice/carbon edges) with truth.
     """
     from cryoframe.synthetic import synth_store
 
     return synth_store(out, n, box=box, classes=classes, snr=snr, seed=seed, kind=kind,
                        metadata_only=metadata_only, overwrite=overwrite, psize_A=psize_A, ctf=ctf,
-                       batch_size=batch_size)
+                       batch_size=batch_size, junk=junk)
 
 
 def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed: int = 0) -> dict[str, Any]:
@@ -311,10 +312,11 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
 
 
 def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None = None, auto: bool = False,
-             threshold: float = 0.25, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
+             threshold: float | None = None, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
     """Keep the particles of chosen or auto-selected 2D classes (a store referencing the images).
 
-    ``auto`` keeps classes whose score is at least ``threshold``; ``regroup`` re-assigns noise groups
+    ``auto`` keeps classes whose score is at least ``threshold`` (None: the default of
+    :mod:`cryoframe.algorithms.class2d.rank`); ``regroup`` re-assigns noise groups
     (rlnGroupNumber) into about that many groups of similar defocus and scale.
     """
     from cryoframe.jobs.class2d import select2d as _select2d

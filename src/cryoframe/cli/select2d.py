@@ -1,5 +1,6 @@
-"""Select particles of 2D classes: by class indices, or --auto with a 0-1 class score
-(mean of normalised resolution, class size and assignment confidence) and --threshold."""
+"""Select particles of 2D classes: by class indices, or --auto with the 0-1 class score class2d
+stores per class (contrast, compactness, resolution, confidence, size; see
+cryoframe.algorithms.class2d.rank) and --threshold."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", help="a store written by class2d")
     p.add_argument("--classes", help="comma-separated 0-based class indices to keep")
     p.add_argument("--auto", action="store_true", help="keep classes whose score >= --threshold")
-    p.add_argument("--threshold", type=float, default=0.25)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="minimum class score in [0, 1] for --auto (default: the ranker's default threshold)")
     p.add_argument("--regroup", type=int, help="re-assign noise groups (rlnGroupNumber) into ~N groups of similar defocus and scale")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")

@@ -16,6 +16,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snr", type=float, default=0.05, help="signal-to-noise ratio (variance ratio)")
     p.add_argument("--kind", choices=choices(SynthKind), default="2d", help="2D templates or projections of 3D volumes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--junk", type=float, default=0.0,
+                   help="fraction of junk images: empty picks, one-off debris, ice/carbon edges (truth view -1)")
     p.add_argument("--metadata-only", action="store_true", help="no images (fast; 1e8 rows in bounded memory)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -23,6 +25,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     s = api.synth(args.out, n=args.n, box=args.box, classes=args.classes, snr=args.snr, seed=args.seed,
-                  kind=args.kind, metadata_only=args.metadata_only, overwrite=args.overwrite)
+                  kind=args.kind, metadata_only=args.metadata_only, overwrite=args.overwrite, junk=args.junk)
     print(f"synthesized {s.n} particles ({args.kind}, {args.classes} classes, box {args.box}) -> {s.path}")
     return 0

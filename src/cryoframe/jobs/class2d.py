@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cryoframe.algorithms.class2d.rank import DEFAULT_THRESHOLD, FEATURES, WEIGHTS, rank_model
 from cryoframe.errors import InputError
 from cryoframe.schema import arrow_field, numpy_to_arrow
 from cryoframe.storage.atomic import write_json_atomic
@@ -201,14 +202,18 @@ def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
     n = int(sizes.sum()) or 1
     res = np.asarray(getattr(model, "resolution_A_", np.full(k, np.nan)), dtype=float)
     ess = model.ess_
+    feats, scores = rank_model(model, sizes, psize)
     per_class = []
     for c in range(k):
         sel = model.labels_ == c
         per_class.append({"class": c, "count": int(sizes[c]), "fraction": float(sizes[c] / n),
                           "resolution_A": None if not np.isfinite(res[c]) else float(res[c]),
-                          "mean_ess": float(ess[sel].mean()) if sel.any() else None})
+                          "mean_ess": float(ess[sel].mean()) if sel.any() else None,
+                          "score": float(scores[c]), "features": {f: float(v[c]) for f, v in feats.items()}})
     write_json_atomic(d / "model.json", {
         "n_classes": k, "box_px": box, "psize_A": psize, "n_iter": int(model.n_iter_),
+        "score": {"features": list(FEATURES), "weights": WEIGHTS, "default_threshold": DEFAULT_THRESHOLD,
+                  "doc": "cryoframe.algorithms.class2d.rank"},
         "classes": per_class, "history": model.history_,
         "noise": {"groups": int(model.group_noise_spectra_.shape[0]),
                   "shell_A": [box * psize / max(s, 1) for s in range(box // 2)],
@@ -217,7 +222,8 @@ def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
         from cryoframe import plot
 
         order = np.argsort(-sizes)
-        fig = plot.gallery_figure(avgs[order], [f"{c}: {sizes[c]}" for c in order], title="class averages by size")
+        fig = plot.gallery_figure(avgs[order], [f"{c}: {sizes[c]} s={scores[c]:.2f}" for c in order],
+                                  title="class averages by size (class: particles, s = select2d --auto score)")
         plot.save_figure(fig, d / "class_gallery")
         _convergence(d, model.history_)
 
@@ -236,17 +242,24 @@ def _convergence(d: Path, history: list[dict[str, Any]]) -> None:
 
 
 def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list[int] | None = None,
-             auto: bool = False, threshold: float = 0.25, regroup: int | None = None,
+             auto: bool = False, threshold: float | None = None, regroup: int | None = None,
              overwrite: bool = False) -> ParticleStore:
     """Keep particles of chosen 2D classes (``classes``) or of classes scoring ≥ ``threshold``
-    (``auto``; score = mean over classes of normalised resolution, size and mean posterior)."""
+    (``auto``; the per-class score class2d stores in model.json, see
+    :mod:`cryoframe.algorithms.class2d.rank`; ``threshold`` None: its ``DEFAULT_THRESHOLD``)."""
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise InputError(f"--threshold must be in [0, 1] (class scores are 0-1), got {threshold}")
     if "alignments2D/class" not in store.fields or not (store.extras_dir() / "model.json").exists():
         raise InputError(f"{store.path}: no 2D classification (run cryoframe class2d first)")
     model = json.loads((store.extras_dir() / "model.json").read_text())
     k = model["n_classes"]
     if auto:
         scores = class_scores(model)
-        chosen = [c for c in range(k) if scores[c] >= threshold]
+        if scores is None:
+            raise InputError(f"{store.path}/extras/model.json has no class scores (written by an older class2d); "
+                             "re-run cryoframe class2d on it to score the classes, or pick --classes")
+        th = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        chosen = [c for c in range(k) if scores[c] >= th]
     elif classes:
         bad = [c for c in classes if c < 0 or c >= k]
         if bad:
@@ -298,14 +311,10 @@ def regroup_labels(t: pa.Table, n_groups: int) -> np.ndarray:
     return out
 
 
-def class_scores(model: dict[str, Any]) -> list[float]:
-    """0-1 class score: mean of (best resolution / class resolution), size / largest size, and
-    (1 / mean ESS) — high for sharp, populated, confidently assigned classes."""
-    cl = model["classes"]
-    res = np.array([c["resolution_A"] or np.inf for c in cl], dtype=float)
-    cnt = np.array([c["count"] for c in cl], dtype=float)
-    ess = np.array([c["mean_ess"] or np.inf for c in cl], dtype=float)
-    s_res = np.where(np.isfinite(res), np.nanmin(res[np.isfinite(res)]) / res if np.isfinite(res).any() else 0, 0.0)
-    s_cnt = cnt / cnt.max() if cnt.max() > 0 else cnt
-    s_ess = np.where(np.isfinite(ess), 1.0 / np.maximum(ess, 1.0), 0.0)
-    return ((s_res + s_cnt + s_ess) / 3).tolist()
+def class_scores(model: dict[str, Any]) -> list[float] | None:
+    """The per-class 0-1 scores stored in a class2d ``model.json`` (None when it has none); see
+    :mod:`cryoframe.algorithms.class2d.rank` for the features and how they combine."""
+    cl = model.get("classes", [])
+    if not cl or any(c.get("score") is None for c in cl):
+        return None
+    return [float(c["score"]) for c in cl]

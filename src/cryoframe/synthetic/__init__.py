@@ -8,6 +8,7 @@ functions of the seed and the particle index); ``files``: cryoSPARC/RELION proje
 from cryoframe.synthetic.files import SynthDataset, write_cs_dataset, write_star_dataset
 from cryoframe.synthetic.generators import (
     BLOCK,
+    JUNK_KINDS,
     MIXTURES,
     OPTICS,
     is_main_field,
@@ -21,6 +22,7 @@ from cryoframe.synthetic.store import synth_store
 
 __all__ = [
     "BLOCK",
+    "JUNK_KINDS",
     "MIXTURES",
     "OPTICS",
     "SynthDataset",

@@ -23,8 +23,8 @@ from scipy.spatial.transform import Rotation
 import cryoframe.synthetic.physics as ph
 from cryoframe.errors import InputError
 
-__all__ = ["BATCH", "BLOCK", "MIXTURES", "OPTICS", "Kind", "is_main_field", "make_metadata", "make_particles",
-           "make_templates", "make_truth", "make_volumes"]
+__all__ = ["BATCH", "BLOCK", "JUNK_KINDS", "MIXTURES", "OPTICS", "Kind", "is_main_field", "make_metadata",
+           "make_particles", "make_templates", "make_truth", "make_volumes"]
 
 Kind = Literal["2d", "3d"]
 
@@ -56,6 +56,11 @@ MIXTURES: dict[str, Any] = {
     "alpha_jitter": 0.02,  # alignments*/alpha = alpha_min * (1 + N(0, jitter))
 }
 """The known distributions the metadata statistics are drawn from."""
+
+JUNK_KINDS: tuple[str, ...] = ("real", "empty", "debris", "edge")
+"""Image-junk kinds (truth ``junk_kind`` is the index): a real particle; an empty pick (noise only);
+one-off debris (1-3 random Gaussian blobs, unique per particle); an ice/carbon edge (a smooth step at
+a random angle and offset)."""
 
 _PARAMS, _NOISE, _UID, _MIC, _SHUFFLE = 1, 2, 4, 5, 6  # 3: blob models (physics.blob_model)
 _MAIN_PREFIXES = ("blob/", "alignments3D/", "alignments3D_multi/", "alignments2D/")
@@ -152,6 +157,10 @@ def _block(seed: int, b: int, kind: str, classes: int) -> dict[str, np.ndarray]:
     t["posterior2d"] = _dirichlet(r(6), t["class"], junk, classes)
     t["split"] = r(7).integers(0, 2, m).astype(np.uint32)
     t["center_frac"] = r(8).uniform(0.02, 0.98, (m, 2))
+    g = r(9)  # image junk (used only when junk > 0): draw, kind 1..3, shape parameters
+    t["junk_u"] = g.random(m)
+    t["junk_kind"] = g.integers(1, len(JUNK_KINDS), m).astype(np.uint8)
+    t["junk_par"] = g.random((m, 16))
     for v in t.values():
         v.flags.writeable = False
     return t
@@ -174,21 +183,67 @@ def _truth_range(n: int, seed: int, start: int, kind: str, classes: int) -> dict
 _TRUTH_KEYS = ("class", "junk", "defocus_group", "pose", "shift", "df1_A", "df2_A", "df_angle_rad", "scale")
 
 
-def make_truth(n: int, seed: int = 0, start: int = 0, kind: Kind = "2d", classes: int = 8) -> dict[str, np.ndarray]:
+def _junk_kind(t: dict[str, np.ndarray], junk: float) -> np.ndarray:
+    return np.where(t["junk_u"] < junk, t["junk_kind"], 0).astype(np.uint8)
+
+
+def _check_junk(junk: float) -> None:
+    if not 0.0 <= junk < 1.0:
+        raise InputError(f"junk must be a fraction in [0, 1), got {junk}")
+
+
+def make_truth(n: int, seed: int = 0, start: int = 0, kind: Kind = "2d", classes: int = 8,
+               junk: float = 0.0) -> dict[str, np.ndarray]:
     """Ground truth of particles ``start .. start + n - 1``.
 
-    ``class`` (true class, 0-based), ``junk`` (bool; the junk component of every statistic),
+    With ``junk`` > 0 (fraction of image junk), also ``junk_kind`` (uint8, index into
+    :data:`JUNK_KINDS`, 0 = a real particle) and ``view`` (int32: the true class, -1 for image junk).
+    ``class`` (true class, 0-based), ``junk`` (bool; the junk component of every statistic — the
+    metadata mixtures, independent of the image junk),
     ``defocus_group`` (0/1 defocus-mixture component = ``ctf/exp_group_id - 1``), ``pose``
     (2d: in-plane angle (n,) rad; 3d: rotation vector (n, 3) rad), ``shift`` (n, 2) px (x, y),
     ``df1_A``/``df2_A`` (Å), ``df_angle_rad`` (rad), ``scale`` (per-particle contrast scale).
     """
+    _check_junk(junk)
     t = _truth_range(n, seed, start, kind, classes)
-    return {k: t[k] for k in _TRUTH_KEYS}
+    out = {k: t[k] for k in _TRUTH_KEYS}
+    if junk > 0:
+        out["junk_kind"] = _junk_kind(t, junk)
+        out["view"] = np.where(out["junk_kind"] > 0, -1, t["class"].astype(np.int32)).astype(np.int32)
+    return out
 
 
 # -- images ----------------------------------------------------------------------------------------
+def _junk_images(kinds: np.ndarray, par: np.ndarray, box: int) -> np.ndarray:
+    """Signal of image-junk particles before the CTF, (m, box, box) float32: empty picks are zero;
+    debris is 1-3 Gaussian blobs (sd 0.03-0.11 box, centres within 0.25 box of the centre) and
+    edges are tanh steps (width 1-4 px) at a random angle and offset (within 0.3 box); both unit
+    RMS over the box times an amplitude in [0.7, 1.5] (real templates are unit RMS x scale)."""
+    m = len(kinds)
+    out = np.zeros((m, box, box), dtype=np.float32)
+    g = np.arange(box, dtype=np.float64) - box // 2
+    x, y = np.meshgrid(g, g)
+    for i in range(m):
+        p = par[i]
+        if kinds[i] == 2:  # debris
+            nb = 1 + int(p[0] * 3)
+            c = np.stack([(p[1 + 4 * j : 3 + 4 * j] - 0.5) * 0.5 * box for j in range(nb)])
+            sd = np.array([(0.03 + 0.08 * p[3 + 4 * j]) * box for j in range(nb)])
+            ecc = np.array([0.5 + p[4 + 4 * j] for j in range(nb)])
+            img = sum(np.exp(-0.5 * (((x - c[j, 0]) / (sd[j] * ecc[j])) ** 2 + ((y - c[j, 1]) / (sd[j] / ecc[j])) ** 2))
+                      for j in range(nb))
+        elif kinds[i] == 3:  # edge
+            ang, off, w = p[1] * 2 * np.pi, (p[2] - 0.5) * 0.6 * box, 1.0 + 3.0 * p[3]
+            img = np.tanh((x * np.cos(ang) + y * np.sin(ang) - off) / w)
+        else:
+            continue
+        img = img - img.mean() if kinds[i] == 3 else img
+        out[i] = img / max(float(np.sqrt(np.mean(img**2))), 1e-12) * (0.7 + 0.8 * p[15])
+    return out
+
+
 def _render(t: dict[str, np.ndarray], box: int, classes: int, psize_A: float, kind: str, seed: int,
-            ctf: bool) -> np.ndarray:
+            ctf: bool, junk: float = 0.0) -> np.ndarray:
     dim = 3 if kind == "3d" else 2
     cm, pm, am = ph.blob_model(classes, box, seed, dim)
     out = np.empty((len(t["class"]), box, box), dtype=np.float32)
@@ -198,6 +253,11 @@ def _render(t: dict[str, np.ndarray], box: int, classes: int, psize_A: float, ki
         rot = Rotation.from_rotvec(t["pose"][sl]).as_matrix() if dim == 3 else ph.rot2d(t["pose"][sl])
         c, p, a = ph.project_blobs(cm[cls], pm[cls], am[cls] * t["scale"][sl, None], rot, t["shift"][sl])
         img = ph.render_blobs(c, p, a, box)
+        if junk > 0:
+            jk = _junk_kind(t, junk)[sl]
+            bad = jk > 0
+            if bad.any():
+                img[bad] = _junk_images(jk[bad], t["junk_par"][sl][bad], box)
         if ctf:
             h = ph.ctf_2d(box, psize_A, t["df1_A"][sl], t["df2_A"][sl], t["df_angle_rad"][sl], OPTICS["accel_kv"],
                        OPTICS["cs_mm"], OPTICS["amp_contrast"], OPTICS["phase_shift_rad"])
@@ -227,7 +287,7 @@ def _noise(seed: int, box: int, start: int, n: int) -> np.ndarray:
 
 def make_particles(
     n: int, box: int = 64, classes: int = 8, snr: float = 0.05, psize_A: float = 2.0, kind: Kind = "2d",
-    seed: int = 0, ctf: bool = True, batch_start: int = 0, return_clean: bool = False,
+    seed: int = 0, ctf: bool = True, batch_start: int = 0, return_clean: bool = False, junk: float = 0.0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Particle images ``batch_start .. batch_start + n - 1``: (n, box, box) float32 and their truth.
 
@@ -241,13 +301,18 @@ def make_particles(
     The truth dict is :func:`make_truth`'s plus ``noise_sigma`` (0-d, in signal units) and, with
     ``return_clean``, ``clean``: the signal part of the returned images.  Same seed -> identical
     output however the range is split into batches.
+
+    ``junk``: fraction of image junk (:data:`JUNK_KINDS`: empty picks, one-off debris, ice/carbon
+    edges) replacing real particles, with the truth's ``junk_kind`` and ``view`` (-1 for junk); the
+    noise level stays that of the real particles.  ``junk=0`` gives exactly the junk-free output.
     """
     if not snr > 0:
         raise InputError(f"snr must be > 0 (got {snr})")
     _check(kind, classes, box, seed)
+    _check_junk(junk)
     full = _truth_range(n, seed, batch_start, kind, classes)
-    truth = {k: full[k] for k in _TRUTH_KEYS}
-    clean = _render(full, box, classes, psize_A, kind, seed, ctf)
+    truth = make_truth(n, seed, batch_start, kind, classes, junk)
+    clean = _render(full, box, classes, psize_A, kind, seed, ctf, junk)
     sigma = _noise_sigma(seed, box, classes, psize_A, kind, ctf, snr)
     if sigma > 0:
         clean /= np.float32(sigma)

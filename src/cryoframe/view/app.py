@@ -411,7 +411,8 @@ class CurationApp:
         model = json.loads((d / "model.json").read_text())
         avgs = zarr.open_array(str(d / "class_averages.zarr"), mode="r")
         sizes = {int(c["class"]): int(c["count"]) for c in model["classes"]}
-        scores = class_scores(model)
+        stored = class_scores(model)
+        scores = stored if stored is not None else [float("nan")] * int(model["n_classes"])  # older class2d runs
         order = sorted(range(model["n_classes"]), key=lambda c: (-sizes.get(c, 0), c))[:200]
         self._tiles: dict[int, Any] = {}
         tiles = []

@@ -223,7 +223,7 @@ def _group_sum(xp: ModuleType, vals: Any, gidx: Any, ng: int) -> Any:
 # -- the E-step ------------------------------------------------------------------------------------
 def estep_partition(
     images: Any, ctf_params: dict[str, Any] | None, model: dict[str, Any], xp: ModuleType = np,
-    need_stats: bool = True, groups: Any = None, fused: bool | None = None,
+    need_stats: bool = True, groups: Any = None, fused: bool | None = None, scales: Any = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """E-step of one partition of particles + the M-step sufficient statistics it contributes.
 
@@ -236,7 +236,12 @@ def estep_partition(
     the E-step and the statistics work on the frequencies with shell <= e_shell, as RELION's
     ``current_size``), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px), ``scale_range`` (lo, hi)
     or None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
-    maximiser of its log-likelihood clipped to the range.
+    maximiser of its log-likelihood clipped to the range.  ``scales`` (c,) with a ``scale_range``:
+    per-particle contrast scales instead (RELION's ``--scale``/norm correction): every sample of a
+    particle uses the particle's fixed scale (from the previous iteration), and the returned
+    ``scale`` is the new estimate, the least-squares scale of the best sample clipped to the range.
+    A per-sample free scale makes the score a correlation: junk then matches any class as well as
+    its own; a fixed per-particle scale keeps the likelihood's preference for flat classes.
 
     Per class, the cross terms of every angle and translation come from one real matrix product
     over the selected frequencies, ``[Re, -Im](X CTF h / sigma2) (c, 2F) @ B (2F, R S)`` with
@@ -297,6 +302,12 @@ def estep_partition(
     emask = xp.asarray((shells >= 1).astype(np.float64))
     const = -0.5 * (absx2 * hx * inv).sum(1) - (hx * emask * xp.log(2 * np.pi * sig)).sum(1)
 
+    srange = model.get("scale_range")
+    afix = None
+    if scales is not None and srange is not None:  # per-particle scale: a cross - a^2 q with a fixed
+        afix = xp.asarray(np.asarray(scales, dtype=np.float32).reshape(c))
+        xre_u, c2w_u = xre, c2w
+        xre, c2w = xre * afix[:, None], c2w * (afix * afix)[:, None]
     refs_f = cfft2(xp, pad_real(xp, refs, 2))  # (K, 2b, b + 1): padded for accurate rotation
     t_ref = _rotation_sel(xp, b, fy, fx, psi, 2)
     ang = 2 * np.pi * (fx[:, None] * offs[None, :, 0] + fy[:, None] * offs[None, :, 1]) / b  # (F, S)
@@ -306,8 +317,8 @@ def estep_partition(
         return gather(xp, refs_f[k], t_ref).astype(xp.complex64)  # (R, F)
 
     logl = xp.empty((c, nk, nr, ns), dtype=xp.float32)
-    srange = model.get("scale_range")
-    alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None else None
+    alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None and afix is None else None
+    srange_k = srange if afix is None else None
     lp = np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns)
     if fused is None:
         fused = xp is np
@@ -318,7 +329,7 @@ def estep_partition(
         cross = (xre @ bm).reshape(c, nr, ns)  # all angles and translations at once
         del bm
         if fused:
-            kern.score(cross, quad, srange, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
+            kern.score(cross, quad, srange_k, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
             continue
         q = quad[..., None].astype(xp.float32)
         if srange is None or alpha is None:  # (both None or neither)
@@ -345,12 +356,22 @@ def estep_partition(
         pmax, ess = flat.max(1), 1.0 / (flat.astype(xp.float64) ** 2).sum(1)
     loglik = top.astype(xp.float64) + xp.log(zsum.astype(xp.float64)) + const
     best_h = to_host(best)
+    if afix is not None:
+        assert srange is not None  # afix is only set with a scale range (see above)
+        new_scale = _best_scale(xp, xre_u, c2w_u, to_host(label), best_h, ns, rotated, pc, ps, srange)
+    psi_out = psi[best_h // ns].astype(np.float64)
+    shift_out = offs[best_h % ns].astype(np.float64).reshape(-1, 2)
+    if model.get("refine_poses") and c > 0:
+        psi_out, shift_out = refine_poses(
+            xp, xw if afix is None else xw * afix[:, None], c2w, refs_f, fy, fx, b, to_host(label), psi_out,
+            shift_out, float(model["psi_step_deg"]), float(model["offset_step_px"]),
+            srange if afix is None else None)
     part = {
         "label": to_host(label).astype(np.int32),
         "posterior_max": to_host(pmax).astype(np.float32),
-        "psi_deg": psi[best_h // ns].astype(np.float32),
-        "shift": offs[best_h % ns].astype(np.float32).reshape(-1, 2),
-        "scale": (np.ones(c, np.float32) if alpha is None else
+        "psi_deg": np.mod(psi_out, 360.0).astype(np.float32),
+        "shift": shift_out.astype(np.float32),
+        "scale": (new_scale if afix is not None else np.ones(c, np.float32) if alpha is None else
                   to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
         "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
@@ -385,9 +406,10 @@ def estep_partition(
             mx = xp.asarray(sub)
             m = len(sub)
             pk = p[mx, k]  # (m, R, S)
-            pa = pk * alpha[mx, k] if alpha is not None else pk
+            am = alpha[mx, k] if alpha is not None else None if afix is None else afix[mx, None, None]
+            pa = pk * am if am is not None else pk
             asum[k] += float(pa.astype(xp.float64).sum())
-            dpa = (pa * alpha[mx, k] if alpha is not None else pk).sum(-1)  # (m, R): sum_t w a^2
+            dpa = (pa * am if am is not None else pk).sum(-1)  # (m, R): sum_t w a^2
             # V(r, t, f) = sum_i w a CTF X; shifted back into the class frame: Y(r, f) = sum_t P(f, t) V
             v = (pa.reshape(m, nr * ns).T @ cx2r[mx]).reshape(nr, ns, 2 * nf2)
             if pct2 is not None and pst2 is not None:  # fused (the host tables exist only then)
@@ -423,12 +445,77 @@ def estep_partition(
     return {"particles": part, "stats": stats}
 
 
-def estep_task(images: Any, ctf_params: dict[str, Any] | None, groups: Any, model: dict[str, Any], device: str,
-               need_stats: bool) -> dict[str, dict[str, np.ndarray]]:
-    """:func:`estep_partition` with the array module named by ``device`` (for dask tasks)."""
+def refine_poses(xp: ModuleType, xw: Any, c2w: Any, refs_f: Any, fy: np.ndarray, fx: np.ndarray, b: int,
+                 label: np.ndarray, psi0: np.ndarray, shift0: np.ndarray, psi_step: float, offset_step: float,
+                 srange: tuple[float, float] | None, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Local pose refinement of each particle's best sample (class ``label``), as RELION's adaptive
+    oversampling of its significant poses: ``rounds`` passes over the 3 x 3 x 3 grid of in-plane
+    angle (deg) and x/y shift (px) at +-1/4, then +-1/8, ... of the coarse steps around the current
+    best, keeping the maximum of ``a cross - a^2 q`` (``a`` fitted within ``srange``, else the
+    particle weights already hold the scale).  ``xw`` (c, F) = (scaled) CTF X h / sigma2, ``c2w``
+    (c, F) = (scaled) CTF^2 h / sigma2, ``refs_f`` padded reference spectra.  Returns (psi, shift)."""
+    from cryoframe.backend import to_host
+
+    psi, shift = psi0.copy(), shift0.copy()
+    d = np.array([-1.0, 0.0, 1.0])
+    dpsi = np.repeat(d, 9)
+    dsx, dsy = np.tile(np.repeat(d, 3), 3), np.tile(d, 9)
+    fxx, fyy = xp.asarray(fx[None, None, :]), xp.asarray(fy[None, None, :])
+    for rnd in range(rounds):
+        fine = 0.25 / 2**rnd
+        for k in np.unique(label):
+            mem = np.nonzero(label == k)[0]
+            m = len(mem)
+            ang = (psi[mem, None] + fine * psi_step * dpsi[None]).ravel()  # (m * 27,)
+            ar = gather(xp, refs_f[int(k)], _rotation_sel(xp, b, fy, fx, ang, 2)).reshape(m, 27, -1)
+            sx = xp.asarray(shift[mem, 0, None] + fine * offset_step * dsx[None])[..., None]  # (m, 27, 1)
+            sy = xp.asarray(shift[mem, 1, None] + fine * offset_step * dsy[None])[..., None]
+            ph = xp.exp(2j * np.pi * (fxx * sx + fyy * sy) / b).astype(xp.complex64)
+            mx = xp.asarray(mem)
+            cross = (xw[mx][:, None, :] * xp.conj(ar) * ph).real.sum(-1)  # (m, 27)
+            q = 0.5 * (c2w[mx][:, None, :] * (ar.real**2 + ar.imag**2)).sum(-1)
+            if srange is not None:
+                a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
+                score = a * cross - a * a * q
+            else:
+                score = cross - q
+            j = to_host(xp.argmax(score, 1))
+            psi[mem] += fine * psi_step * dpsi[j]
+            shift[mem, 0] += fine * offset_step * dsx[j]
+            shift[mem, 1] += fine * offset_step * dsy[j]
+    return psi, shift
+
+
+def _best_scale(xp: ModuleType, xre: Any, c2w: Any, label: np.ndarray, best: np.ndarray, ns: int, rotated: Any,
+                pc: Any, ps: Any, srange: tuple[float, float]) -> np.ndarray:
+    """Least-squares contrast scale cross / 2q of every particle's best sample (class ``label``,
+    flat sample ``best``), clipped to ``srange``."""
+    from cryoframe.backend import to_host
+
+    c, nf = c2w.shape
+    out = np.ones(c, dtype=np.float32)
+    for k in np.unique(label):
+        mem = np.nonzero(label == k)[0]
+        ar = rotated(int(k))[xp.asarray(best[mem] // ns)]  # (m, F)
+        t = xp.asarray(best[mem] % ns)
+        pcm, psm = pc[:, t].T, ps[:, t].T  # (m, F)
+        col_re = ar.real * pcm + ar.imag * psm
+        col_im = ar.real * psm - ar.imag * pcm
+        mx = xp.asarray(mem)
+        cross = (xre[mx, :nf] * col_re + xre[mx, nf:] * col_im).sum(1)
+        q = 0.5 * (c2w[mx] * (ar.real**2 + ar.imag**2)).sum(1)
+        out[mem] = to_host(xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1])))
+    return out
+
+
+def estep_task(images: Any, ctf_params: dict[str, Any] | None, groups: Any, scales: Any, model: dict[str, Any],
+               device: str, need_stats: bool) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`estep_partition` with the array module named by ``device`` (for dask tasks);
+    ``scales`` per-particle contrast scales or None (see ``scale_mode`` of the model)."""
     from cryoframe.backend import get_array_module
 
-    return estep_partition(images, ctf_params, model, get_array_module(device), need_stats, groups)
+    return estep_partition(images, ctf_params, model, get_array_module(device), need_stats, groups,
+                           scales=scales if model.get("scale_mode", "particle") == "particle" else None)
 
 
 def combine(*parts: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:

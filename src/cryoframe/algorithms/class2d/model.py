@@ -40,6 +40,17 @@ _SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correcti
 _SPLIT_MAX = 2000  # at most this many members of a class enter a split
 
 
+def _normalised_scales(scale: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-particle scales divided by their class's mean (the A <-> a degeneracy fixed on the
+    particle side), clipped to ``_SCALE_RANGE``."""
+    ok = labels >= 0
+    tot = np.bincount(labels[ok], weights=scale[ok], minlength=k)
+    cnt = np.bincount(labels[ok], minlength=k)
+    mean = np.where(cnt > 0, tot / np.maximum(cnt, 1), 1.0)
+    out = scale / np.where(ok, mean[np.maximum(labels, 0)], 1.0)
+    return np.clip(out, *_SCALE_RANGE).astype(np.float32)
+
+
 class Class2D(BaseEstimator):
     """Reference-free 2D classification of particle images (RELION 2D / EMAN2 e2refine2d-like).
 
@@ -55,7 +66,13 @@ class Class2D(BaseEstimator):
     minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction`` (classes holding less than
     this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
     (duplicate classes, correlation above it, are re-seeded too; None: off); ``scale_correction``
-    (per-particle contrast scale in the likelihood); ``chunk_size`` (particles per partition; None:
+    (per-particle contrast scale in the likelihood, bounded to [0.2, 5]); ``scale_mode`` "sample"
+    (a free scale per class, angle and shift: the score becomes correlation-like) | "particle"
+    (RELION's norm/scale correction: one scale per particle, re-estimated from its best sample after
+    every iteration, normalised to mean 1 per class, fixed during the next E-step); ``refine_poses``
+    (in the last iteration and ``predict``, the reported angle and shift of every particle are
+    refined locally around its best sample at 1/4 then 1/8 of the coarse steps, as RELION's adaptive
+    oversampling of significant poses; the statistics are unchanged); ``chunk_size`` (particles per partition; None:
     from the ``_BUDGET`` of E-step work arrays per partition); ``checkpoint_dir`` (state after every
     iteration); ``warm_start`` (scikit-learn convention: ``fit`` continues from the last completed
     iteration in ``checkpoint_dir``, else from this estimator's previous ``fit``, up to ``n_iter``
@@ -81,7 +98,7 @@ class Class2D(BaseEstimator):
                  init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
                  batch_size: int | None = None, reseed_min_fraction: float = 0.05,
                  reseed_similarity: float | None = 0.95, scale_correction: bool = True,
-                 chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
+                 scale_mode: str = "sample", refine_poses: bool = True, chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
                  warm_start: bool = False) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
@@ -105,6 +122,8 @@ class Class2D(BaseEstimator):
         self.reseed_min_fraction = reseed_min_fraction
         self.reseed_similarity = reseed_similarity
         self.scale_correction = scale_correction
+        self.scale_mode = scale_mode
+        self.refine_poses = refine_poses
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
         self.warm_start = warm_start
@@ -161,6 +180,8 @@ class Class2D(BaseEstimator):
             raise InputError(f"algorithm must be 'em' or 'vdam', got {self.algorithm!r}")
         if self.ctf_mode not in ("full", "flip"):
             raise InputError(f"ctf_mode must be 'full' or 'flip' (phase flipping only), got {self.ctf_mode!r}")
+        if self.scale_mode not in ("particle", "sample"):
+            raise InputError(f"scale_mode must be 'particle' or 'sample', got {self.scale_mode!r}")
         if self.init not in ("random", "msa"):
             raise InputError(f"init must be 'random' or 'msa', got {self.init!r}")
         if not (self.tau_fudge > 0 and 0 < self.psi_step_deg <= 360 and self.n_iter >= 1 and psize > 0):
@@ -193,13 +214,16 @@ class Class2D(BaseEstimator):
                 "e_max": e_shell, "chunk": chunk,
                 "mask": es.soft_mask(box, diam / (2 * psize), _EDGE_PX)}
 
-    def _model(self, st: dict[str, Any], geo: dict[str, Any]) -> dict[str, Any]:
+    def _model(self, st: dict[str, Any], geo: dict[str, Any], final: bool = True) -> dict[str, Any]:
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
                 "offsets": geo["offsets"], "e_shell": ms.e_shell(st, geo),
                 "mask": geo["mask"] if self.zero_mask else np.ones_like(geo["mask"]),
                 "scale_range": _SCALE_RANGE if self.scale_correction else None,
+                "scale_mode": self.scale_mode, "refine_poses": bool(self.refine_poses) and final,
+                "psi_step_deg": float(geo["psi_deg"][1] - geo["psi_deg"][0]) if len(geo["psi_deg"]) > 1 else 360.0,
+                "offset_step_px": float(self.offset_step_px),
                 "psize_A": geo["psize_A"]}
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
@@ -213,8 +237,9 @@ class Class2D(BaseEstimator):
 
     # -- M-step ----------------------------------------------------------------------------------
     def _mstep(self, st: dict[str, Any], stats: dict[str, np.ndarray], n: float, geo: dict[str, Any]) -> None:
-        ms.m_step(st, stats, n, geo, tau_fudge=self.tau_fudge, scale_correction=self.scale_correction,
-                  center=self.center)
+        # per-particle scales are normalised to mean 1 per class on the particle side (see fit)
+        ms.m_step(st, stats, n, geo, tau_fudge=self.tau_fudge,
+                  scale_correction=self.scale_correction and self.scale_mode == "sample", center=self.center)
 
     def _params_json(self) -> str:
         return ck.params_json(self.get_params())
@@ -369,14 +394,17 @@ class Class2D(BaseEstimator):
             if b < n:
                 rows = np.sort(rng.choice(n, b, replace=False))
                 xb, cb, gb = Xd[rows], None if ctf is None else {c: v[rows] for c, v in ctf.items()}, gidx[rows]
-            res = self._map(es.estep_task, xb, cb, geo["chunk"], self._model(st, geo), self.device, True,
-                            per_rows=[gb])
+            model_t = self._model(st, geo, final=t == int(self.n_iter) - 1)  # poses refined in the last pass
+            res = self._map(es.estep_task, xb, cb, geo["chunk"], model_t, self.device, True,
+                            per_rows=[gb, st["scale"][rows]])
             stats, part = res["stats"], res["particles"]
             prev = st["labels"][rows]
             seen = prev >= 0
             changes = float(np.mean(prev[seen] != part["label"][seen])) if seen.any() else 1.0
             for key in ck.PARTICLE_KEYS:
                 st[key][rows] = part["label" if key == "labels" else key]
+            if self.scale_correction and self.scale_mode == "particle":
+                st["scale"] = _normalised_scales(st["scale"], st["labels"], geo["K"])
             if self.algorithm == "vdam":
                 eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
                 new = {key: stats[key] * (n / b) for key in ("num", "den", "wsum", "asum", "noise", "count")}
@@ -432,5 +460,5 @@ class Class2D(BaseEstimator):
         st = {"refs": self.class_averages_, "priors": self.class_priors_, "sigma2": self.noise_spectrum_,
               "res_shell": np.asarray([self._e_last - ms.E_MARGIN])}
         res = self._map(es.estep_task, Xd, ctf, geo["chunk"], self._model(st, geo), self.device, False,
-                        per_rows=[np.zeros(Xd.shape[0], dtype=np.int64)])
+                        per_rows=[np.zeros(Xd.shape[0], dtype=np.int64), np.ones(Xd.shape[0], np.float32)])
         return res["particles"]["label"].astype(np.int64)

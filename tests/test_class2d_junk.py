@@ -1,0 +1,128 @@
+"""Junk-laden picks: synthetic junk with truth, the class ranker and select2d --auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryoframe import api
+from cryoframe.algorithms.class2d.rank import DEFAULT_THRESHOLD, class_features, class_scores
+from cryoframe.errors import InputError
+from cryoframe.synthetic import JUNK_KINDS, make_particles, make_truth
+
+
+def test_synth_junk_truth_and_images() -> None:
+    x0, t0 = make_particles(600, box=32, snr=0.5, seed=3)
+    x, t = make_particles(600, box=32, snr=0.5, seed=3, junk=0.25, return_clean=True)
+    kind, view = t["junk_kind"], t["view"]
+    assert set(np.unique(kind)) == set(range(len(JUNK_KINDS)))  # real + every junk kind present
+    assert 0.19 < np.mean(kind > 0) < 0.31
+    assert np.array_equal(view < 0, kind > 0) and np.array_equal(view[kind == 0], t["class"][kind == 0])
+    real = kind == 0
+    assert np.array_equal(x[real], x0[real])  # real particles are the junk-free ones, bit for bit
+    assert not np.allclose(x[~real], x0[~real])
+    assert np.all(t["clean"][kind == 1] == 0)  # empty picks: noise only
+    # debris differs from particle to particle (one-off), edges spread to the box edge
+    deb = t["clean"][kind == 2].reshape(-1, 32 * 32)
+    cc = np.corrcoef(deb)[np.triu_indices(len(deb), 1)]
+    assert np.median(cc) < 0.5
+    g = np.arange(32) - 16
+    outer = np.hypot(g[None], g[:, None]) > 10
+    e2 = t["clean"] ** 2
+    frac_out = e2[:, outer].sum(1) / e2.sum((1, 2)).clip(1e-12)
+    assert np.median(frac_out[kind == 3]) > 2 * np.median(frac_out[real])
+    # junk=0: the truth and the images are exactly those of before (no new keys)
+    assert set(make_truth(10, seed=3)) == set(t0) - {"noise_sigma"}
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InputError, match="junk"):
+            make_particles(10, box=16, junk=bad)
+
+
+def test_synth_cli_junk_writes_truth(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    code, _, err = run_cli("synth", "--particles", "300", "--box", "16", "--junk", "0.3", "--seed", "1",
+                           "--out", tmp_path / "j.cf")
+    assert code == 0, err
+    s = api.open_store(tmp_path / "j.cf")
+    tr = np.load(s.extras_dir() / "truth.npz")
+    assert 0.2 < np.mean(tr["view"] < 0) < 0.4 and np.array_equal(tr["view"] < 0, tr["junk_kind"] > 0)
+    assert json.loads((s.extras_dir() / "truth.json").read_text())["junk"] == 0.3
+    t = make_truth(300, seed=1, junk=0.3)
+    assert np.array_equal(tr["view"], t["view"])
+
+
+def _blob(box: int, cx: float = 0, cy: float = 0, sd: float = 3.0) -> np.ndarray:
+    g = np.arange(box) - box // 2
+    return np.exp(-((g[None] - cx) ** 2 + (g[:, None] - cy) ** 2) / (2 * sd**2))
+
+
+def test_ranker_scores_particles_above_empty_and_edge_classes() -> None:
+    box = 32
+    g = np.arange(box) - box // 2
+    particle = _blob(box, -3, 0) + 0.7 * _blob(box, 4, 2, 2.0)
+    edge = np.tanh((g[None] * 0.6 + g[:, None] * 0.8 - 4) / 2.0) * (np.hypot(g[None], g[:, None]) < 14)
+    rng = np.random.default_rng(0)
+    empty = 0.02 * rng.standard_normal((box, box))
+    avgs = np.stack([particle, 0.9 * particle[::-1], edge, empty])
+    feats = class_features(avgs, np.array([100, 80, 60, 120]), np.array([8.0, 9.0, 20.0, np.inf]),
+                           np.array([3.0, 4.0, 30.0, 200.0]), psize_A=2.0, mask_radius_px=14.0)
+    s = class_scores(feats)
+    assert s[0] > DEFAULT_THRESHOLD and s[1] > DEFAULT_THRESHOLD, (s, feats)
+    assert s[2] < DEFAULT_THRESHOLD and s[3] < DEFAULT_THRESHOLD, (s, feats)
+    assert feats["compactness"][2] < feats["compactness"][0]
+    assert feats["contrast"][3] < 0.1
+
+
+@pytest.fixture(scope="module")
+def junky(tmp_path_factory):  # noqa: ANN001, ANN201
+    d = tmp_path_factory.mktemp("junk")
+    s = api.synth(d / "j.cf", n=400, box=32, classes=8, snr=0.3, seed=0, junk=0.25)
+    c = api.class2d(s, d / "c.cf", classes=8, iters=6, psi_step_deg=10, offset_range_px=5, offset_step_px=2,
+                    seed=0, plots=False)
+    return s, c
+
+
+def test_auto_select_keeps_particles_and_drops_junk(junky, tmp_path: Path) -> None:  # noqa: ANN001
+    s, c = junky
+    model = json.loads((c.extras_dir() / "model.json").read_text())
+    assert all(0 <= cl["score"] <= 1 and set(cl["features"]) == set(model["score"]["features"])
+               for cl in model["classes"])
+    view = np.load(s.extras_dir() / "truth.npz")["view"]
+    sel = api.select2d(c, tmp_path / "auto.cf", auto=True)
+    lab = c.table(["alignments2D/class"]).column(0).to_numpy()
+    scores = np.array([cl["score"] for cl in model["classes"]])
+    keep = scores[lab] >= DEFAULT_THRESHOLD
+    assert sel.n == int(keep.sum())
+    junk = view < 0
+    assert keep[~junk].mean() >= 0.9, keep[~junk].mean()  # real particles are kept
+    assert 1 - keep[junk].mean() >= 0.3, keep[junk].mean()  # empty picks / edges go (measured 0.43)
+    # junk-majority classes exist and gather a good part of the junk (measured 0.56)
+    maj = np.array([np.mean(junk[lab == k]) > 0.5 if (lab == k).any() else False for k in range(8)])
+    assert maj[lab[junk]].mean() >= 0.4
+    assert api.select2d(c, tmp_path / "all.cf", auto=True, threshold=0.0).n == s.n  # --threshold overrides
+
+
+def test_select2d_auto_bad_input(junky, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    s, c = junky
+    for th in ("1.5", "-0.1"):
+        code, _, err = run_cli("select2d", c.path, "--auto", "--threshold", th, "--out", tmp_path / "x.cf")
+        assert code == 2 and "[0, 1]" in err, err
+        assert not (tmp_path / "x.cf").exists()
+    # a store whose model.json has no class scores (an older class2d): clear error pointing at class2d
+    import shutil
+
+    old = tmp_path / "old.cf"
+    shutil.copytree(c.path, old)
+    mj = old / "extras" / "model.json"
+    m = json.loads(mj.read_text())
+    for cl in m["classes"]:
+        cl.pop("score")
+    mj.write_text(json.dumps(m))
+    code, _, err = run_cli("select2d", old, "--auto", "--out", tmp_path / "y.cf")
+    assert code == 2 and "class scores" in err and "class2d" in err, err
+    assert not (tmp_path / "y.cf").exists()
+    code, _, err = run_cli("class2d", s.path, "--classes", "401", "--out", tmp_path / "z.cf")
+    assert code == 2 and "larger than the number of particles" in err
+    assert not (tmp_path / "z.cf").exists()
