@@ -41,6 +41,18 @@ def add_scheduler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dashboard", action="store_true", help="start/print the Dask dashboard address")
 
 
+def add_iterative_job_args(p: argparse.ArgumentParser, continue_help: str) -> None:
+    """The options every iterative image job shares (class2d, class3d, abinitio): ``--device``,
+    ``--continue`` (resume from the input store's checkpoint), ``--no-plots``, ``--out``, ``--overwrite``."""
+    from cryoframe.types import Device, choices
+
+    p.add_argument("--device", choices=choices(Device), default="cpu")
+    p.add_argument("--continue", dest="resume", action="store_true", help=continue_help)
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (``only``: a verb) one whose other verbs are stubs, so a command line
     imports just the module of the verb it runs (start-up time)."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli import add_scheduler_args
-from cryoframe.types import Class2DAlgorithm, Class2DInit, CtfMode, Device, choices
+from cryoframe.cli import add_iterative_job_args, add_scheduler_args
+from cryoframe.types import Class2DAlgorithm, Class2DInit, CtfMode, choices
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -32,11 +32,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=choices(Class2DInit), help="default random")
     p.add_argument("--nbasis", type=int, help="MSA: PCA basis size (default 10)")
     p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--device", choices=choices(Device), default="cpu")
-    p.add_argument("--continue", dest="resume", action="store_true", help="resume from the store's checkpoint, with its options")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_iterative_job_args(p, "resume from the store's checkpoint, with its options")
 
 
 def main(args: argparse.Namespace) -> int:

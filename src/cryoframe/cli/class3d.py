@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli import add_scheduler_args
+from cryoframe.cli import add_iterative_job_args, add_scheduler_args
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -37,11 +37,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ctf", dest="ctf", action="store_const", const=False)
     p.add_argument("--seed", type=int)
     p.add_argument("--partition-size", type=int, help="particles per Dask task (default 2000)")
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
-    p.add_argument("--continue", dest="resume", action="store_true", help="resume from the store's checkpoint")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    add_iterative_job_args(p, "resume from the store's checkpoint")
 
 
 def main(args: argparse.Namespace) -> int:
