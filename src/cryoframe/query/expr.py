@@ -20,7 +20,7 @@ import pyarrow as pa
 from cryoframe.errors import InputError
 from cryoframe.storage.store import IMAGE_ROW, ParticleStore
 
-__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "match_positions", "prepare_where",
+__all__ = ["arrow_filter", "expression_error", "filter_store", "filter_table", "match_positions", "pandas_query", "prepare_where",
            "query_frame"]
 
 
@@ -69,6 +69,17 @@ def _explain(store: _HasFields, where: str, exc: Exception) -> InputError:
     return InputError(f"bad --where expression {where!r}: {exc} (quote field names with backticks: `ctf/df1_A`)")
 
 
+def pandas_query(frame: Any, expr: str, local: dict[str, Any], store: _HasFields, where: str) -> Any:
+    """``frame.query(expr)`` (pandas or dask) with ``local`` variables; the expression's own errors
+    become one :class:`InputError` naming the store and what is wrong, others propagate."""
+    try:
+        return frame.query(expr, local_dict=local) if local else frame.query(expr)
+    except Exception as exc:
+        if not expression_error(exc):
+            raise
+        raise _explain(store, where, exc) from exc
+
+
 def query_frame(store: ParticleStore, where: str | None = None, columns: Sequence[str] | None = None,
                 *, include_internal: bool = False) -> Any:
     """Lazy dask dataframe of ``store``'s rows matching ``where`` (all rows when None)."""
@@ -78,12 +89,7 @@ def query_frame(store: ParticleStore, where: str | None = None, columns: Sequenc
     ddf = store.metadata(None if where else cols, include_internal=include_internal)
     if where:
         expr, local = prepare_where(where)
-        try:
-            ddf = ddf.query(expr, local_dict=local) if local else ddf.query(expr)
-        except Exception as exc:
-            if not expression_error(exc):
-                raise
-            raise _explain(store, where, exc) from exc
+        ddf = pandas_query(ddf, expr, local, store, where)
         if cols is not None:
             ddf = ddf[cols]  # projection after the filter (dask pushes it down to Parquet)
     return ddf
@@ -221,31 +227,18 @@ def match_positions(store: ParticleStore, where: str | None) -> np.ndarray:
     have = {f["name"] for f in store.manifest["fields"]}
     try:
         aexpr, names = to_arrow_expression(expr, have, local)
-        cols = sorted(names) or ["uid"]
     except Unsupported:
-        aexpr, cols = None, None
+        return _match_pandas(store, where)
     key = "__cf_row"
     out = []
     start = 0
     try:
-        for b in store.iter_batches(cols):
-            m = b.num_rows
-            idx = np.arange(start, start + m, dtype=np.int64)
-            if aexpr is not None:
-                sel = b.append_column(key, pa.array(idx)).filter(aexpr).column(key)
-                out.append(sel.to_numpy())
-            else:
-                import pandas as pd
-
-                pdf = b.to_pandas(types_mapper=pd.ArrowDtype)
-                pdf.index = idx
-                hit = pdf.query(expr, local_dict=local) if local else pdf.query(expr)
-                out.append(hit.index.to_numpy(dtype=np.int64))
-            start += m
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-        if aexpr is None:
-            raise _explain(store, where, exc) from exc
-        return _match_pandas(store, where)
+        for b in store.iter_batches(sorted(names) or ["uid"]):
+            idx = np.arange(start, start + b.num_rows, dtype=np.int64)
+            out.append(b.append_column(key, pa.array(idx)).filter(aexpr).column(key).to_numpy())
+            start += b.num_rows
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return _match_pandas(store, where)  # Arrow cannot evaluate it on these types: pandas decides
     except InputError:
         raise
     except Exception as exc:  # only the expression's own (parse/name/type) errors are the user's
@@ -263,12 +256,7 @@ def _match_pandas(store: ParticleStore, where: str) -> np.ndarray:
     for b in store.iter_batches():
         pdf = b.to_pandas(types_mapper=pd.ArrowDtype)
         pdf.index = np.arange(start, start + b.num_rows)
-        try:
-            hit = pdf.query(expr, local_dict=local) if local else pdf.query(expr)
-        except Exception as exc:
-            if not expression_error(exc):
-                raise
-            raise _explain(store, where, exc) from exc
+        hit = pandas_query(pdf, expr, local, store, where)
         out.append(hit.index.to_numpy(dtype=np.int64))
         start += b.num_rows
     return np.concatenate(out) if out else np.empty(0, np.int64)

@@ -92,18 +92,13 @@ def join_stores(stores: Sequence[ParticleStore], out: str | os.PathLike[str] | N
     """Join, filter with a pandas query, and either return rows (pandas) or write a store at ``out``."""
     import pandas as pd
 
-    from cryoframe.query.expr import _explain, expression_error, prepare_where
+    from cryoframe.query.expr import pandas_query, prepare_where
 
     t = joined_table(stores)
     df = t.to_pandas(types_mapper=pd.ArrowDtype)
     if where:
         expr, local = prepare_where(where)
-        try:
-            df = df.query(expr, local_dict=local) if local else df.query(expr)
-        except Exception as exc:
-            if not expression_error(exc):
-                raise
-            raise _explain(_JoinedView(t), where, exc) from exc
+        df = pandas_query(df, expr, local, _JoinedView(t), where)
     keep = list(df.columns) if columns is None else ["uid", *[c for c in columns if c != "uid"]]
     missing = [c for c in keep if c not in df.columns]
     if missing:
