@@ -12,6 +12,7 @@ import numpy as np
 from cryoframe.errors import FormatError, InputError
 from cryoframe.geometry.ctf import CTF_PARAMS
 from cryoframe.geometry.rotations import pose_matrix
+from cryoframe.storage.ctf import read_ctf_params
 from cryoframe.storage.store import ParticleStore
 
 __all__ = ["CTF_FIELDS", "POSE_FIELD", "SHIFT_FIELD", "SPLIT_FIELD", "particle_geometry", "read_map", "write_map"]
@@ -20,7 +21,6 @@ POSE_FIELD = "alignments3D/pose"
 SHIFT_FIELD = "alignments3D/shift"
 SPLIT_FIELD = "alignments3D/split"
 CTF_FIELDS = {k: f"ctf/{k}" for k in CTF_PARAMS}
-_CTF_REQUIRED = [f for k, f in CTF_FIELDS.items() if k != "phase_shift_rad"]
 
 
 def write_map(path: str | os.PathLike[str], vol: np.ndarray, psize_A: float) -> Path:
@@ -74,11 +74,8 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
                          "_data.star with rlnAngleRot/Tilt/Psi)")
     if need_images and not store.has_images:
         raise InputError(f"{store.path}: store has no particle images (imported with --metadata-only?)")
-    if ctf:
-        missing = [f for f in _CTF_REQUIRED if f not in fields]
-        if missing:
-            raise InputError(f"{store.path}: --ctf needs field(s) {', '.join(missing)}; use --no-ctf "
-                             "(reconstruct) or leave out --ctf (project)")
+    ctf_params = read_ctf_params(store, "use --no-ctf (reconstruct) or leave out --ctf (project)",
+                                 need="--ctf") if ctf else None
     box = store.box
     if "blob/shape" in fields:
         shapes = store.table(["blob/shape"]).column(0).to_numpy(zero_copy_only=False)
@@ -98,8 +95,6 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
     if not psize:
         raise InputError(f"{store.path}: unknown pixel size (no psize_A in the manifest and no blob/psize_A)")
     cols = [POSE_FIELD] + [f for f in (SHIFT_FIELD, "alignments3D/psize_A", SPLIT_FIELD) if f in fields]
-    if ctf:
-        cols += [f for f in CTF_FIELDS.values() if f in fields]
     t = store.table(cols)
 
     def vec(name: str, k: int) -> np.ndarray:
@@ -120,9 +115,7 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
             shifts = shifts * (pa / psize)[:, None]
     out["shifts_px"] = shifts
     out["split"] = t.column(SPLIT_FIELD).to_numpy().astype(np.int64) if SPLIT_FIELD in fields else None
-    if ctf:
-        out["ctf"] = {k: t.column(f).to_numpy().astype(np.float64) if f in t.column_names else np.zeros(store.n)
-                      for k, f in CTF_FIELDS.items()}
-    else:
-        out["ctf"] = None
+    if ctf_params is not None:
+        ctf_params.setdefault("phase_shift_rad", np.zeros(store.n))
+    out["ctf"] = ctf_params
     return out

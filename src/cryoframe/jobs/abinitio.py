@@ -27,8 +27,9 @@ import pyarrow as pa
 
 from cryoframe.errors import InputError, StoreError
 from cryoframe.geometry.symmetry import symmetry_matrices
-from cryoframe.jobs._volumes import CTF_FIELDS, write_map
+from cryoframe.jobs._volumes import write_map
 from cryoframe.schema import arrow_field, numpy_to_arrow
+from cryoframe.storage.ctf import read_ctf_params
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
 __all__ = ["abinitio"]
@@ -37,7 +38,6 @@ CKPT = "abinitio_checkpoint"
 STALE = ("alignments3D/", "alignments3D_multi/")
 STALE_RELION = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginX",
                 "rlnOriginY", "rlnClassNumber", "rlnMaxValueProbDistribution", "rlnRandomSubset")
-_CTF_REQUIRED = [f for k, f in CTF_FIELDS.items() if k != "phase_shift_rad"]
 
 
 def _check_images(store: ParticleStore) -> None:
@@ -50,13 +50,10 @@ def _check_images(store: ParticleStore) -> None:
 
 
 def _ctf(store: ParticleStore, rows: np.ndarray) -> dict[str, np.ndarray]:
-    missing = [f for f in _CTF_REQUIRED if f not in store.fields]
-    if missing:
-        raise InputError(f"{store.path}: CTF correction needs field(s) {', '.join(missing)}; use --no-ctf")
-    have = [f for f in CTF_FIELDS.values() if f in store.fields]
-    t = store.table(have)
-    return {k: (t.column(f).to_numpy().astype(np.float64)[rows] if f in have else np.zeros(len(rows)))
-            for k, f in CTF_FIELDS.items()}
+    """The CTF parameters of particles ``rows`` (phase shift zero when the store has none)."""
+    p = read_ctf_params(store)
+    p.setdefault("phase_shift_rad", np.zeros(store.n))
+    return {k: v[rows] for k, v in p.items()}
 
 
 def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 1, particles: int | None = None,

@@ -23,12 +23,13 @@ OPTIONAL_CTF_KEYS = ("phase_shift_rad",)
 """Read when the store has them (phase plates); absent means zero."""
 
 
-def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf") -> dict[str, np.ndarray]:
+def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str = "CTF correction") -> dict[str, np.ndarray]:
     """``{key: float64 array (n,)}`` for :data:`CTF_KEYS` plus ``phase_shift_rad`` when the store
-    has ``ctf/phase_shift_rad``.  Raises :class:`InputError` naming the store and every missing field."""
+    has ``ctf/phase_shift_rad``.  Raises :class:`InputError` naming the store, what ``need``s the fields
+    and every missing one, then ``hint``."""
     missing = [f"ctf/{k}" for k in CTF_KEYS if f"ctf/{k}" not in store.fields]
     if missing:
-        raise InputError(f"{store.path}: CTF correction needs field(s) {', '.join(missing)}; {hint}")
+        raise InputError(f"{store.path}: {need} needs field(s) {', '.join(missing)}; {hint}")
     keys = [*CTF_KEYS, *(k for k in OPTIONAL_CTF_KEYS if f"ctf/{k}" in store.fields)]
     t = store.table([f"ctf/{k}" for k in keys])
     return {k: t.column(f"ctf/{k}").to_numpy().astype(np.float64) for k in keys}
