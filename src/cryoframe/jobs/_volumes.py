@@ -12,6 +12,7 @@ import numpy as np
 from cryoframe.errors import FormatError, InputError
 from cryoframe.geometry.ctf import CTF_PARAMS
 from cryoframe.geometry.rotations import pose_matrix
+from cryoframe.storage.atomic import atomic_path
 from cryoframe.storage.ctf import read_ctf_params
 from cryoframe.storage.store import ParticleStore
 
@@ -28,14 +29,12 @@ def write_map(path: str | os.PathLike[str], vol: np.ndarray, psize_A: float) -> 
     import mrcfile
 
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
-    with mrcfile.new(tmp, overwrite=True) as m:
+    with atomic_path(p) as tmp, mrcfile.new(tmp, overwrite=True) as m:
         m.set_data(np.ascontiguousarray(vol, dtype=np.float32))
         m.voxel_size = float(psize_A)
         m.header.origin = (0.0, 0.0, 0.0)
         m.header.nxstart = m.header.nystart = m.header.nzstart = 0
         m.update_header_stats()
-    os.replace(tmp, p)
     return p
 
 

@@ -198,16 +198,9 @@ def _write_metadata(w: StoreWriter, store: ParticleStore, model: Any) -> None:
 def _class_sets(result: ParticleStore, k: int) -> None:
     """``extras/classes/class_<k>.cf``: the particles of each class by maximum posterior."""
     from cryoframe.query.expr import filter_store
+    from cryoframe.storage.atomic import atomic_path
 
-    final = result.extras_dir() / "classes"
-    tmp = result.extras_dir() / ".classes.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_path(result.extras_dir() / "classes") as tmp:
+        tmp.mkdir()
         for c in range(k):
             filter_store(result, tmp / f"class_{c:03d}.cf", f"`alignments3D/class` == {c}")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

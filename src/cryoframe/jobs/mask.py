@@ -11,7 +11,7 @@ import numpy as np
 from cryoframe.errors import InputError
 from cryoframe.geometry.masks import soft_sphere, threshold_mask
 from cryoframe.jobs._volumes import read_map, write_map
-from cryoframe.jobs.reconstruct import check_out_dir
+from cryoframe.storage.atomic import check_output
 
 __all__ = ["mask"]
 
@@ -22,7 +22,7 @@ def mask(map_path: str | os.PathLike[str] | None, out: str | os.PathLike[str], *
     """Write a mask MRC to ``out``: ``threshold`` a map (then extend by ``extend_px`` and add a
     raised-cosine edge of ``soft_edge_px`` px), or a soft sphere of ``radius_px`` (box and pixel size
     of ``map_path``, or ``box``/``psize_A``).  Returns a summary (voxels inside, volume fraction)."""
-    final = check_out_dir(out, overwrite)
+    final = check_output(out, overwrite)
     if (threshold is None) == (radius_px is None):
         raise InputError("give either --threshold (mask from a map) or --radius (soft sphere)")
     if soft_edge_px < 0:

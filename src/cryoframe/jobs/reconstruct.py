@@ -11,42 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cryoframe.errors import InputError, StoreError
+from cryoframe.errors import InputError
 from cryoframe.geometry.symmetry import symmetry_matrices
 from cryoframe.jobs._volumes import SPLIT_FIELD, particle_geometry, read_map, write_map
-from cryoframe.storage.manifest import temp_path
+from cryoframe.storage.atomic import atomic_path, check_output
 from cryoframe.storage.store import ParticleStore
 
-__all__ = ["check_out_dir", "random_split", "reconstruct"]
-
-
-def check_out_dir(out: str | os.PathLike[str], overwrite: bool) -> Path:
-    """The absolute output path; error when it exists without ``overwrite`` or its parent is missing."""
-    final = Path(out).absolute()
-    if final.exists() and not overwrite:
-        raise StoreError(f"{final}: already exists (choose another --out or pass --overwrite)")
-    if not final.parent.is_dir():
-        raise StoreError(f"{final.parent}: output directory does not exist")
-    return final
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Rename the finished ``tmp`` directory to ``final`` (replacing an old one)."""
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+__all__ = ["random_split", "reconstruct"]
 
 
 def random_split(n: int, seed: int) -> np.ndarray:
@@ -81,7 +58,7 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
     from cryoframe.algorithms.reconstruct import Reconstructor
 
     t0 = time.perf_counter()
-    final = check_out_dir(out, overwrite)
+    final = check_output(out, overwrite)
     nsym = len(symmetry_matrices(symmetry))
     g = particle_geometry(store, ctf=ctf)
     box, psize = g["box"], g["psize_A"]
@@ -117,9 +94,8 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
                           partition_size=partition_size)
     model.fit(store.read_images, g["rot"], g["shifts_px"], split, ctf=g["ctf"], weights=w, mask=m)
     t_fit = time.perf_counter()
-    tmp = temp_path(final)
-    tmp.mkdir()
-    try:
+    with atomic_path(final) as tmp:  # the whole directory appears at once, or nothing
+        tmp.mkdir()
         files = {"map": write_map(tmp / "map.mrc", model.map_, psize),
                  "half_A": write_map(tmp / "map_half_A.mrc", model.half_maps_[0], psize),
                  "half_B": write_map(tmp / "map_half_B.mrc", model.half_maps_[1], psize),
@@ -150,10 +126,6 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
                           "write": time.perf_counter() - t_fit},
         }
         (tmp / "model.json").write_text(json.dumps(summary, indent=1))
-        publish_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 
