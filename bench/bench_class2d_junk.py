@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--psi-step", type=float, default=10.0)
     ap.add_argument("--offset-range", type=float, default=5.0)
     ap.add_argument("--offset-step", type=float, default=2.0)
+    ap.add_argument("--scale", default="sample", choices=["sample", "none", "particle"],
+                    help="class2d --scale (per-particle contrast scale in the likelihood)")
     ap.add_argument("--relion", action="store_true", help="also run RELION 3.1 on the same .star + .mrcs")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
@@ -77,7 +79,8 @@ def main() -> None:
     lines = [f"\n## 2D classification on junk-laden picks (`bench/bench_class2d_junk.py`), {time.strftime('%Y-%m-%d')}\n",
              f"Machine: {machine()}. Synthetic: {args.particles} particles, box {args.box}, {args.classes} views + "
              f"{args.junk:.0%} junk (empty picks, debris, ice/carbon edges), SNR {args.snr}, CTF; K={args.K}, "
-             f"{args.iters} iterations, psi {args.psi_step} deg, offsets {args.offset_range}/{args.offset_step} px. "
+             f"{args.iters} iterations, psi {args.psi_step} deg, offsets {args.offset_range}/{args.offset_step} px, "
+             f"--scale {args.scale}. "
              f"Command: `{' '.join(sys.argv)}`.\n",
              "Goals: views captured = all (classes >= 90% pure holding >= 80% of the view); junk in junk classes "
              ">= 0.90; auto keeps >= 0.90 real, rejects >= 0.90 junk.\n",
@@ -110,7 +113,7 @@ def main() -> None:
         t = time.perf_counter()
         s = api.class2d(src, out, classes=args.K, iters=args.iters, psi_step_deg=args.psi_step,
                         offset_range_px=args.offset_range, offset_step_px=args.offset_step, seed=seed,
-                        overwrite=True, plots=True)
+                        scale=args.scale, overwrite=True, plots=True)
         wall = time.perf_counter() - t
         lab, psi, shift = alignments(s)
         m = purity_metrics(lab, view, args.classes, args.K)

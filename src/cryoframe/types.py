@@ -10,6 +10,7 @@ __all__ = [
     "ClassAgg",
     "Class2DAlgorithm",
     "Class2DInit",
+    "Class2DScale",
     "CtfMode",
     "Device",
     "ExportFormat",
@@ -29,6 +30,8 @@ ClassAgg = Literal["sum", "max"]
 OnMissing = Literal["error", "drop", "separate"]
 Class2DAlgorithm = Literal["em", "vdam"]
 Class2DInit = Literal["random", "msa"]
+Class2DScale = Literal["none", "particle", "sample"]
+"""Per-particle contrast scale in 2D classification (see ``Class2D.scale_mode``)."""
 CtfMode = Literal["full", "flip"]
 SynthKind = Literal["2d", "3d"]
 

@@ -7,7 +7,7 @@ import argparse
 
 from cryoframe import api
 from cryoframe.cli import add_iterative_job_args, add_scheduler_args
-from cryoframe.types import Class2DAlgorithm, Class2DInit, CtfMode, choices
+from cryoframe.types import Class2DAlgorithm, Class2DInit, Class2DScale, CtfMode, choices
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=choices(Class2DInit), help="default random")
     p.add_argument("--nbasis", type=int, help="MSA: PCA basis size (default 10)")
     p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--scale", choices=choices(Class2DScale),
+                   help="per-particle contrast scale: sample (default; per class/angle/shift under a N(1, 0.3^2) "
+                        "prior, so junk gathers in flat classes), none (as RELION), particle (one per particle)")
     add_iterative_job_args(p, "resume from the store's checkpoint, with its options")
 
 
@@ -42,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
                     ctf_mode=args.ctf_mode, zero_mask=args.zero_mask,
                     limit_e_step_resolution_A=args.limit_e_step_resolution, center=args.center,
                     algorithm=args.algorithm, init=args.init, nbasis=args.nbasis, seed=args.seed,
-                    device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
+                    scale=args.scale, device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
     print(f"classified {s.n} particles into {s.lineage[-1]['params']['classes']} classes -> {s.path} "
           f"(class averages, model.json, gallery in {s.extras_dir()})")
     return 0

@@ -54,7 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "classes": 50, "iters": 25, "tau_fudge": 2.0, "mask_diameter_A": None, "psi_step_deg": 6.0,
     "offset_range_px": 5.0, "offset_step_px": 1.0, "ctf": True, "ctf_mode": "full", "zero_mask": True,
     "limit_e_step_resolution_A": None, "center": True, "algorithm": "em", "init": "random", "nbasis": 10,
-    "seed": 0,
+    "seed": 0, "scale": "sample",
 }
 """Documented defaults of :func:`class2d`'s options (``mask_diameter_A`` None: 0.9 x box; ``limit_e_step_resolution_A``
 None: no limit).  ``--continue`` takes every option not given from the checkpointed run instead."""
@@ -62,7 +62,8 @@ OPTION_NAMES = {"classes": "--classes", "iters": "--iters", "tau_fudge": "--T", 
                 "psi_step_deg": "--psi-step", "offset_range_px": "--offset-range", "offset_step_px": "--offset-step",
                 "ctf": ("--no-ctf", "--ctf"), "ctf_mode": "--ctf-mode", "zero_mask": ("--no-zero-mask", "--zero-mask"),
                 "limit_e_step_resolution_A": "--limit-e-step-resolution", "center": ("--no-center", "--center"),
-                "algorithm": "--algorithm", "init": "--init", "nbasis": "--nbasis", "seed": "--seed"}
+                "algorithm": "--algorithm", "init": "--init", "nbasis": "--nbasis", "seed": "--seed",
+                "scale": "--scale"}
 RESUME_FREE = {"iters"}  # may differ from the checkpointed run
 
 
@@ -103,7 +104,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
             offset_step_px: float | None = None, ctf: bool | None = None, ctf_mode: str | None = None,
             zero_mask: bool | None = None, limit_e_step_resolution_A: float | None = None,
             center: bool | None = None, algorithm: str | None = None, init: str | None = None,
-            nbasis: int | None = None, seed: int | None = None, device: str = "cpu",
+            nbasis: int | None = None, seed: int | None = None, scale: str | None = None, device: str = "cpu",
             resume: bool = False, plots: bool = True, overwrite: bool = False) -> ParticleStore:
     """Classify ``store``'s particle images into ``classes`` 2D classes; returns the output store.
 
@@ -127,7 +128,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
         "classes": classes, "iters": iters, "tau_fudge": tau_fudge, "mask_diameter_A": mask_diameter_A,
         "psi_step_deg": psi_step_deg, "offset_range_px": offset_range_px, "offset_step_px": offset_step_px,
         "ctf": ctf, "ctf_mode": ctf_mode, "zero_mask": zero_mask, "limit_e_step_resolution_A": limit_e_step_resolution_A,
-        "center": center, "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed}, resume)
+        "center": center, "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed, "scale": scale}, resume)
     if o["classes"] > store.n:
         raise InputError(f"--classes {o['classes']} is larger than the number of particles ({store.n})")
     psize = store.psize_A or 1.0
@@ -147,7 +148,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                         ctf=o["ctf"], ctf_mode=o["ctf_mode"], zero_mask=o["zero_mask"],
                         limit_e_step_resolution_A=o["limit_e_step_resolution_A"], center=o["center"],
                         algorithm=o["algorithm"], init=o["init"], nbasis=o["nbasis"], random_state=o["seed"],
-                        device=device, checkpoint_dir=str(ckpt), warm_start=resume)
+                        scale_mode=o["scale"], device=device, checkpoint_dir=str(ckpt), warm_start=resume)
         try:
             model.fit(store.images(), ctf_params=ctfp, groups=noise_groups(store))
         except (ValueError, FileNotFoundError) as exc:

@@ -319,6 +319,7 @@ def estep_partition(
     logl = xp.empty((c, nk, nr, ns), dtype=xp.float32)
     alpha = xp.empty((c, nk, nr, ns), dtype=xp.float32) if srange is not None and afix is None else None
     srange_k = srange if afix is None else None
+    prec = float(model.get("scale_prec", 0.0))
     lp = np.asarray(model["log_prior"], dtype=np.float64) - math.log(nr * ns)
     if fused is None:
         fused = xp is np
@@ -329,15 +330,16 @@ def estep_partition(
         cross = (xre @ bm).reshape(c, nr, ns)  # all angles and translations at once
         del bm
         if fused:
-            kern.score(cross, quad, srange_k, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k])
+            kern.score(cross, quad, srange_k, float(lp[k]), logl[:, k], None if alpha is None else alpha[:, k],
+                       prec)
             continue
         q = quad[..., None].astype(xp.float32)
         if srange is None or alpha is None:  # (both None or neither)
             logl[:, k] = cross - q + np.float32(lp[k])
-        else:  # per-sample contrast scale a maximising a cross - a^2 q, within scale_range
-            a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
+        else:  # per-sample contrast scale under its prior, within scale_range
+            a, sc = scale_score(xp, cross, q, srange, prec)
             alpha[:, k] = a
-            logl[:, k] = a * cross - a * a * q + np.float32(lp[k])
+            logl[:, k] = sc + np.float32(lp[k])
     if fused:
         post = kern.posterior(logl.reshape(c, nk, nr * ns))
         p = logl
@@ -365,7 +367,7 @@ def estep_partition(
         psi_out, shift_out = refine_poses(
             xp, xw if afix is None else xw * afix[:, None], c2w, refs_f, fy, fx, b, to_host(label), psi_out,
             shift_out, float(model["psi_step_deg"]), float(model["offset_step_px"]),
-            srange if afix is None else None)
+            srange if afix is None else None, prec)
     part = {
         "label": to_host(label).astype(np.int32),
         "posterior_max": to_host(pmax).astype(np.float32),
@@ -375,6 +377,7 @@ def estep_partition(
                   to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
         "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
+        "gain": to_host(loglik - const).astype(np.float32),
     }
     if not need_stats:
         return {"particles": part}
@@ -445,9 +448,23 @@ def estep_partition(
     return {"particles": part, "stats": stats}
 
 
+def scale_score(xp: ModuleType, cross: Any, q: Any, srange: tuple[float, float], prec: float) -> tuple[Any, Any]:
+    """Per-sample contrast scale ``a`` and score of ``a cross - a^2 q`` under a Gaussian prior
+    ``a ~ N(1, 1 / prec)``: ``a = clip((cross + prec) / (2 q + prec), srange)``, score
+    ``a cross - a^2 q - prec (a - 1)^2 / 2 - log(1 + 2 q / prec) / 2`` (the last term is the
+    Laplace marginal's Occam factor: a class with more power must explain more).  ``prec`` 0: a
+    free scale (correlation-like score), no prior."""
+    a = xp.clip((cross + prec) / xp.maximum(2 * q + prec, 1e-30), float(srange[0]), float(srange[1]))
+    sc = a * cross - a * a * q
+    if prec > 0:
+        sc = sc - 0.5 * prec * (a - 1) ** 2 - 0.5 * xp.log1p(2 * q / prec)
+    return a, sc
+
+
 def refine_poses(xp: ModuleType, xw: Any, c2w: Any, refs_f: Any, fy: np.ndarray, fx: np.ndarray, b: int,
                  label: np.ndarray, psi0: np.ndarray, shift0: np.ndarray, psi_step: float, offset_step: float,
-                 srange: tuple[float, float] | None, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
+                 srange: tuple[float, float] | None, prec: float = 0.0,
+                 rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Local pose refinement of each particle's best sample (class ``label``), as RELION's adaptive
     oversampling of its significant poses: ``rounds`` passes over the 3 x 3 x 3 grid of in-plane
     angle (deg) and x/y shift (px) at +-1/4, then +-1/8, ... of the coarse steps around the current
@@ -475,8 +492,7 @@ def refine_poses(xp: ModuleType, xw: Any, c2w: Any, refs_f: Any, fy: np.ndarray,
             cross = (xw[mx][:, None, :] * xp.conj(ar) * ph).real.sum(-1)  # (m, 27)
             q = 0.5 * (c2w[mx][:, None, :] * (ar.real**2 + ar.imag**2)).sum(-1)
             if srange is not None:
-                a = xp.clip(cross / xp.maximum(2 * q, 1e-30), float(srange[0]), float(srange[1]))
-                score = a * cross - a * a * q
+                score = scale_score(xp, cross, q, srange, prec)[1]
             else:
                 score = cross - q
             j = to_host(xp.argmax(score, 1))

@@ -47,18 +47,19 @@ def _shift_back_loop(v, pct, pst, yr, yi):  # noqa: ANN001, ANN202
                 yi[r, f] += c * vi + s * vr
 
 
-def _score_loop(cross, q, lo, hi, lp, scaled, logl, alpha):  # noqa: ANN001, ANN202
+def _score_loop(cross, q, lo, hi, lp, scaled, prec, logl, alpha):  # noqa: ANN001, ANN202
     c, nr, ns = cross.shape
     for i in range(c):
         for r in range(nr):
             qq = q[i, r]
-            den = max(2.0 * qq, 1e-30)
+            den = max(2.0 * qq + prec, 1e-30)
+            occam = 0.5 * math.log(1.0 + 2.0 * qq / prec) if prec > 0 else 0.0
             for t in range(ns):
                 x = cross[i, r, t]
                 if scaled:
-                    a = min(max(x / den, lo), hi)
+                    a = min(max((x + prec) / den, lo), hi)
                     alpha[i, r, t] = a
-                    logl[i, r, t] = a * x - a * a * qq + lp
+                    logl[i, r, t] = a * x - a * a * qq - 0.5 * prec * (a - 1.0) ** 2 - occam + lp
                 else:
                     logl[i, r, t] = x - qq + lp
 
@@ -133,13 +134,14 @@ def shift_back(v: np.ndarray, pct: np.ndarray, pst: np.ndarray) -> np.ndarray:
 
 
 def score(cross: np.ndarray, q: np.ndarray, srange: tuple[float, float] | None, lp: float,
-          logl: np.ndarray, alpha: np.ndarray | None) -> None:
-    """Write ``logl = a cross - a^2 q + lp`` (a = clip(cross / 2q, srange), or a = 1 without a
-    range) and ``alpha = a`` for one class: ``cross`` (c, R, S), ``q`` (c, R), outputs (c, R, S)."""
+          logl: np.ndarray, alpha: np.ndarray | None, prec: float = 0.0) -> None:
+    """Write ``logl`` and ``alpha = a`` for one class (``cross`` (c, R, S), ``q`` (c, R), outputs
+    (c, R, S)): without a range ``a = 1`` and ``logl = cross - q + lp``; with one, the scale prior
+    of precision ``prec`` (see :func:`.estep.scale_score`)."""
     scaled = srange is not None
     lo, hi = (1.0, 1.0) if srange is None else (float(srange[0]), float(srange[1]))
     _get("score", _score_loop)(cross, np.ascontiguousarray(q, dtype=np.float32), lo, hi, float(lp), scaled,
-                               logl, logl if alpha is None else alpha)
+                               float(prec), logl, logl if alpha is None else alpha)
 
 
 def posterior(logl: np.ndarray) -> dict[str, np.ndarray]:

@@ -36,8 +36,9 @@ __all__ = ["Class2D"]
 _BUDGET = 256 << 20  # 256 MiB of E-step work arrays per partition (sets the automatic chunk size)
 _FAN_IN = 8
 _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
-_SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_correction)
+_SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_mode particle/sample)
 _SPLIT_MAX = 2000  # at most this many members of a class enter a split
+_RESEED_UNTIL = 15  # no re-seeding after this iteration: the rest converge (a fixed count, so resumed runs match)
 
 
 def _normalised_scales(scale: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -65,11 +66,19 @@ class Class2D(BaseEstimator):
     ``random_state`` (int or None); ``device`` "cpu" | "gpu" | "auto"; ``batch_size`` (first vdam
     minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction`` (classes holding less than
     this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
-    (duplicate classes, correlation above it, are re-seeded too; None: off); ``scale_correction``
-    (per-particle contrast scale in the likelihood, bounded to [0.2, 5]); ``scale_mode`` "sample"
-    (a free scale per class, angle and shift: the score becomes correlation-like) | "particle"
-    (RELION's norm/scale correction: one scale per particle, re-estimated from its best sample after
-    every iteration, normalised to mean 1 per class, fixed during the next E-step); ``refine_poses``
+    (duplicate classes, correlation above it, are re-seeded too; None: off); re-seeding runs in
+    iterations 2..``_RESEED_UNTIL`` (15) only, and a class counts as tiny by its hard
+    membership (a class that holds soft weight but wins no particle is dead); ``scale_mode``
+    (per-particle contrast scale in the likelihood): "sample" (default: a scale per class, angle
+    and shift under a Gaussian prior N(1, ``scale_prior_sd``^2), bounded to [0.2, 5], with the
+    marginal's Occam factor, see :func:`.estep.scale_score`; ``scale_prior_sd`` None: a free
+    scale, which makes the score correlation-like so junk matches any class as well as a real
+    view -- measured on junk-laden picks (bench/bench_class2d_junk.py) it spread the junk through
+    the real classes), "none" (every particle at the class average's scale, as RELION with
+    group-level --scale: junk gathers in flat, low-power classes, but particles of low contrast
+    (0.5-0.6 of the mean) then fit their own class no better than a flat one and drift) |
+    "particle" (one scale per particle, re-estimated from its best sample after every iteration,
+    normalised to mean 1 per class, fixed during the next E-step); ``refine_poses``
     (in the last iteration and ``predict``, the reported angle and shift of every particle are
     refined locally around its best sample at 1/4 then 1/8 of the coarse steps, as RELION's adaptive
     oversampling of significant poses; the statistics are unchanged); ``chunk_size`` (particles per partition; None:
@@ -82,7 +91,8 @@ class Class2D(BaseEstimator):
     Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
     ``shifts_px_`` (n, 2) (x, y) px (centring shifts, see below), ``scales_``, ``ess_`` (1/sum p^2 over samples),
-    ``log_likelihood_`` (per particle), ``group_noise_spectra_`` (G, shells) per noise group and
+    ``log_likelihood_`` (per particle), ``gain_`` (per particle: log-likelihood of the
+    model minus that of a noise-only image, i.e. the evidence for a particle over an empty pick), ``group_noise_spectra_`` (G, shells) per noise group and
     ``noise_spectrum_`` their mean (per shell, unnormalised-FFT units of
     the masked images), ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.
     Pose convention: particle ``I(p) = A(R(psi) (p + s))`` with ``s = shifts_px_``: the shift is the
@@ -97,8 +107,8 @@ class Class2D(BaseEstimator):
                  limit_e_step_resolution_A: float | None = None, center: bool = True, algorithm: str = "em",
                  init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
                  batch_size: int | None = None, reseed_min_fraction: float = 0.05,
-                 reseed_similarity: float | None = 0.95, scale_correction: bool = True,
-                 scale_mode: str = "sample", refine_poses: bool = True, chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
+                 reseed_similarity: float | None = 0.95,
+                 scale_mode: str = "sample", scale_prior_sd: float | None = 0.3, refine_poses: bool = True, chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
                  warm_start: bool = False) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
@@ -121,8 +131,8 @@ class Class2D(BaseEstimator):
         self.batch_size = batch_size
         self.reseed_min_fraction = reseed_min_fraction
         self.reseed_similarity = reseed_similarity
-        self.scale_correction = scale_correction
         self.scale_mode = scale_mode
+        self.scale_prior_sd = scale_prior_sd
         self.refine_poses = refine_poses
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
@@ -180,8 +190,8 @@ class Class2D(BaseEstimator):
             raise InputError(f"algorithm must be 'em' or 'vdam', got {self.algorithm!r}")
         if self.ctf_mode not in ("full", "flip"):
             raise InputError(f"ctf_mode must be 'full' or 'flip' (phase flipping only), got {self.ctf_mode!r}")
-        if self.scale_mode not in ("particle", "sample"):
-            raise InputError(f"scale_mode must be 'particle' or 'sample', got {self.scale_mode!r}")
+        if self.scale_mode not in ("none", "particle", "sample"):
+            raise InputError(f"scale_mode must be 'none', 'particle' or 'sample', got {self.scale_mode!r}")
         if self.init not in ("random", "msa"):
             raise InputError(f"init must be 'random' or 'msa', got {self.init!r}")
         if not (self.tau_fudge > 0 and 0 < self.psi_step_deg <= 360 and self.n_iter >= 1 and psize > 0):
@@ -220,8 +230,9 @@ class Class2D(BaseEstimator):
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
                 "offsets": geo["offsets"], "e_shell": ms.e_shell(st, geo),
                 "mask": geo["mask"] if self.zero_mask else np.ones_like(geo["mask"]),
-                "scale_range": _SCALE_RANGE if self.scale_correction else None,
-                "scale_mode": self.scale_mode, "refine_poses": bool(self.refine_poses) and final,
+                "scale_range": None if self.scale_mode == "none" else _SCALE_RANGE,
+                "scale_mode": self.scale_mode,
+                "scale_prec": 0.0 if not self.scale_prior_sd else 1.0 / float(self.scale_prior_sd) ** 2, "refine_poses": bool(self.refine_poses) and final,
                 "psi_step_deg": float(geo["psi_deg"][1] - geo["psi_deg"][0]) if len(geo["psi_deg"]) > 1 else 360.0,
                 "offset_step_px": float(self.offset_step_px),
                 "psize_A": geo["psize_A"]}
@@ -239,7 +250,7 @@ class Class2D(BaseEstimator):
     def _mstep(self, st: dict[str, Any], stats: dict[str, np.ndarray], n: float, geo: dict[str, Any]) -> None:
         # per-particle scales are normalised to mean 1 per class on the particle side (see fit)
         ms.m_step(st, stats, n, geo, tau_fudge=self.tau_fudge,
-                  scale_correction=self.scale_correction and self.scale_mode == "sample", center=self.center)
+                  scale_correction=self.scale_mode == "sample", center=self.center)
 
     def _params_json(self) -> str:
         return ck.params_json(self.get_params())
@@ -278,6 +289,7 @@ class Class2D(BaseEstimator):
                 "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
                 "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
                 "ess": np.zeros(n, np.float32), "scale": np.ones(n, np.float32), "loglik": np.full(n, np.nan),
+                "gain": np.full(n, np.nan, np.float32),
                 "run": None, "history": [], "iteration": 0}
 
     def _seed(self) -> int | None:
@@ -290,7 +302,9 @@ class Class2D(BaseEstimator):
         seeds the class.  Duplicates (the smaller of two classes whose averages correlate above
         ``reseed_similarity`` after rotation) count only while the largest class holds > 1.5 n/K."""
         n, k, box = X.shape[0], geo["K"], geo["box"]
-        small = list(np.nonzero(st["wsum"] < float(self.reseed_min_fraction) * n / k)[0])
+        lab0 = st["labels"]
+        hard = np.bincount(lab0[lab0 >= 0], minlength=k)  # a class nobody joins is dead even with soft weight
+        small = list(np.nonzero(np.minimum(st["wsum"], hard) < float(self.reseed_min_fraction) * n / k)[0])
         if self.reseed_similarity is not None and k > 1 and st["wsum"].max() > 1.5 * n / k:
             sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
             for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
@@ -387,7 +401,7 @@ class Class2D(BaseEstimator):
             st = self._initial(Xd, ctf, geo, rng)
         for t in range(int(st["iteration"]), int(self.n_iter)):
             t0 = time.perf_counter()
-            reseeded = self._reseed(Xd, ctf, st, geo) if t > 0 else []
+            reseeded = self._reseed(Xd, ctf, st, geo) if 0 < t < _RESEED_UNTIL else []
             b = self._batch_size(t, n, geo["K"])
             rows: Any = slice(None)
             xb, cb, gb = Xd, ctf, gidx
@@ -403,7 +417,7 @@ class Class2D(BaseEstimator):
             changes = float(np.mean(prev[seen] != part["label"][seen])) if seen.any() else 1.0
             for key in ck.PARTICLE_KEYS:
                 st[key][rows] = part["label" if key == "labels" else key]
-            if self.scale_correction and self.scale_mode == "particle":
+            if self.scale_mode == "particle":
                 st["scale"] = _normalised_scales(st["scale"], st["labels"], geo["K"])
             if self.algorithm == "vdam":
                 eta = 1.0 if (t == 0 or b == n or st["run"] is None) else max(b / n, 1.0 / (t + 1))
@@ -439,6 +453,7 @@ class Class2D(BaseEstimator):
         self.ess_ = np.asarray(st["ess"])
         self.scales_ = np.asarray(st["scale"])
         self.log_likelihood_ = np.asarray(st["loglik"])
+        self.gain_ = np.asarray(st["gain"])
         self.group_noise_spectra_ = np.atleast_2d(np.asarray(st["sigma2"]))
         self.noise_spectrum_ = self.group_noise_spectra_.mean(0)
         self._e_last = int(st.get("e_data", box // 2 - 1))
