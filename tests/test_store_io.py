@@ -41,13 +41,13 @@ def test_export_images_reads_the_image_row_column_once(tmp_path: Path, monkeypat
         sub = w.derive(s)
     assert sub.image_array().chunks[0] == 7 and sub.n > 21
     reads: list[list[str] | None] = []
-    orig = pq.read_table
+    orig = store_mod._read_parquet  # the store's one Parquet reader
 
-    def spy(source, *a, columns=None, **k):  # noqa: ANN001, ANN202
+    def spy(source, columns=None):  # noqa: ANN001, ANN202
         reads.append(columns)
-        return orig(source, *a, columns=columns, **k)
+        return orig(source, columns)
 
-    monkeypatch.setattr(pq, "read_table", spy)
+    monkeypatch.setattr(store_mod, "_read_parquet", spy)
     code, _, err = run_cli("-q", "export", sub.path, "--images", "--out", tmp_path / "o.star")
     assert code == 0, err
     assert sum(1 for c in reads if c is not None and IMAGE_ROW in c) == 1

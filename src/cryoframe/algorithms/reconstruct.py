@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.backend import get_array_module, to_host
-from cryoframe.distributed.mapreduce import sum_reduce, tree_reduce
+from cryoframe.distributed.mapreduce import compute, sum_reduce, tree_reduce
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
 from cryoframe.geometry.ctf import ctf_grid
@@ -159,7 +159,7 @@ class Reconstructor:
                 b, rot[sl], shifts_px[sl], None if ctf is None else {k: v[sl] for k, v in ctf.items()},
                 None if weights is None else weights[sl], half[sl], box=self.box, psize_A=self.psize_A,
                 pad=self.pad, r_max=self.r_max_, sym=sym, device=self.device))
-        (total,) = dask.compute(tree_reduce(parts, sum_reduce))
+        (total,) = compute(tree_reduce(parts, sum_reduce))
         t1 = time.perf_counter()
         self._finish(total, mask)
         self.n_per_half_ = [int(np.sum(half == 0)), int(np.sum(half == 1))]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 __all__ = ["fibonacci_sphere", "level_steps", "local_rotations", "rotation_grid", "shift_grid"]
 
@@ -50,6 +49,8 @@ def rotation_grid(step_deg: float) -> np.ndarray:
     npsi = max(1, int(round(360.0 / step_deg)))
     psi = np.arange(npsi) * (2 * math.pi / npsi)
     e = np.stack([np.repeat(rot, npsi), np.repeat(tilt, npsi), np.tile(psi, nd)], axis=1)
+    from scipy.spatial.transform import Rotation  # lazy: 0.27 s of start-up
+
     return Rotation.from_euler("ZYZ", e).as_matrix()
 
 
@@ -59,6 +60,8 @@ def local_rotations(step_deg: float, radius: int = 1) -> np.ndarray:
     r = np.arange(-radius, radius + 1, dtype=np.float64)
     u = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
     u = u[np.argsort(np.abs(u).sum(1), kind="stable")] * math.radians(step_deg)
+    from scipy.spatial.transform import Rotation  # lazy: 0.27 s of start-up
+
     return Rotation.from_rotvec(u).as_matrix()
 
 

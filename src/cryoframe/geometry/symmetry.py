@@ -24,9 +24,9 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from cryoframe.errors import InputError
+from cryoframe.geometry.rotations import pose_matrix
 
 __all__ = ["symmetry_matrices", "symmetry_order"]
 
@@ -65,7 +65,7 @@ def symmetry_matrices(name: str) -> np.ndarray:
     gens = []
     for order, axis in _generators(name):
         a = np.asarray(axis, dtype=np.float64)
-        gens.append(Rotation.from_rotvec(a / np.linalg.norm(a) * (2 * np.pi / order)).as_matrix())
+        gens.append(pose_matrix(a / np.linalg.norm(a) * (2 * np.pi / order)))
     group = [np.eye(3)]
     frontier = [np.eye(3)]
     while frontier:

@@ -20,7 +20,6 @@ from typing import overload
 
 import numpy as np
 import pandas as pd
-from scipy.spatial.transform import Rotation
 
 from cryoframe.errors import FormatError
 from cryoframe.schema import field_dictionary, field_spec, optics_labels
@@ -75,12 +74,16 @@ def rotvec_to_euler(pose: np.ndarray) -> np.ndarray:
     """(n, 3) rotation vectors (rad) -> (n, 3) RELION (rot, tilt, psi) in degrees."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gimbal lock at tilt 0/180 is handled by scipy
+        from scipy.spatial.transform import Rotation  # lazy: 0.27 s of start-up
+
         out: np.ndarray = Rotation.from_rotvec(np.asarray(pose, dtype=np.float64)).as_euler("ZYZ", degrees=True)
         return out
 
 
 def euler_to_rotvec(angles: np.ndarray) -> np.ndarray:
     """(n, 3) RELION (rot, tilt, psi) degrees -> (n, 3) rotation vectors (rad)."""
+    from scipy.spatial.transform import Rotation  # lazy: 0.27 s of start-up
+
     out: np.ndarray = Rotation.from_euler("ZYZ", np.asarray(angles, dtype=np.float64), degrees=True).as_rotvec()
     return out
 
