@@ -112,3 +112,32 @@ def test_class3d_bad_input(states, tmp_path, capsys):
                           columns=[c for c in ParticleStore(d / "in.cf").fields if not c.startswith("alignments3D")])
     rc = cli(["class3d", str(nopose.path), "--classes", "2", "--out", str(tmp_path / "o.cf")])
     assert rc == 2 and "ab-initio" in capsys.readouterr().err
+
+
+def test_auto_solvent_mask_covers_every_state_and_is_written(states, tmp_path):
+    """Without --solvent-mask the solvent mask is made from the consensus: it covers the density of
+    every state (a domain present in one state included), leaves the box corners out, is written to
+    extras/ at the particles' box and pixel size, and --no-auto-mask turns it off."""
+    import mrcfile
+
+    from cryoframe.algorithms.class3d.model import auto_solvent_mask
+
+    d, truth = states
+    vols = np.asarray(truth["volumes"])
+    m = auto_solvent_mask(vols.mean(0), 2.5)  # the consensus of equal-sized states
+    assert m.shape == vols.shape[1:] and m.min() >= 0 and m.max() <= 1
+    for v in vols:
+        dense = v >= 0.2 * v.max()
+        assert m[dense].min() >= 0.99, m[dense].min()
+    g = np.arange(BOX) - BOX // 2
+    r = np.sqrt(g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2)
+    assert m[r > 0.65 * BOX].max() < 0.05 and 0.02 < m.mean() < 0.6  # the box corners are solvent
+    assert np.all(auto_solvent_mask(np.zeros((8, 8, 8)), 2.5) == 1)  # no density: no masking
+    out = api.class3d(d / "in.cf", tmp_path / "auto.cf", classes=K, iters=3, seed=0, partition_size=256, plots=False)
+    f = out.extras_dir() / "solvent_mask_auto.mrc"
+    with mrcfile.open(f) as mrc:
+        assert mrc.data.shape == (BOX, BOX, BOX) and abs(float(mrc.voxel_size.x) - 2.5) < 1e-3
+        assert 0.02 < float(mrc.data.mean()) < 0.6
+    off = api.class3d(d / "in.cf", tmp_path / "off.cf", classes=K, iters=3, seed=0, partition_size=256, plots=False,
+                      auto_mask=False)
+    assert not (off.extras_dir() / "solvent_mask_auto.mrc").exists()

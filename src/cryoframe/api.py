@@ -378,8 +378,9 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
             class_similarity: float | None = None, oem_epochs: int | None = None, oem_batch: int | None = None,
             oem_lr: float | None = None, switch_threshold: float | None = None, rms_threshold: float | None = None,
             hard: bool | None = None, fsc_filter: bool | None = None, tau2_fudge: float | None = None,
-            cross_half: bool | None = None, starts: int | None = None, seed: int | None = None,
-            ctf: bool | None = None, partition_size: int | None = None, device: str = "cpu", resume: bool = False,
+            cross_half: bool | None = None, auto_mask: bool | None = None, starts: int | None = None,
+            seed: int | None = None, ctf: bool | None = None, partition_size: int | None = None, device: str = "cpu",
+            resume: bool = False,
             plots: bool = True, overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
     """3D classification without alignment (see :func:`cryoframe.jobs.class3d.class3d`); None takes the
     default, or with ``resume`` the checkpoint's value."""
@@ -391,8 +392,8 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
                         focus_mask=None if focus_mask is None else str(focus_mask), scale=scale, init=init,
                         class_similarity=class_similarity, oem_epochs=oem_epochs, oem_batch=oem_batch, oem_lr=oem_lr,
                         switch_threshold=switch_threshold, rms_threshold=rms_threshold, hard=hard,
-                        fsc_filter=fsc_filter, tau2_fudge=tau2_fudge, cross_half=cross_half, starts=starts,
-                        seed=seed, ctf=ctf,
+                        fsc_filter=fsc_filter, tau2_fudge=tau2_fudge, cross_half=cross_half, auto_mask=auto_mask,
+                        starts=starts, seed=seed, ctf=ctf,
                         partition_size=partition_size, device=device, resume=resume, plots=plots,
                         overwrite=overwrite)
 

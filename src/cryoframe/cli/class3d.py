@@ -16,9 +16,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, help="number of classes K (default 10)")
     p.add_argument("--iters", type=int, help="total iterations, O-EM then F-EM (default 25; the F-EM cap)")
     p.add_argument("--target-resolution", type=float, help="working resolution (Å): Fourier-crop box and Nyquist")
-    p.add_argument("--solvent-mask", help="solvent mask .mrc (same box and pixel size as the particles)")
+    p.add_argument("--solvent-mask", help="solvent mask .mrc (same box and pixel size as the particles); default: "
+                   "an automatic mask from the consensus (extras/solvent_mask_auto.mrc)")
+    p.add_argument("--no-auto-mask", dest="auto_mask", action="store_const", const=False,
+                   help="without --solvent-mask, use no solvent mask instead of the automatic one")
     p.add_argument("--focus-mask", help="focus mask .mrc: outside it the consensus replaces the class")
-    p.add_argument("--scale", choices=["optimal", "input", "none"], help="per-particle scale (default optimal)")
+    p.add_argument("--scale", choices=["optimal", "input", "none"], help="per-particle scale (default none; optimal: least squares against the consensus)")
     p.add_argument("--init", choices=["simple", "pca"], help="initialisation mode (default simple)")
     p.add_argument("--class-similarity", type=float, help="0..1 (default 0.5)")
     p.add_argument("--oem-epochs", type=int, help="O-EM epochs (default 2)")
@@ -47,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
                     class_similarity=args.class_similarity, oem_epochs=args.oem_epochs, oem_batch=args.oem_batch,
                     oem_lr=args.oem_lr, switch_threshold=args.switch_threshold, rms_threshold=args.rms_threshold,
                     hard=args.hard, fsc_filter=args.fsc_filter, tau2_fudge=args.tau2_fudge, cross_half=args.cross_half,
-                    starts=args.starts,
+                    auto_mask=args.auto_mask, starts=args.starts,
                     ctf=args.ctf, seed=args.seed, partition_size=args.partition_size, device=args.device,
                     resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
     print(f"classified {s.n} particles in 3D -> {s.path} (volumes, model.json, plots, classes/ in {s.extras_dir()})")

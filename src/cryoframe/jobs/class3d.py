@@ -33,9 +33,9 @@ CKPT = "class3d_checkpoint"
 #: defaults of the parameters ``--continue`` may take from the checkpoint (None = unspecified)
 DEFAULTS: dict[str, Any] = {
     "classes": 10, "iters": 25, "target_resolution_A": None, "solvent_mask": None, "focus_mask": None,
-    "scale": "optimal", "init": "simple", "class_similarity": 0.5, "oem_epochs": 2, "oem_batch": 1000,
+    "scale": "none", "init": "simple", "class_similarity": 0.5, "oem_epochs": 2, "oem_batch": 1000,
     "oem_lr": 0.4, "switch_threshold": 2.0, "rms_threshold": None, "hard": False, "fsc_filter": True,
-    "tau2_fudge": 4.0, "cross_half": False, "starts": 1, "seed": 0, "ctf": True, "pad": 2, "partition_size": 2000,
+    "tau2_fudge": 4.0, "cross_half": False, "auto_mask": True, "starts": 1, "seed": 0, "ctf": True, "pad": 2, "partition_size": 2000,
 }
 #: may change on --continue (they do not change the state of the run)
 FREE_ON_CONTINUE = ("iters", "switch_threshold", "rms_threshold")
@@ -79,8 +79,8 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
             class_similarity: float | None = None, oem_epochs: int | None = None, oem_batch: int | None = None,
             oem_lr: float | None = None, switch_threshold: float | None = None, rms_threshold: float | None = None,
             hard: bool | None = None, fsc_filter: bool | None = None, tau2_fudge: float | None = None,
-            cross_half: bool | None = None, starts: int | None = None, seed: int | None = None,
-            ctf: bool | None = None, pad: int | None = None,
+            cross_half: bool | None = None, auto_mask: bool | None = None, starts: int | None = None,
+            seed: int | None = None, ctf: bool | None = None, pad: int | None = None,
             partition_size: int | None = None, device: str = "cpu", resume: bool = False, plots: bool = True,
             overwrite: bool = False) -> ParticleStore:
     """Classify ``store``'s particles (fixed poses) into 3D classes; returns the output store.
@@ -101,7 +101,7 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                  focus_mask=None if focus_mask is None else str(Path(focus_mask).absolute()), scale=scale,
                  init=init, class_similarity=class_similarity, oem_epochs=oem_epochs, oem_batch=oem_batch,
                  oem_lr=oem_lr, switch_threshold=switch_threshold, rms_threshold=rms_threshold, hard=hard,
-                 fsc_filter=fsc_filter, tau2_fudge=tau2_fudge, cross_half=cross_half, starts=starts, seed=seed, ctf=ctf, pad=pad,
+                 fsc_filter=fsc_filter, tau2_fudge=tau2_fudge, cross_half=cross_half, auto_mask=auto_mask, starts=starts, seed=seed, ctf=ctf, pad=pad,
                  partition_size=partition_size)
     p = _resolve(store, given, resume)
     for name, choices in (("scale", ("optimal", "input", "none")), ("init", ("simple", "pca"))):
@@ -145,7 +145,7 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                         oem_epochs=p["oem_epochs"], oem_batch=p["oem_batch"], oem_lr=p["oem_lr"],
                         switch_threshold=p["switch_threshold"], rms_threshold=p["rms_threshold"], hard=p["hard"],
                         fsc_filter=p["fsc_filter"], tau2_fudge=p["tau2_fudge"], scale=p["scale"], starts=p["starts"],
-                        cross_half=p["cross_half"],
+                        cross_half=p["cross_half"], auto_mask=p["auto_mask"],
                         random_state=p["seed"], device=device, partition_size=p["partition_size"],
                         checkpoint_dir=str(ckpt))
         try:
@@ -157,6 +157,11 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                 raise InputError(f"{store.path}: cannot continue from its checkpoint ({exc})") from exc
             raise
         _write_metadata(w, store, model)
+        if getattr(model, "solvent_mask_auto_", False):  # the automatic solvent mask, at the particles' box
+            from cryoframe.jobs._volumes import write_map
+
+            write_map(w.extras_dir() / "solvent_mask_auto.mrc",
+                      np.clip(resample_volume(model.solvent_mask_, box), 0.0, 1.0).astype(np.float32), psize)
         w.link_images(store)
         opt = store.optics()
         if opt is not None:
