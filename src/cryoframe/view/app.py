@@ -329,7 +329,8 @@ class CurationApp:
         if not self.data.pose_ready:  # still being computed in the background: blank until the next redraw
             self.data.start_pose_bins()
             return np.zeros((36, 72), dtype=np.uint32)
-        total = self.data.cached(("pose_all",), lambda: np.bincount(self.data.pose_bins(), minlength=72 * 36 + 1))
+        total = self.data.cached(("pose_all",), lambda: _masked_counts(self.data.pose_bins(), 72 * 36 + 1, None,
+                                                                       None, None))
         counts = _masked_counts(self.data.pose_bins(), 72 * 36 + 1, self.sel.mask, self.sel.count,
                                 total)[: 72 * 36].reshape(36, 72)
         return colour_counts(counts)

@@ -28,24 +28,46 @@ class Binned:
             raise ValueError("at most 254 bins")
         self.bins = bins
         self.edges = np.linspace(lo, hi, bins + 1)
-        self.index = _cell(values, lo, bins / (hi - lo), bins, 255).astype(np.uint8)
+        self.index = _cell(values, lo, bins / (hi - lo), bins, 255, np.uint8)
         self.all = self.counts(None)
 
     def counts(self, mask: np.ndarray | None, selected: int | None = None) -> np.ndarray:
         return _masked_counts(self.index, 256, mask, selected, getattr(self, "all", None))[: self.bins]
 
 
-def _cell(v: np.ndarray, lo: float, scale: float, n: int, missing: int) -> np.ndarray:
-    """int32 cell ``floor((v - lo) * scale)`` clipped to 0..n-1 (the top edge in the last cell),
-    ``missing`` for NaN; computed in float32 (the cells are for drawing, not for selecting)."""
-    t = v.astype(np.float32, copy=True)
-    t -= np.float32(lo)
-    t *= np.float32(scale)
-    nan = np.isnan(t)
-    np.clip(t, 0, n - 1, out=t)
-    out = t.astype(np.int32)
-    if nan.any():
-        out[nan] = missing
+_CHUNK = 1 << 22
+"""Rows per block of the per-point passes: full-length float32/int64 temporaries would add ~1.2 GB
+per plotted field at 1e8 particles (the server's memory goal there is 4 GB)."""
+
+
+def _cell(v: np.ndarray, lo: float, scale: float, n: int, missing: int,
+          dtype: type[np.integer] = np.int32) -> np.ndarray:
+    """Cell ``floor((v - lo) * scale)`` clipped to 0..n-1 (the top edge in the last cell), ``missing``
+    for NaN, as ``dtype``; computed in float32 (the cells are for drawing, not for selecting), in
+    blocks of ``_CHUNK`` rows."""
+    out = np.empty(v.shape[0], dtype=dtype)
+    for a in range(0, v.shape[0], _CHUNK):
+        t = v[a : a + _CHUNK].astype(np.float32, copy=True)
+        t -= np.float32(lo)
+        t *= np.float32(scale)
+        nan = np.isnan(t)
+        np.clip(t, 0, n - 1, out=t)
+        has_nan = bool(nan.any())
+        if has_nan:
+            t[nan] = 0  # (no NaN -> integer cast)
+        o = out[a : a + _CHUNK]
+        o[...] = t
+        if has_nan:
+            o[nan] = missing
+    return out
+
+
+def _bincount(index: np.ndarray, size: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """``np.bincount(index[mask], minlength=size)`` in blocks (bincount converts its input to int64)."""
+    out = np.zeros(size, dtype=np.int64)
+    for a in range(0, index.shape[0], _CHUNK):
+        part = index[a : a + _CHUNK] if mask is None else index[a : a + _CHUNK][mask[a : a + _CHUNK]]
+        out += np.bincount(part, minlength=size)[:size]
     return out
 
 
@@ -53,13 +75,13 @@ def _masked_counts(index: np.ndarray, size: int, mask: np.ndarray | None, select
                    total: np.ndarray | None) -> np.ndarray:
     """``bincount(index[mask])``; above half selected, ``total - bincount(index[~mask])`` (half the work)."""
     if mask is None:
-        return np.bincount(index, minlength=size)
+        return _bincount(index, size)
     n_sel = int(np.count_nonzero(mask)) if selected is None else selected
     if total is not None and n_sel == index.size:
         return total
     if total is not None and n_sel > index.size // 2:
-        return total - np.bincount(index[~mask], minlength=size)[: total.size]
-    return np.bincount(index[mask], minlength=size)
+        return total - _bincount(index, size, ~mask)[: total.size]
+    return _bincount(index, size, mask)
 
 
 class PixelGrid:
@@ -70,14 +92,15 @@ class PixelGrid:
                  width: int, height: int) -> None:
         self.xr, self.yr, self.width, self.height = xr, yr, width, height
         off = width * height
-        ix = _cell(x, xr[0], width / (xr[1] - xr[0]), width, off)
-        iy = _cell(y, yr[0], height / (yr[1] - yr[0]), height, off)
-        iy *= width
-        iy += ix
-        np.minimum(iy, off, out=iy)  # a missing x or y: the overflow cell
-        self.index = iy
+        self.index = np.empty(x.shape[0], dtype=np.int32)
+        for a in range(0, x.shape[0], _CHUNK):  # blockwise: no full-length x-cell temporary
+            ix = _cell(x[a : a + _CHUNK], xr[0], width / (xr[1] - xr[0]), width, off)
+            iy = _cell(y[a : a + _CHUNK], yr[0], height / (yr[1] - yr[0]), height, off)
+            iy *= width
+            iy += ix
+            np.minimum(iy, off, out=self.index[a : a + _CHUNK])  # a missing x or y: the overflow cell
         self.size = width * height + 1
-        self.all = np.bincount(self.index, minlength=self.size)[: width * height]
+        self.all = _bincount(self.index, self.size)[: width * height]
 
     def agg(self, counts: np.ndarray) -> Any:
         import xarray as xr
