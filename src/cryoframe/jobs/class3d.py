@@ -157,7 +157,7 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                 raise InputError(f"{store.path}: cannot continue from its checkpoint ({exc})") from exc
             raise
         _write_metadata(w, store, model)
-        if getattr(model, "solvent_mask_auto_", False):  # the automatic solvent mask, at the particles' box
+        if model.solvent_mask_auto_ and model.solvent_mask_ is not None:  # the automatic mask, at the particles' box
             from cryoframe.jobs._volumes import write_map
 
             write_map(w.extras_dir() / "solvent_mask_auto.mrc",

@@ -110,6 +110,12 @@ class Class3D:
     ``solvent_mask_`` (the solvent mask used: given, automatic or None) and ``solvent_mask_auto_`` (bool).
     """
 
+    _solvent: np.ndarray | None
+    _focus: np.ndarray | None
+    _geom: dict[str, Any]
+    solvent_mask_: np.ndarray | None
+    solvent_mask_auto_: bool
+
     def __init__(self, n_classes: int, n_iter: int = 25, *, pad: int = 2, init: str = "simple",
                  class_similarity: float = 0.5, oem_epochs: int = 2, oem_batch: int = 1000, oem_lr: float = 0.4,
                  switch_threshold: float = 2.0, rms_threshold: float | None = None, hard: bool = False,
