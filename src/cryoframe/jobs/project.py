@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from cryoframe.distributed.mapreduce import compute
 from cryoframe.errors import InputError
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.ctf import ctf_grid
@@ -126,5 +127,5 @@ def project(map_path: str | os.PathLike[str], out: str | os.PathLike[str], *, po
                 img += rng.normal(0.0, sigma, img.shape).astype(np.float32)
             z[lo:hi] = img
 
-        dask.compute(*[dask.delayed(run)(lo, min(lo + step, nn)) for lo in range(0, nn, step)])
+        compute(*[dask.delayed(run)(lo, min(lo + step, nn)) for lo in range(0, nn, step)])
         return w.commit(psize_A=psize, box_px=box, source={"projected_from": str(map_path)})

@@ -37,6 +37,7 @@ from cryoframe.algorithms.class3d.estep import (
     scale_partition,
 )
 from cryoframe.algorithms.class3d.init import initial_volumes
+from cryoframe.distributed.mapreduce import compute, sum_reduce, tree_reduce
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.fsc import resolution_at
 
@@ -52,7 +53,6 @@ FIXED = ("n_classes", "pad", "init", "class_similarity", "oem_epochs", "oem_batc
          "fsc_filter", "tau2_fudge", "scale", "starts", "random_state", "partition_size")
 
 
-
 AUTO_MASK = {"lowpass_A": 15.0, "threshold": 0.05, "extend_A": 8.0, "soft_edge_A": 15.0}
 """Automatic solvent mask (:func:`auto_solvent_mask`).  Measured on the K-state bench (4000 particles,
 box 64, K 4): the three seeds below the ARI goals without a mask (0.973 at SNR 0.05; 0.824 and 0.852 at
@@ -64,8 +64,8 @@ def auto_solvent_mask(consensus: np.ndarray, psize_A: float) -> np.ndarray:
     """Soft solvent mask (b^3 float32 in [0, 1]) of a consensus map: low-passed to
     ``AUTO_MASK["lowpass_A"]``, thresholded at ``AUTO_MASK["threshold"]`` of its maximum (generous: a
     domain present in 1 of K states shows at 1/K of its density in the consensus), extended by
-    ``extend_A`` and given a raised-cosine edge of ``soft_edge_A``.  An empty result (no positive
-    density) gives None-like all-ones."""
+    ``extend_A`` and given a raised-cosine edge of ``soft_edge_A``.  A map without positive density
+    gives all ones (no masking)."""
     from cryoframe.geometry.masks import threshold_mask
 
     v = np.asarray(consensus, dtype=np.float64)
@@ -78,6 +78,7 @@ def auto_solvent_mask(consensus: np.ndarray, psize_A: float) -> np.ndarray:
         return np.ones_like(v, dtype=np.float32)
     return threshold_mask(lp, AUTO_MASK["threshold"] * float(lp.max()), AUTO_MASK["extend_A"] / psize_A,
                           AUTO_MASK["soft_edge_A"] / psize_A)
+
 
 class Class3D:
     """3D classification of particles with fixed poses (see the module docstring).
@@ -113,8 +114,12 @@ class Class3D:
     _solvent: np.ndarray | None
     _focus: np.ndarray | None
     _geom: dict[str, Any]
-    solvent_mask_: np.ndarray | None
     solvent_mask_auto_: bool
+
+    @property
+    def solvent_mask_(self) -> np.ndarray | None:
+        """The solvent mask used (given, automatic or None)."""
+        return self._solvent
 
     def __init__(self, n_classes: int, n_iter: int = 25, *, pad: int = 2, init: str = "simple",
                  class_similarity: float = 0.5, oem_epochs: int = 2, oem_batch: int = 1000, oem_lr: float = 0.4,
@@ -197,8 +202,6 @@ class Class3D:
         and noise power; with ``fixed_post`` only the sums of those weights."""
         import dask
 
-        from cryoframe.distributed.mapreduce import sum_reduce, tree_reduce
-
         kw: dict[str, Any] = dict(box=self._box, psize_A=self._psize, pad=self.pad, r_max=self._r_max,
                                   device=self.device, hard=self.hard, sums=sums)
         if fixed_post is None:
@@ -210,7 +213,7 @@ class Class3D:
         todo = {"post": [get(p, "post") for p in parts], "logev": [get(p, "logev") for p in parts]}
         sum_keys = (["sums"] if sums else []) + (["noise", "noise_n"] if fixed_post is None else [])
         trees = {k: tree_reduce([get(p, k) for p in parts], sum_reduce) for k in sum_keys}
-        res = dask.compute(todo, trees)
+        res = compute(todo, trees)
         out = {"post": np.concatenate(res[0]["post"]), "logev": np.concatenate(res[0]["logev"])}
         out.update(res[1])
         return out
@@ -265,14 +268,13 @@ class Class3D:
         self.consensus_fsc_ = rec.fsc_
         if self._solvent is None and self.auto_mask:
             self._solvent = auto_solvent_mask(self.consensus_, self._psize)
-            self.solvent_mask_, self.solvent_mask_auto_ = self._solvent, True
+            self.solvent_mask_auto_ = True
         mv = mstep.model_volumes(self.consensus_[None], self.consensus_, self._solvent, None)[0]
         import dask
 
-
         parts = self._map(None, scale_partition, consensus_ft=dask.delayed(fo.volume_transform(mv, self.pad)),
                           box=self._box, psize_A=self._psize, pad=self.pad, r_max=self._r_max, device=self.device)
-        terms = np.concatenate(dask.compute(*parts))  # (n, 3, nsh)
+        terms = np.concatenate(compute(*parts))  # (n, 3, nsh)
         tot = terms.sum(2)
         if self.scale == "optimal":
             a = tot[:, 1] / np.maximum(tot[:, 2], 1e-30)
@@ -344,7 +346,7 @@ class Class3D:
         self._r_max = float(r_max or self._box / 2)
         self._layout = freq_layout(self._box, self._r_max)
         self._solvent, self._focus = solvent_mask, focus_mask
-        self.solvent_mask_, self.solvent_mask_auto_ = solvent_mask, False
+        self.solvent_mask_auto_ = False
         self._geom = {"rot": rot, "shifts_px": shifts_px, "ctf": ctf, "half": np.asarray(half, dtype=np.int64)}
         self._partitions()
         K, n = self.n_classes, self._n
@@ -396,7 +398,7 @@ class Class3D:
         self.consensus_fsc_, self.alpha_, self._group = arr["consensus_fsc"], arr["alpha"], arr["group"]
         self.noise_spectra_, self.fsc_ = arr["noise"], arr["fsc"]
         if arr.get("auto_mask") is not None:  # the automatic mask is made once, from the first run's consensus
-            self._solvent = self.solvent_mask_ = arr["auto_mask"]
+            self._solvent = arr["auto_mask"]
             self.solvent_mask_auto_ = True
         self._geom["alpha"], self._geom["group"] = self.alpha_, self._group
         self.history_ = meta["history"]
