@@ -28,6 +28,14 @@ def test_rotation_round_trips() -> None:
     np.testing.assert_allclose(pose_matrix(euler_to_pose(pose_to_euler(pose))), pose_matrix(pose), atol=1e-9)
 
 
+def test_pose_direction_is_scipys_third_matrix_column() -> None:
+    from cryoframe.geometry.rotations import pose_direction
+
+    pose = np.vstack([Rotation.random(200, random_state=2).as_rotvec(), [[0, 0, 0], [1e-9, 0, 0], [0, 0, np.pi]]])
+    np.testing.assert_allclose(pose_direction(pose), Rotation.from_rotvec(pose).as_matrix()[:, :, 2], atol=1e-12)
+    assert pose_direction(pose[:4].reshape(2, 2, 3)).shape == (2, 2, 3)
+
+
 def test_ctf_is_shared_by_physics_and_class2d() -> None:
     from cryoframe.algorithms.class2d.estep import ctf_half
 

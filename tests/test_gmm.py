@@ -96,11 +96,39 @@ def test_default_kmeanspp_init_is_reproducible_and_recovers_the_components(trimo
     assert a.converged_ and a.n_features_in_ == 1
 
 
-def test_numpy_twin_path_fits_like_the_numba_path(bimodal: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = GaussianMixture(2, random_state=0).fit(bimodal)
+def test_numpy_twin_path_fits_like_the_numba_path(trimodal: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = GaussianMixture(3, random_state=0).fit(trimodal)  # K = 3: the compiled loop (K <= 2 is closed form)
     monkeypatch.setattr(kern, "HAVE_NUMBA", False)
-    b = GaussianMixture(2, random_state=0).fit(bimodal)
+    b = GaussianMixture(3, random_state=0).fit(trimodal)
     assert_same_fit(a, b, rtol=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_closed_form_statistics_equal_the_per_sample_loop(k: int) -> None:
+    # far-apart narrow components and a large offset: the quadratic form of Δ must not cancel
+    x = mixture(4, [15000.0, 15003.0], [0.5, 2.0], [0.3, 0.7], n=100_003)
+    w = np.array([0.4, 0.6])[:k] / np.array([0.4, 0.6])[:k].sum()
+    cst, pc, mpc = kern.kernel_params(w, np.array([15000.5, 15002.0])[:k], np.array([1.5, 0.4])[:k])
+    c = float(x.mean())
+    for xx in (x, x.astype(np.float32)):
+        ref = kern.stats_numpy(xx, cst, pc, mpc, c)
+        got = kern.stats_closed(xx, cst, pc, mpc, c)
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9 * xx.shape[0])
+        assert got[:k].sum() == pytest.approx(xx.shape[0], rel=1e-12)
+    with pytest.raises(ValueError, match="two components"):
+        kern.stats_closed(x, *kern.kernel_params(np.ones(3) / 3, np.arange(3.0), np.ones(3)), c)
+
+
+def test_numpy_kmeans_init_agrees_with_sklearn_kmeans(trimodal: np.ndarray) -> None:
+    from sklearn.cluster import KMeans
+
+    from cryoframe.algorithms.gmm_em import kmeans_1d
+
+    xs = trimodal[:20_000]
+    ours = kmeans_1d(xs, 3, np.random.RandomState(0))
+    ref = KMeans(3, n_init=1, random_state=0).fit(xs[:, None])
+    centres = np.sort([xs[ours == j].mean() for j in range(3)])
+    np.testing.assert_allclose(centres, np.sort(ref.cluster_centers_.ravel()), rtol=1e-3)
 
 
 def test_dask_array_with_several_chunks_equals_numpy(bimodal: np.ndarray) -> None:

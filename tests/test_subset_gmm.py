@@ -90,3 +90,64 @@ def test_more_components_than_distinct_values(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
     r = api.subset(s, tmp_path / "ok", by="scale", components=2, plots=False)  # falls back from alpha_min to alpha
     assert [x.n for x in r.sets] == [25, 25]
+
+
+def _png_shape(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_plots_from_the_worker_process_equal_the_in_process_ones(toy, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    a = api.subset(toy, tmp_path / "worker", by="scale", components=2)
+    monkeypatch.setenv("CRYOFRAME_PLOT_INPROCESS", "1")
+    b = api.subset(toy, tmp_path / "inproc", by="scale", components=2)
+    assert a.summary["plots"] == b.summary["plots"] and "viewing_set_001.png" in a.summary["plots"]
+    for name in a.summary["plots"]:
+        pa_, pb = tmp_path / "worker" / "plots" / name, tmp_path / "inproc" / "plots" / name
+        if name.endswith(".png"):
+            assert _png_shape(pa_) == _png_shape(pb)
+        else:  # the plotted numbers travel in the page: the histogram's counts are every particle
+            data = json.loads(pa_.read_text().split("id='data'>")[1].split("</script>")[0])
+            assert data == json.loads(pb.read_text().split("id='data'>")[1].split("</script>")[0])
+            if name == "histogram.html":
+                assert sum(data["counts"]) == toy.n and data["gmm"]["means"] == a.summary["gmm"]["means"]
+    assert a.model.predict(_scale(toy)).shape == (toy.n,)  # the fit as a scikit-learn-style estimator
+
+
+def test_a_failing_plot_worker_fails_the_job_and_writes_nothing(toy, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from cryoframe.plot import quick
+
+    def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("no display for you")
+
+    monkeypatch.setenv("CRYOFRAME_PLOT_INPROCESS", "1")
+    monkeypatch.setattr(quick, "histogram_png", broken)
+    with pytest.raises(RuntimeError, match="no display"):
+        api.subset(toy, tmp_path / "x", by="scale", components=2)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.iterdir())
+
+
+def test_worker_process_error_is_reported_with_its_message(tmp_path: Path) -> None:
+    from cryoframe.plot.worker import PlotWorker
+
+    with PlotWorker() as w:  # a histogram whose stem is in a folder that does not exist
+        w.add("histogram_png", stem=tmp_path / "missing" / "h", counts=np.ones(3), edges=np.arange(4.0), xlabel="x")
+        with pytest.raises(RuntimeError, match="plot worker failed: .*(No such file|FileNotFound)"):
+            w.wait()
+    with pytest.raises(ValueError, match="unknown plot function"):
+        PlotWorker().add("os.system", cmd="true")
+
+
+def test_subset_cli_process_imports_no_sklearn_pandas_dask_or_matplotlib(toy, tmp_path: Path) -> None:  # noqa: ANN001
+    # start-up is most of a subset's wall time: the fit is NumPy only and matplotlib runs in the plot worker
+    import subprocess
+    import sys
+
+    code = ("import sys; from cryoframe.cli import main; rc = main(['-q', 'subset', sys.argv[1], '--by', 'scale', "
+            "'--out', sys.argv[2]]); print(sorted(m for m in ('sklearn', 'pandas', 'dask', 'matplotlib', 'numba', "
+            "'scipy') if m in sys.modules)); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(toy.path), str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "o" / "plots" / "histogram.png").exists()

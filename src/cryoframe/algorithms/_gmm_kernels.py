@@ -29,7 +29,8 @@ import numpy as np
 
 from cryoframe.errors import InputError
 
-__all__ = ["HAVE_NUMBA", "kernel_params", "stats_numba", "stats_numpy", "partition_stats", "n_stats", "log_resp", "predict_block"]
+__all__ = ["HAVE_NUMBA", "kernel_params", "stats_numba", "stats_numpy", "stats_closed", "partition_stats", "n_stats",
+           "log_resp", "predict_block"]
 
 # numba is a dependency, but the twin keeps the estimator usable without it; it is imported (and
 # the kernel loaded from numba's on-disk cache or compiled) on first use, not at import time.
@@ -38,6 +39,7 @@ _jitted: Any = None
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _TWIN_BLOCK = 1 << 16  # rows per block of the NumPy twin: (65536, K) float64 temporaries
 _PREDICT_ROWS = 1 << 18
+_CLOSED_BLOCK = 1 << 15  # rows per block of the K <= 2 closed form: 256 KiB float64 temporaries (L2-resident)
 
 
 def n_stats(k: int) -> int:
@@ -76,6 +78,62 @@ def stats_numpy(x: np.ndarray, cst: np.ndarray, pc: np.ndarray, mpc: np.ndarray,
         out[k : 2 * k] += rd.sum(axis=0)
         out[2 * k : 3 * k] += (rd * d[:, None]).sum(axis=0)
         out[3 * k] += lse.sum()
+    return out
+
+
+def stats_closed(x: np.ndarray, cst: np.ndarray, pc: np.ndarray, mpc: np.ndarray, c: float) -> np.ndarray:
+    """The (3K+1,) statistics for K = 1 or 2 in closed form, NumPy only (no compiled kernel to load).
+
+    With ``d = x - c`` every weighted log-density is a quadratic ``lp_k = a_k d² + b_k d + g_k``, so
+    for two components the responsibilities are a logistic function of ``Δ = lp_1 - lp_0`` and
+    ``log p = max(lp_0, lp_1) + log1p(exp(-|Δ|))``: a handful of ufunc passes and dot products per
+    block, no (m, K) temporaries, no log-sum-exp over K.  Same statistics as :func:`stats_numpy`
+    up to rounding (≈1e-12 relative)."""
+    k = cst.shape[0]
+    if k > 2:
+        raise ValueError("stats_closed handles one or two components")
+    e = c * pc - mpc  # x·pc - mpc = pc·d + e
+    a, b, g = -0.5 * pc * pc, -pc * e, cst - 0.5 * e * e
+    out = np.zeros(n_stats(k), dtype=np.float64)
+    x = np.asarray(x).ravel()
+    m = min(x.shape[0], _CLOSED_BLOCK)
+    d, t, q, r = (np.empty(m) for _ in range(4))
+    for s in range(0, x.shape[0], _CLOSED_BLOCK):
+        xb = x[s : s + _CLOSED_BLOCK]
+        nb = xb.shape[0]
+        db, tb, qb, rb = d[:nb], t[:nb], q[:nb], r[:nb]
+        db[...] = xb  # float32 data: widen before centring (float32 - c would round in float32)
+        db -= c
+        sd, sdd = float(db.sum()), float(np.einsum("i,i", db, db))
+        if k == 1:
+            out[0] += nb
+            out[1] += sd
+            out[2] += sdd
+            out[3] += float(a[0] * sdd + b[0] * sd + g[0] * nb)
+            continue
+        # Δ = (Δa·d + Δb)·d + Δg, then t = exp(-|Δ|), q = 1/(1+t)
+        np.multiply(db, a[1] - a[0], out=tb)
+        tb += b[1] - b[0]
+        tb *= db
+        tb += g[1] - g[0]
+        pos = tb >= 0
+        lmax = float(np.maximum(tb, 0.0, out=qb).sum())  # Σ max(Δ, 0): log p = lp_0 + max(Δ,0) + log1p(e^-|Δ|)
+        np.abs(tb, out=tb)
+        np.negative(tb, out=tb)
+        np.exp(tb, out=tb)
+        lsp = float(np.log1p(tb, out=qb).sum())
+        np.add(tb, 1.0, out=qb)
+        np.reciprocal(qb, out=qb)  # q = 1/(1+t): the larger responsibility, t·q the smaller
+        tb *= qb
+        np.copyto(rb, tb)
+        np.copyto(rb, qb, where=pos)  # r_1 = q where Δ >= 0 else t·q
+        np.copyto(qb, tb, where=pos)  # r_0 = t·q where Δ >= 0 else q
+        for j, rj in ((0, qb), (1, rb)):
+            out[j] += float(rj.sum())
+            np.multiply(rj, db, out=tb)
+            out[2 + j] += float(tb.sum())
+            out[4 + j] += float(np.einsum("i,i", tb, db))
+        out[6] += float(a[0] * sdd + b[0] * sd + g[0] * nb) + lmax + lsp
     return out
 
 
@@ -138,6 +196,8 @@ def partition_stats(
         return gmm_stats(x, cst, pc, mpc, c)
     if hasattr(x, "get") and not isinstance(x, np.ndarray):  # a device array on the CPU path
         x = x.get()
+    if cst.shape[0] <= 2:  # closed form: as fast as the compiled loop, without loading numba
+        return stats_closed(x, cst, pc, mpc, c)
     return stats_numba(x, cst, pc, mpc, c) if HAVE_NUMBA else stats_numpy(x, cst, pc, mpc, c)
 
 

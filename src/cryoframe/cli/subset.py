@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 
-from cryoframe import api
 from cryoframe.cli import add_scheduler_args
 from cryoframe.errors import InputError
 from cryoframe.types import ClassAgg, Device, ExportFormat, OnMissing, SubsetMode, choices
@@ -58,6 +57,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not args.no_plots:  # the plot process imports matplotlib while this one imports the job and reads
+        from cryoframe.plot.worker import prestart
+
+        prestart()
+    from cryoframe import api
+
     res = api.subset(args.store, args.out, by=args.by, mode=args.mode, components=args.components,
                      min_prob=args.min_prob, thresholds=_floats(args.thresholds), initial=args.initial,
                      class_indices=int_list(args.class_indices), class_agg=args.class_agg, on_missing=args.on_missing,

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import dask
-
 if TYPE_CHECKING:
     from distributed import Client
 
@@ -25,7 +23,11 @@ _LOCAL = {"threads", "threading", "processes", "multiprocessing", "synchronous",
 
 def current_client() -> Client | None:
     """The ``distributed.Client`` that ``dask.compute`` would use now, or None for a local scheduler."""
-    if str(dask.config.get("scheduler", None)) in _LOCAL or "distributed" not in sys.modules:
+    if "distributed" not in sys.modules:  # no Client can exist (and dask need not be imported to say so)
+        return None
+    import dask
+
+    if str(dask.config.get("scheduler", None)) in _LOCAL:
         return None
     from distributed import default_client
 
@@ -61,6 +63,7 @@ def show_progress(collections: Any, *, quiet: bool = False) -> Any:
     client = current_client()
     if client is None:
         return collections
+    import dask
     from distributed import progress, wait
 
     single = not isinstance(collections, (list, tuple))

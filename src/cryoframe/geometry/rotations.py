@@ -48,6 +48,22 @@ def pose_matrix(pose: ArrayLike) -> NDArray[np.float64]:
     return m.reshape(*p.shape[:-1], 3, 3)
 
 
+def pose_direction(pose: ArrayLike) -> NDArray[np.float64]:
+    """Third column ``R[..., :, 2]`` of :func:`pose_matrix` (the projection direction in the map
+    frame), from Rodrigues' formula for that column alone: ``e_z + a v×e_z + b v×(v×e_z)``."""
+    p = np.asarray(pose, dtype=np.float64)
+    v = p.reshape(-1, 3)
+    vx, vy, vz = v[:, 0], v[:, 1], v[:, 2]
+    th2 = vx * vx + vy * vy + vz * vz
+    th = np.sqrt(th2)
+    small = th < 1e-6
+    ts = np.where(small, 1.0, th)
+    a = np.where(small, 1.0 - th2 / 6.0, np.sin(ts) / ts)
+    b = np.where(small, 0.5 - th2 / 24.0, (1.0 - np.cos(ts)) / (ts * ts))
+    out = np.stack([a * vy + b * vx * vz, -a * vx + b * vy * vz, 1.0 + b * (vz * vz - th2)], axis=-1)
+    return out.reshape(*p.shape[:-1], 3)
+
+
 def matrix_to_pose(r: ArrayLike) -> NDArray[np.float64]:
     """Rotation vectors (..., 3) rad of pose matrices ``R`` (..., 3, 3)."""
     from scipy.spatial.transform import Rotation

@@ -23,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 
 from cryoframe.errors import InputError, StoreError
+from cryoframe.plot.worker import PlotWorker
 from cryoframe.query.stats import STATISTICS, resolve_statistic, statistic_values
+from cryoframe.schema.types import numeric_array, numeric_values
 from cryoframe.storage.atomic import atomic_path, check_output, write_json_atomic
 from cryoframe.storage.store import ParticleStore
 
@@ -37,62 +39,84 @@ MISSING = -2
 
 @dataclass
 class SubsetResult:
-    """What a subset run produced: per-set stores, the dropped/missing stores, the fitted model."""
+    """What a subset run produced: per-set stores, the dropped/missing stores, the fitted mixture
+    (``fit``; ``model`` is the same as a fitted scikit-learn-style estimator, built on first use)."""
 
     out: Path
     summary: dict[str, Any]
     sets: list[ParticleStore] = field(default_factory=list)
     dropped: ParticleStore | None = None
     missing: ParticleStore | None = None
-    model: Any = None
+    fit: Any = None
+
+    @property
+    def model(self) -> Any:
+        """The GMM as a fitted :class:`cryoframe.algorithms.gmm.GaussianMixture` (None for thresholds)."""
+        if self.fit is None:
+            return None
+        from cryoframe.algorithms.gmm import GaussianMixture
+
+        return GaussianMixture.from_fit(self.fit, tol=self.summary["parameters"]["tol"],
+                                        max_iter=self.summary["parameters"]["max_iter"],
+                                        random_state=self.summary["parameters"]["seed"])
 
 
 def _labels_gmm(v: np.ndarray, components: int, min_prob: float | None, seed: int, tol: float,
                 max_iter: int, device: str) -> tuple[np.ndarray, Any, dict[str, Any]]:
-    from cryoframe.algorithms.gmm import GaussianMixture
+    from cryoframe.algorithms.gmm_em import fit_mixture
 
     if components < 1:
         raise InputError("--components must be at least 1")
     import time
 
-    import sklearn.cluster  # noqa: F401 - imported before the clock starts, as a caller of sklearn's fit would
-
-    from cryoframe.algorithms import _gmm_kernels
-
-    if _gmm_kernels.HAVE_NUMBA:  # load the compiled E-step from numba's cache before the clock starts
-        one = np.ones(1)
-        _gmm_kernels.stats_numba(np.zeros(1), one, one, one, 0.0)
-    t0 = time.perf_counter()
-    gmm = GaussianMixture(n_components=components, tol=tol, max_iter=max_iter, random_state=seed,
-                          device=device).fit(v)
+    t0 = time.perf_counter()  # the EM core alone (no scikit-learn import): a subset pays for the fit only
+    gmm = fit_mixture(v, components, tol=tol, max_iter=max_iter, random_state=seed, device=device)
     fit_seconds = time.perf_counter() - t0
-    order = np.argsort(gmm.means_.ravel())
+    order = np.argsort(gmm.means)
     rank = np.empty_like(order)
     rank[order] = np.arange(components)
     if min_prob is not None and not 0 <= min_prob <= 1:
         raise InputError(f"--min-prob must be in [0, 1], not {min_prob}")
     from cryoframe.algorithms._gmm_kernels import kernel_params
 
-    # label = argmax_k log(w_k N(x; mu_k, var_k)): no exp/log unless --min-prob needs the posterior
-    cst, pc, mpc = kernel_params(gmm.weights_, gmm.means_, gmm.precisions_cholesky_)
+    # label = argmax_k log(w_k N(x; mu_k, var_k)) (first k on ties, as argmax), one component at a time over
+    # cache-sized blocks: no (n, K) temporaries, no exp/log unless --min-prob needs the posterior
+    cst, pc, mpc = kernel_params(gmm.weights, gmm.means, gmm.precisions_cholesky)
     labels = np.empty(len(v), dtype=np.int16)
-    step = 1 << 20  # bounded (n, K) temporaries
+    step = 1 << 16
+    m = min(len(v), step)
+    best, lp, lab = np.empty(m), np.empty(m), np.empty(m, dtype=np.int16)
     for a in range(0, len(v), step):
-        y = v[a : a + step, None] * pc - mpc
-        lp = cst - 0.5 * y * y
-        best = lp.argmax(axis=1)
-        lab = rank[best].astype(np.int16)
-        if min_prob is not None:
-            pb = 1.0 / np.exp(lp - lp[np.arange(len(best)), best][:, None]).sum(axis=1)
-            lab[pb < min_prob] = DROPPED
-        labels[a : a + step] = lab
+        x = v[a : a + step]
+        nb = len(x)
+        bb, tb, lb = best[:nb], lp[:nb], lab[:nb]
+        for j in range(components):
+            np.multiply(x, pc[j], out=tb)
+            tb -= mpc[j]
+            np.square(tb, out=tb)
+            tb *= -0.5
+            tb += cst[j]
+            if j == 0:
+                bb[...] = tb
+                lb[...] = rank[0]
+            else:
+                better = tb > bb
+                np.copyto(bb, tb, where=better)
+                lb[better] = rank[j]
+        if min_prob is not None:  # max posterior = 1 / Σ_k exp(lp_k - lp_best)
+            tot = np.zeros(nb)
+            for j in range(components):
+                y = x * pc[j] - mpc[j]
+                tot += np.exp(cst[j] - 0.5 * y * y - bb)
+            lb[1.0 / tot < min_prob] = DROPPED
+        labels[a : a + nb] = lb
     info = {
-        "weights": gmm.weights_[order].tolist(),
-        "means": gmm.means_.ravel()[order].tolist(),
-        "variances": gmm.covariances_.reshape(components, -1)[:, 0][order].tolist(),
-        "log_likelihood": float(gmm.lower_bound_),
-        "n_iter": int(gmm.n_iter_),
-        "converged": bool(gmm.converged_),
+        "weights": gmm.weights[order].tolist(),
+        "means": gmm.means[order].tolist(),
+        "variances": gmm.variances[order].tolist(),
+        "log_likelihood": float(gmm.lower_bound),
+        "n_iter": int(gmm.n_iter),
+        "converged": bool(gmm.converged),
         "fit_seconds": fit_seconds,
     }
     return labels, gmm, info
@@ -133,26 +157,6 @@ def _collect(frame: Any, n: int) -> np.ndarray:
     return out
 
 
-def _preload(gmm: bool, plots: bool) -> None:
-    """Import what the later phases need in a daemon thread, overlapping the Parquet read and the
-    GMM's E-steps (both release the GIL): sklearn for the fit, matplotlib/scipy for the plots."""
-    import importlib
-    import threading
-
-    mods = (["cryoframe.algorithms.gmm", "sklearn.cluster"] if gmm else []) + \
-        (["matplotlib.figure", "matplotlib.backends.backend_agg", "scipy.spatial.transform"] if plots else [])
-
-    def run() -> None:
-        for m in mods:
-            try:
-                importlib.import_module(m)
-            except Exception:  # noqa: BLE001 - the phase that needs it imports it again and reports
-                return
-
-    if mods:
-        threading.Thread(target=run, name="cryoframe-preload", daemon=True).start()
-
-
 def _first_true(mask: np.ndarray, count: int, step: int = 1 << 20) -> np.ndarray:
     """Positions of the first ``count`` True entries of ``mask`` (no full-length index array)."""
     out, found = [], 0
@@ -175,7 +179,7 @@ def _read_column(store: ParticleStore, name: str) -> np.ndarray:
         col = t.column(0)
         for ch in col.chunks:  # numeric chunks without nulls: straight into ``out`` (no float64 temporary)
             if ch.null_count == 0 and (pa.types.is_floating(ch.type) or pa.types.is_integer(ch.type)):
-                out[pos : pos + len(ch)] = ch.to_numpy(zero_copy_only=False)
+                out[pos : pos + len(ch)] = numeric_values(ch)
             else:
                 out[pos : pos + len(ch)] = pc.cast(ch, pa.float64()).to_numpy(zero_copy_only=False)
             pos += len(ch)
@@ -253,61 +257,64 @@ def subset(
     import time
 
     clock = {"start": time.perf_counter()}
-    _preload(mode == "gmm", plots)
-    identity = initial is None and _is_field(by, stat, fields)
-    if identity:  # the statistic is a column: read it straight from Parquet (no dataframe graph)
-        values = _read_column(store, fields[0])
-    else:
-        frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
-                                 project_dir=project_dir)
-        values = _collect(frame, store.n)
-    clock["read"] = time.perf_counter()
-    n = len(values)
-    step = 1 << 22  # count non-finite values in chunks: no n-byte mask unless some are missing
-    n_missing = sum(int(np.count_nonzero(~np.isfinite(values[a : a + step]))) for a in range(0, n, step))
-    finite = np.isfinite(values) if n_missing else None
-    if n_missing and on_missing == "error":
-        raise InputError(f"{n_missing} of {n} particles have no finite value of {by} (field "
-                         f"{', '.join(fields)}); choose --on-missing drop or separate")
-    v = values if not n_missing else values[finite]
-    if v.size == 0:
-        raise InputError(f"no particle has a finite value of {by}")
-    gmm_info: dict[str, Any] | None = None
-    model = None
-    if mode == "gmm":
-        lab, model, gmm_info = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
-        n_sets = components
-    else:
-        lab = _labels_thresholds(v, thresholds)
-        n_sets = len(thresholds) + 1
-    clock["fit_and_label"] = time.perf_counter()
-    if n_missing:
-        labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
-        labels[finite] = lab
-        del finite
-    else:
-        labels = lab
-    n_dropped = int((labels == DROPPED).sum())
-    n_dropped_prob = int((lab == DROPPED).sum())
+    import contextlib
 
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        summary = _write_outputs(store, tmp, out, labels, values, n_sets, by=by, stat_fields=fields, mode=mode,
-                                 initial=initial, params={
-                                     "statistic": by, "mode": mode, "components": components if mode == "gmm" else None,
-                                     "min_prob": min_prob, "thresholds": list(thresholds) if mode == "thresholds"
-                                     else None, "class_indices": list(class_indices) if class_indices else None,
-                                     "class_agg": class_agg, "on_missing": on_missing, "seed": seed, "tol": tol,
-                                     "max_iter": max_iter, "initial": str(initial.path) if initial else None},
-                                 export_format=export_format, plots=plots, gmm_info=gmm_info,
-                                 identity=identity)
-        clock["write_and_plots"] = time.perf_counter()
-        steps = list(clock)
-        summary["timing_s"] = {k: round(clock[k] - clock[p], 4) for p, k in zip(steps, steps[1:], strict=False)}
-        summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
-                       unit=stat.unit, description=stat.description)
-        write_json_atomic(tmp / "summary.json", summary)
-    res = SubsetResult(out=out, summary=summary, model=model)
+    with contextlib.ExitStack() as stack:  # the plot worker starts now: matplotlib loads while we read and fit
+        worker = stack.enter_context(PlotWorker()) if plots else None
+        identity = initial is None and _is_field(by, stat, fields)
+        if identity:  # the statistic is a column: read it straight from Parquet (no dataframe graph)
+            values = _read_column(store, fields[0])
+        else:
+            frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
+                                     project_dir=project_dir)
+            values = _collect(frame, store.n)
+        clock["read"] = time.perf_counter()
+        n = len(values)
+        step = 1 << 22  # count non-finite values in chunks: no n-byte mask unless some are missing
+        n_missing = sum(int(np.count_nonzero(~np.isfinite(values[a : a + step]))) for a in range(0, n, step))
+        finite = np.isfinite(values) if n_missing else None
+        if n_missing and on_missing == "error":
+            raise InputError(f"{n_missing} of {n} particles have no finite value of {by} (field "
+                             f"{', '.join(fields)}); choose --on-missing drop or separate")
+        v = values if not n_missing else values[finite]
+        if v.size == 0:
+            raise InputError(f"no particle has a finite value of {by}")
+        gmm_info: dict[str, Any] | None = None
+        model = None
+        if mode == "gmm":
+            lab, model, gmm_info = _labels_gmm(v, components, min_prob, seed, tol, max_iter, device)
+            n_sets = components
+        else:
+            lab = _labels_thresholds(v, thresholds)
+            n_sets = len(thresholds) + 1
+        clock["fit_and_label"] = time.perf_counter()
+        if n_missing:
+            labels = np.full(n, MISSING if on_missing == "separate" else DROPPED, dtype=np.int16)
+            labels[finite] = lab
+            del finite
+        else:
+            labels = lab
+        n_dropped = int((labels == DROPPED).sum())
+        n_dropped_prob = int((lab == DROPPED).sum())
+
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            summary = _write_outputs(store, tmp, out, labels, values, n_sets, by=by, stat_fields=fields, mode=mode,
+                                     initial=initial, params={
+                                         "statistic": by, "mode": mode, "components": components if mode == "gmm" else None,
+                                         "min_prob": min_prob, "thresholds": list(thresholds) if mode == "thresholds"
+                                         else None, "class_indices": list(class_indices) if class_indices else None,
+                                         "class_agg": class_agg, "on_missing": on_missing, "seed": seed, "tol": tol,
+                                         "max_iter": max_iter, "initial": str(initial.path) if initial else None},
+                                     export_format=export_format, plots=worker, gmm_info=gmm_info,
+                                     identity=identity)
+            clock["write_and_plots"] = time.perf_counter()
+            steps = list(clock)
+            summary["timing_s"] = {k: round(clock[k] - clock[p], 4) for p, k in zip(steps, steps[1:], strict=False)}
+            summary.update(n_input=n, n_dropped=n_dropped, n_dropped_min_prob=n_dropped_prob, n_missing=n_missing,
+                           unit=stat.unit, description=stat.description)
+            write_json_atomic(tmp / "summary.json", summary)
+    res = SubsetResult(out=out, summary=summary, fit=model)
     res.sets = [ParticleStore(out / s["path"]) for s in summary["sets"]]
     if (out / "dropped.cf").exists():
         res.dropped = ParticleStore(out / "dropped.cf")
@@ -318,7 +325,7 @@ def subset(
 
 def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarray, values: np.ndarray, n_sets: int,
                    *, by: str, stat_fields: list[str], mode: str, initial: ParticleStore | None,
-                   params: dict[str, Any], export_format: str | None, plots: bool,
+                   params: dict[str, Any], export_format: str | None, plots: PlotWorker | None,
                    gmm_info: dict[str, Any] | None, identity: bool = False) -> dict[str, Any]:
     names = {k: f"set_{k:03d}.cf" for k in range(n_sets)}
     if (labels == DROPPED).any():
@@ -327,12 +334,15 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
         names[MISSING] = "missing.cf"
     from cryoframe.storage.view import read_rows, write_view
 
+    per_set = _set_stats(values, labels, n_sets)
+    if plots is not None:  # the histogram is drawn (in the plot worker) while the views are written
+        (tmp / "plots").mkdir()
+        _histogram_plot(plots, tmp / "plots", values, per_set, by, params, gmm_info)
     # every output is a view of ``store``: a selection + what the job adds (no metadata copy)
     stat_col = stat_fields[0] if identity else "subset/statistic"
     computed = {"subset/probability": {"op": "gmm_max_posterior", "of": stat_col, **{
         k: gmm_info[k] for k in ("weights", "means", "variances")}}} if gmm_info is not None else None
     has_pose = "alignments3D/pose" in store.fields
-    poses: dict[int, list[np.ndarray]] = {k: [] for k in range(n_sets)}
     stores = {}
     for k, nm in names.items():
         mask = labels == k
@@ -340,16 +350,19 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
         if not identity:
             from cryoframe.schema.types import arrow_field
 
-            added = pa.Table.from_arrays([pa.array(values[mask])],
+            added = pa.Table.from_arrays([numeric_array(values[mask])],
                                          schema=pa.schema([arrow_field("subset/statistic", np.dtype("<f8"))]))
         stores[k] = write_view(tmp / nm, store, mask, op="subset", params={**params, "set": k if k >= 0 else nm[:-3]},
                                added=added, computed=computed, inputs=[initial] if initial is not None else [])
-        if has_pose and plots and k >= 0 and mask.any():
+        if has_pose and plots is not None and k >= 0 and mask.any():
+            from cryoframe.plot.figures import viewing_directions_from_rotvec
+
             first = _first_true(mask, 200_000)
             col = read_rows(store, first, ["alignments3D/pose"]).column(0)
-            poses[k].append(col.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, 3))
+            az, el = viewing_directions_from_rotvec(numeric_values(col).reshape(-1, 3))
+            plots.add("viewing_png", stem=tmp / "plots" / f"viewing_set_{k:03d}", azimuth_deg=az, elevation_deg=el,
+                      title=f"set {k}: viewing directions")
     sets = []
-    per_set = _set_stats(values, labels, n_sets)
     for k in range(n_sets):
         entry = {"index": k, **per_set[k], "path": names[k]}
         if export_format:
@@ -364,44 +377,32 @@ def _write_outputs(store: ParticleStore, tmp: Path, out: Path, labels: np.ndarra
                                "sets": sets, "dropped_path": names.get(DROPPED), "missing_path": names.get(MISSING)}
     if gmm_info is not None:
         summary["gmm"] = gmm_info
-    if plots:
-        summary["plots"] = _plots(tmp / "plots", values, sets, by, params, gmm_info, poses)
+    if plots is not None:
+        summary["plots"] = plots.wait()
     return summary
 
 
-def _plots(pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], by: str, params: dict[str, Any],
-           gmm_info: dict[str, Any] | None, poses: dict[int, list[np.ndarray]]) -> list[str]:
-    from cryoframe.plot import quick
-    from cryoframe.plot.figures import viewing_directions_from_rotvec
-
-    pdir.mkdir()
-    fin = np.isfinite(values)
-    n_fin = int(fin.sum())
+def _histogram_plot(plots: PlotWorker, pdir: Path, values: np.ndarray, set_summaries: list[dict[str, Any]], by: str,
+                    params: dict[str, Any], gmm_info: dict[str, Any] | None) -> None:
+    """Counts in 100 bins over the 0.05-99.95 % quantile range (of a 200k sample), set ranges and the
+    fitted components, handed to the plot worker."""
+    n = len(values)
     rng = np.random.default_rng(0)
-    sample = values[rng.integers(0, len(values), min(len(values), 2_000_000))] if len(values) > 2_000_000 else values
+    sample = values[rng.integers(0, n, 200_000)] if n > 200_000 else values
     sample = sample[np.isfinite(sample)]
     lo, hi = np.quantile(sample, [0.0005, 0.9995]) if sample.size > 100 else (sample.min(), sample.max())
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     counts = np.zeros(100, dtype=np.int64)
     edges = np.linspace(lo, hi, 101)
-    for a in range(0, len(values), 4_000_000):
-        c = values[a : a + 4_000_000]
-        c = np.clip(c[np.isfinite(c)], lo, hi)
-        counts += np.histogram(c, bins=100, range=(lo, hi))[0]
-    bounds = []
-    for e in set_summaries:
-        if e["count"]:
-            bounds.append((e["min"], e["max"]))
+    n_fin = 0
+    for a in range(0, n, 1 << 22):
+        c = values[a : a + (1 << 22)]
+        c = c[np.isfinite(c)] if not np.isfinite(c.sum()) else c
+        n_fin += len(c)
+        counts += np.histogram(np.clip(c, lo, hi), bins=100, range=(lo, hi))[0]
+    bounds = [(e["min"], e["max"]) for e in set_summaries if e["count"]]
     gmm = {k: gmm_info[k] for k in ("weights", "means", "variances")} if gmm_info else None
-    written = [p.name for p in quick.histogram_png(pdir / "histogram", counts, edges, xlabel=by,
-                                                    title=f"{by}: {len(values)} particles", gmm=gmm,
-                                                    thresholds=params.get("thresholds"), set_bounds=bounds,
-                                                    n_total=n_fin)]
-    for k, parts in poses.items():
-        if not parts:
-            continue
-        az, el = viewing_directions_from_rotvec(np.concatenate(parts))
-        written += [p.name for p in quick.viewing_png(pdir / f"viewing_set_{k:03d}", az, el,
-                                                      title=f"set {k}: viewing directions")]
-    return written
+    plots.add("histogram_png", stem=pdir / "histogram", counts=counts, edges=edges, xlabel=by,
+              title=f"{by}: {n} particles", gmm=gmm, thresholds=params.get("thresholds"), set_bounds=bounds,
+              n_total=n_fin)

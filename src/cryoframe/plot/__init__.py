@@ -5,14 +5,7 @@ imported only when a figure is built or saved.  Figures are HoloViews objects; :
 writes them as PNG (matplotlib, headless) and self-contained HTML (bokeh, resources inline).
 """
 
-from cryoframe.plot.figures import (
-    PALETTE,
-    gallery_figure,
-    histogram_figure,
-    save_figure,
-    viewing_direction_figure,
-    viewing_directions_from_rotvec,
-)
+from typing import Any
 
 __all__ = [
     "PALETTE",
@@ -22,3 +15,11 @@ __all__ = [
     "viewing_direction_figure",
     "viewing_directions_from_rotvec",
 ]
+
+
+def __getattr__(name: str) -> Any:  # lazy: the plot worker imports plot.quick without the HoloViews side
+    if name in __all__:
+        from cryoframe.plot import figures
+
+        return getattr(figures, name)
+    raise AttributeError(name)

@@ -178,7 +178,7 @@ def viewing_directions_from_rotvec(pose: np.ndarray) -> tuple[np.ndarray, np.nda
     [-90, 90]; equivalently azimuth = RELION rot and elevation = 90 - RELION tilt.  Non-finite poses give
     NaN.
     """
-    from scipy.spatial.transform import Rotation
+    from cryoframe.geometry.rotations import pose_direction
 
     pose = np.asarray(pose, dtype=np.float64)
     if pose.ndim == 1 and pose.size == 3:
@@ -189,7 +189,7 @@ def viewing_directions_from_rotvec(pose: np.ndarray) -> tuple[np.ndarray, np.nda
     el = np.full(len(pose), np.nan)
     ok = np.all(np.isfinite(pose), axis=1)
     if ok.any():
-        d = Rotation.from_rotvec(pose[ok]).as_matrix()[:, :, 2]
+        d = pose_direction(pose[ok])
         az[ok] = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
         el[ok] = np.degrees(np.arcsin(np.clip(d[:, 2], -1.0, 1.0)))
     return az, el

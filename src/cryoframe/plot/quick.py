@@ -39,7 +39,7 @@ def _write(fig: Any, stem: Path, title: str, data: dict[str, Any]) -> list[Path]
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})  # zlib level 6 costs 30 ms more
     png = buf.getvalue()
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
             f"<body><h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
@@ -99,7 +99,7 @@ def histogram_png(stem: str | os.PathLike[str], counts: np.ndarray, edges: np.nd
     ax.set(xlim=(lo, hi), ylim=(0, ymax), xlabel=xlabel, ylabel="particles per bin", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.075, right=0.73, bottom=0.12, top=0.92)  # fixed: tight_layout costs 0.2 s a figure
     data = {"counts": counts.tolist(), "edges": edges.tolist(), "xlabel": xlabel, "gmm": gmm,
             "thresholds": ths, "set_bounds": [list(b) for b in (set_bounds or [])], "n_total": n}
     return _write(fig, Path(stem), title or xlabel, data)
@@ -117,14 +117,14 @@ def viewing_png(stem: str | os.PathLike[str], azimuth_deg: np.ndarray, elevation
     z = h.T.copy()
     z[z == 0] = np.nan
     fig = _figure(8.0, 4.0)
+    fig.subplots_adjust(left=0.09, right=0.97, bottom=0.13, top=0.91)
     ax = fig.add_subplot(1, 1, 1)
     peak = float(np.nanmax(z)) if np.isfinite(z).any() else 1.0
     im = ax.pcolormesh(xe, ye, z, cmap="viridis", norm=LogNorm(vmin=1.0, vmax=max(peak, 2.0)))
     ax.set_facecolor("#f2f2f2")
-    fig.colorbar(im, ax=ax, label="particles per bin")
+    fig.colorbar(im, ax=ax, label="particles per bin", format="%g")  # plain labels: no mathtext parsing
     title = title or f"viewing directions ({int(ok.sum()):,} particles)"
     ax.set(xlim=(-180, 180), ylim=(-90, 90), xlabel="azimuth (°)", ylabel="elevation (°)", title=title,
            xticks=[-180, -120, -60, 0, 60, 120, 180], yticks=[-90, -60, -30, 0, 30, 60, 90])
-    fig.tight_layout()
     return _write(fig, Path(stem), title, {"counts": h.T.tolist(), "azimuth_edges": xe.tolist(),
                                            "elevation_edges": ye.tolist()})

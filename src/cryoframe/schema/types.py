@@ -19,6 +19,8 @@ __all__ = [
     "INTERNAL_PREFIX",
     "arrow_field",
     "arrow_to_numpy",
+    "numeric_array",
+    "numeric_values",
     "is_canonical",
     "is_internal",
     "is_relion_label",
@@ -123,6 +125,47 @@ def numpy_dtype_of(field: pa.Field) -> tuple[np.dtype, tuple[int, ...]]:
     return np.dtype(t.to_pandas_dtype()), shape
 
 
+_NUMERIC = {pa.float16(): np.float16, pa.float32(): np.float32, pa.float64(): np.float64, pa.int8(): np.int8,
+            pa.int16(): np.int16, pa.int32(): np.int32, pa.int64(): np.int64, pa.uint8(): np.uint8,
+            pa.uint16(): np.uint16, pa.uint32(): np.uint32, pa.uint64(): np.uint64}
+
+
+def numeric_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The values of a numeric (or fixed-size list of numeric) Arrow column without nulls as NumPy:
+    a zero-copy view of the data buffer for one chunk (rows × list size for vectors, flattened).
+
+    pyarrow's own ``to_numpy`` imports pandas on first use (0.3-0.7 s), which would cost a
+    ``subset`` or ``query`` run more than its work; other types and columns with nulls go through
+    ``to_numpy`` all the same."""
+    if isinstance(col, pa.ChunkedArray):
+        if col.num_chunks != 1:
+            parts = [numeric_values(c) for c in col.chunks]
+            return np.concatenate(parts) if parts else np.empty(0, _NUMERIC.get(col.type, np.float64))
+        col = col.chunk(0)
+    width, arr = 1, col
+    if pa.types.is_fixed_size_list(col.type) and col.null_count == 0:
+        width = col.type.list_size
+        arr = col.values.slice(col.offset * width, len(col) * width)
+    dt = _NUMERIC.get(arr.type)
+    if dt is None or arr.null_count:
+        return (col.flatten() if width > 1 else col).to_numpy(zero_copy_only=False)
+    return np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * np.dtype(dt).itemsize)
+
+
+_ARROW_OF = {np.dtype(v): k for k, v in _NUMERIC.items()}
+
+
+def numeric_array(values: np.ndarray) -> pa.Array:
+    """A 1-D numeric NumPy array as an Arrow array sharing its memory (``pa.array`` would import
+    pandas, see :func:`numeric_values`); other inputs go through ``pa.array``."""
+    v = np.asarray(values)
+    t = _ARROW_OF.get(v.dtype.newbyteorder("=")) if v.dtype.isnative else None
+    if v.ndim != 1 or t is None:
+        return pa.array(v)
+    v = np.ascontiguousarray(v)
+    return pa.Array.from_buffers(t, len(v), [None, pa.py_buffer(v)])
+
+
 def arrow_to_numpy(col: pa.Array | pa.ChunkedArray, dt: np.dtype, shape: tuple[int, ...] = ()) -> np.ndarray:
     """Convert an Arrow column back to NumPy with dtype ``dt`` and sub-array ``shape``.
 
@@ -139,11 +182,11 @@ def arrow_to_numpy(col: pa.Array | pa.ChunkedArray, dt: np.dtype, shape: tuple[i
     if pa.types.is_fixed_size_list(col.type):
         if col.null_count:
             raise SchemaError("vector column has missing values")
-        flat = col.flatten().to_numpy(zero_copy_only=False)
+        flat = numeric_values(col)
         out = flat.reshape((n,) + (shape or (col.type.list_size,)))
     else:
         if col.null_count:
             raise SchemaError(f"column has {col.null_count} missing values; cannot write dtype {dt.str}")
-        out = col.to_numpy(zero_copy_only=False)
+        out = numeric_values(col) if not pa.types.is_boolean(col.type) else col.to_numpy(zero_copy_only=False)
     res: np.ndarray = out.astype(dt, copy=False)
     return res

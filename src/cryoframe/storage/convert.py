@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import overload
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 import numpy as np
-import pandas as pd
 
 from cryoframe.errors import FormatError
 from cryoframe.schema import field_dictionary, field_spec, optics_labels
@@ -37,7 +36,10 @@ __all__ = [
 PATH_PREFIX = ">"  # cryoSPARC marks paths of files it imported (`>J1/imported/x.mrcs`); one per value
 
 
-Column = np.ndarray | pd.Series | list[str] | list[bytes]
+if TYPE_CHECKING:  # pandas is imported where it is used: ``subset``/``query`` reach this module and need none
+    import pandas as pd
+
+Column: TypeAlias = "np.ndarray | pd.Series | list[str] | list[bytes]"
 """A column of paths: a numpy array (``S`` or object), a pandas Series, or a list."""
 
 
@@ -51,6 +53,8 @@ def strip_path_prefix(values: str | Column) -> str | np.ndarray:
     A whole column at once (bytes decoded as UTF-8; returns an object array of ``str``), or one
     ``str``.  ``">>a"`` becomes ``">a"``; a ``>`` elsewhere in the path is kept.
     """
+    import pandas as pd
+
     if isinstance(values, str):
         return values.removeprefix(PATH_PREFIX)
     s = pd.Series(np.asarray(values))
@@ -62,6 +66,8 @@ def strip_path_prefix(values: str | Column) -> str | np.ndarray:
 
 def has_path_prefix(values: Column) -> bool:
     """True when any value (the whole column, not a sample) starts with cryoSPARC's ``>``."""
+    import pandas as pd
+
     a = np.asarray(values)
     if a.dtype.kind == "S":
         return bool(np.char.startswith(a, PATH_PREFIX.encode()).any())
@@ -90,6 +96,8 @@ def euler_to_rotvec(angles: np.ndarray) -> np.ndarray:
 
 def parse_image_names(names: pd.Series, source: str) -> tuple[np.ndarray, np.ndarray]:
     """``NNNNNN@path`` -> (0-based index, path); a name without '@' is image 0 of that file."""
+    import pandas as pd
+
     s = names.astype(str)
     parts = s.str.split("@", n=1, expand=True)
     if parts.shape[1] == 1:
@@ -361,6 +369,8 @@ def canonical_to_relion(cols: dict[str, np.ndarray], n: int, *, extra_fields: bo
 
 def split_optics(labels: dict[str, np.ndarray], n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group per-particle optics labels into a RELION 3.1 optics table; returns (optics, particles)."""
+    import pandas as pd
+
     opt_names = [k for k in labels if k in optics_labels() and k != "rlnOpticsGroup"]
     part = {k: v for k, v in labels.items() if k not in optics_labels() or k == "rlnOpticsGroup"}
     group = labels.get("rlnOpticsGroup", np.ones(n, dtype=np.int64))

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cryoframe.errors import InputError, StoreError
+from cryoframe.schema.types import numeric_array, numeric_values
 from cryoframe.storage.atomic import check_output, replace_into, temp_path, write_json_atomic
 from cryoframe.storage.manifest import FORMAT_VERSION, lineage_step
 
@@ -244,7 +245,7 @@ class ViewReader:
         parts = []
         for p in pieces:
             t = pq.ParquetFile(p.file).read_row_group(p.row_group, columns=rcols)
-            parts.append(t if p.local is None else t.take(pa.array(p.local)))
+            parts.append(t if p.local is None else t.take(numeric_array(p.local)))
         cols: dict[str, pa.ChunkedArray | pa.Array] = {}
         if parts:
             tbl = pa.concat_tables(parts)
@@ -258,8 +259,8 @@ class ViewReader:
             cols.update({c: at.column(c) for c in acols})
         for c in comp:
             spec = self.computed[c]
-            x = cols[spec["of"]].to_numpy().astype(np.float64) if n else np.empty(0)
-            cols[c] = pa.array(_COMPUTE[spec["op"]](x, spec) if n else np.empty(0, np.float32))
+            x = numeric_values(cols[spec["of"]]).astype(np.float64) if n else np.empty(0)
+            cols[c] = numeric_array(_COMPUTE[spec["op"]](x, spec) if n else np.empty(0, np.float32))
         fields = [self.schema.field(c) for c in want]
         return pa.Table.from_arrays([cols[c] for c in want], schema=pa.schema(fields, metadata=self.schema.metadata))
 
@@ -351,7 +352,7 @@ def read_rows(store: ParticleStore, positions: np.ndarray, columns: Sequence[str
         names = [f["name"] for f in store.manifest["fields"]]
         return ViewReader(store, pos, names).table(columns)
     v = store.view
-    added = v._added(tuple(sorted(v.added_names))).take(pa.array(pos)) if v.added_names else None
+    added = v._added(tuple(sorted(v.added_names))).take(numeric_array(pos)) if v.added_names else None
     return ViewReader(v.root, v.pos[pos], list(v.schema.names), added=added, computed=v.computed).table(columns)
 
 
@@ -407,7 +408,7 @@ def write_view(
         root = pv.root
         carried = [c for c in sorted(pv.added_names) if c in fields and (added is None or c not in added.column_names)]
         if carried:
-            base = pv._added(tuple(carried)).take(pa.array(pos))
+            base = pv._added(tuple(carried)).take(numeric_array(pos))
             if added is not None:
                 for c in added.column_names:
                     base = base.append_column(added.schema.field(c), added.column(c))
