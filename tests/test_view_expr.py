@@ -219,3 +219,21 @@ def test_lasso_histogram_range_and_gmm_set_select_what_query_selects(store, tmp_
     assert np.percentile(score, 10) < lo < np.median(score) and hi == pytest.approx(score.max(), rel=1e-6)  # upper mode
     assert 0 < app.sel.count < store.n
     assert app.sel.count == len(api.query(store, app.where.value, columns=["uid"]))
+
+
+def test_columns_load_into_one_buffer_equal_to_the_table_and_masks_of_old_terms_are_dropped(store, tmp_path):
+    data = ViewData(store)
+    for f in (X, "alignments3D/class", "uid"):
+        col = data.column(f)
+        ref = store.table([f]).column(0).to_numpy()
+        assert col.type == store.schema.field(f).type and np.array_equal(col.to_numpy(), ref)
+    # a view store (selection of its parent) reads the same way
+    sub = api.query(store, "`alignments3D/class` == 1", out=tmp_path / "v.cf")
+    vd = ViewData(sub)
+    assert np.array_equal(vd.column(X).to_numpy(), sub.table([X]).column(0).to_numpy())
+    sel = Selection(data)
+    for q in (11000.0, 12000.0, 13000.0):
+        sel.set_term("typed", f"`{X}` < {q}")
+    sel.set_term("box", format_range(Y, 9000, 10500))
+    assert set(sel._cache) == {f"`{X}` < 13000.0", format_range(Y, 9000, 10500)}  # only the terms in use
+    assert sel.count == len(query_frame(store, f"(`{X}` < 13000.0) and ({format_range(Y, 9000, 10500)})"))

@@ -32,17 +32,21 @@ __all__ = ["compute", "map_partitions", "sum_reduce", "tree_reduce"]
 
 def compute(*graphs: Any) -> tuple[Any, ...]:
     """``dask.compute(*graphs)`` with the active scheduler.  When none is configured and
-    ``distributed`` was never imported (so no Client can exist), the threaded scheduler -- dask's
-    default -- is named explicitly: dask would otherwise import ``distributed`` (about 0.25 s, a
-    quarter of a small job's start-up) only to find that there is no client."""
+    ``distributed`` was never imported (so no Client can exist), the local scheduler configured by
+    name (threads -- dask's default --, processes, synchronous) is passed as its callable: dask would
+    otherwise import ``distributed`` (about 0.25 s, a quarter of a small job's start-up) only to
+    find that there is no client."""
     import sys
 
     import dask
 
-    if "distributed" not in sys.modules and dask.config.get("scheduler", None) is None:
-        import dask.threaded  # a callable: a scheduler *name* makes dask import distributed to look for a client
+    name = dask.config.get("scheduler", None)
+    if "distributed" not in sys.modules and (name is None or isinstance(name, str)):
+        from dask.base import named_schedulers  # callables: a *name* makes dask import distributed to look for a client
 
-        return tuple(dask.compute(*graphs, scheduler=dask.threaded.get))
+        get = named_schedulers.get("threads" if name is None else name.lower())
+        if get is not None:
+            return tuple(dask.compute(*graphs, scheduler=get))
     return tuple(dask.compute(*graphs))
 
 FAN_IN = 8

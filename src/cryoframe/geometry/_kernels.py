@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "extract", "insert", "insert_ctf"]
+__all__ = ["HAVE_NUMBA", "extract", "insert", "insert_ctf", "preload"]
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _jit: dict[str, Any] = {}
@@ -254,3 +254,27 @@ def insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
                                          np.cos(2 * ang), np.sin(2 * ang),
                                          np.ascontiguousarray(f.real, dtype=np.float32),
                                          np.ascontiguousarray(f.imag, dtype=np.float32), par, acc)
+
+
+def preload(name: str = "insert_ctf") -> None:
+    """Import numba and load kernel ``name`` from numba's disk cache in a daemon thread (about 1 s in
+    a fresh process), so a job can read its metadata and images meanwhile; a caller that needs the
+    kernel first simply waits on numba's compiler lock.  Called on tiny inputs of the dtypes the
+    real calls use, so the same compiled signature is loaded."""
+    if not HAVE_NUMBA or name in _jit:
+        return
+    import threading
+
+    def run() -> None:
+        from cryoframe.geometry.fourier import image_freqs, new_sums
+
+        kx, ky, flat = image_freqs(4)
+        rot = np.eye(3)[None] * 2.0
+        fimg = np.zeros((1, 4, 3), np.complex64)
+        if name == "insert_ctf":
+            insert_ctf(new_sums(4, 2, np, dtype=np.float32), rot, kx, ky, flat, 4, 1.0, fimg, None,
+                       np.zeros((1, 2)), np.ones(1))
+        elif name == "insert":
+            insert(new_sums(4, 2, np, dtype=np.float32), rot, kx, ky, flat, fimg, None, np.ones(1))
+
+    threading.Thread(target=run, name=f"cryoframe-numba-{name}", daemon=True).start()

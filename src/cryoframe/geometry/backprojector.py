@@ -98,7 +98,10 @@ def map_from_sums(sums: Any, box: int, pad: int = 2, reg: np.ndarray | float | N
     else:
         denom = weight + xp.asarray(np.asarray(reg, dtype=np.float64))[shc]
     inside = xp.asarray(_within(size, pad, float(r_max))) & (denom > 0)
-    f = (dre + 1j * dim) * xp.where(inside, 1.0 / xp.where(inside, denom, 1.0), 0.0)
+    inv = xp.where(inside, 1.0 / xp.where(inside, denom, 1.0), 0.0)
+    f = xp.empty(inv.shape, dtype=xp.complex64)  # sums stay float64; the map itself is single precision
+    f.real = dre * inv
+    f.imag = dim * inv
     unshifted = _irfftn(f, size, xp)
     idx = xp.asarray((np.arange(size // 2 - box // 2, size // 2 - box // 2 + box) - size // 2) % size)
     win = unshifted[idx][:, idx][:, :, idx]  # the central box of the fftshift-ed map, without shifting it all

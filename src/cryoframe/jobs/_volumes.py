@@ -12,6 +12,7 @@ import numpy as np
 from cryoframe.errors import FormatError, InputError
 from cryoframe.geometry.ctf import CTF_PARAMS
 from cryoframe.geometry.rotations import pose_matrix
+from cryoframe.schema.types import numeric_values
 from cryoframe.storage.atomic import atomic_path
 from cryoframe.storage.ctf import read_ctf_params
 from cryoframe.storage.store import ParticleStore
@@ -77,8 +78,8 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
                                  need="--ctf") if ctf else None
     box = store.box
     if "blob/shape" in fields:
-        shapes = store.table(["blob/shape"]).column(0).to_numpy(zero_copy_only=False)
-        shapes = np.stack(shapes) if shapes.dtype == object else np.asarray(shapes)
+        col = store.table(["blob/shape"]).column(0)
+        shapes = numeric_values(col).reshape(len(col), -1)
         u = np.unique(shapes.reshape(len(shapes), -1), axis=0) if len(shapes) else np.zeros((0, 2))
         if len(u) > 1:
             raise InputError(f"{store.path}: particles have mixed box sizes (blob/shape values "
@@ -90,7 +91,7 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
         raise InputError(f"{store.path}: unknown box size (no images and no blob/shape)")
     psize = store.psize_A
     if not psize and "blob/psize_A" in fields:
-        psize = float(store.table(["blob/psize_A"]).column(0).to_numpy()[0])
+        psize = float(numeric_values(store.table(["blob/psize_A"]).column(0))[0])
     if not psize:
         raise InputError(f"{store.path}: unknown pixel size (no psize_A in the manifest and no blob/psize_A)")
     cols = [POSE_FIELD] + [f for f in (SHIFT_FIELD, "alignments3D/psize_A", SPLIT_FIELD) if f in fields]
@@ -98,7 +99,7 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
 
     def vec(name: str, k: int) -> np.ndarray:
         col = t.column(name)
-        return np.asarray(col.combine_chunks().flatten().to_numpy(), dtype=np.float64).reshape(-1, k)
+        return np.asarray(numeric_values(col), dtype=np.float64).reshape(-1, k)
 
     pose = vec(POSE_FIELD, 3)
     if not np.all(np.isfinite(pose)):
@@ -109,11 +110,11 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
     if SHIFT_FIELD in fields:
         shifts = vec(SHIFT_FIELD, 2)
         if "alignments3D/psize_A" in fields:  # shifts are in px of the alignment's pixel size
-            pa = t.column("alignments3D/psize_A").to_numpy().astype(np.float64)
+            pa = numeric_values(t.column("alignments3D/psize_A")).astype(np.float64)
             pa = np.where(pa > 0, pa, psize)
             shifts = shifts * (pa / psize)[:, None]
     out["shifts_px"] = shifts
-    out["split"] = t.column(SPLIT_FIELD).to_numpy().astype(np.int64) if SPLIT_FIELD in fields else None
+    out["split"] = numeric_values(t.column(SPLIT_FIELD)).astype(np.int64) if SPLIT_FIELD in fields else None
     if ctf_params is not None:
         ctf_params.setdefault("phase_shift_rad", np.zeros(store.n))
     out["ctf"] = ctf_params

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from cryoframe.errors import InputError
 from cryoframe.schema import arrow_field, numpy_to_arrow
+from cryoframe.schema.types import numeric_values
 from cryoframe.storage.store import ParticleStore, StoreWriter
 
 __all__ = ["DEFAULTS", "class3d"]
@@ -126,7 +127,7 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
     if p["scale"] == "input":
         if "alignments3D/alpha" not in store.fields:
             raise InputError(f"{store.path}: --scale input needs alignments3D/alpha (use optimal or none)")
-        alpha = store.table(["alignments3D/alpha"]).column(0).to_numpy().astype(np.float64)
+        alpha = numeric_values(store.table(["alignments3D/alpha"]).column(0)).astype(np.float64)
     split = g["split"] if g["split"] is not None else random_split(n, p["seed"])
     if g["split"] is not None and (not np.all((split == 0) | (split == 1)) or split.min() == split.max()):
         raise InputError(f"{store.path}: {SPLIT_FIELD} must hold both halves 0 and 1")

@@ -20,6 +20,7 @@ import numpy as np
 from cryoframe.errors import InputError
 from cryoframe.geometry.symmetry import symmetry_matrices
 from cryoframe.jobs._volumes import SPLIT_FIELD, particle_geometry, read_map, write_map
+from cryoframe.schema.types import numeric_values
 from cryoframe.storage.atomic import atomic_path, check_output
 from cryoframe.storage.store import ParticleStore
 
@@ -59,6 +60,10 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
 
     t0 = time.perf_counter()
     final = check_output(out, overwrite)
+    if device == "cpu":  # numba loads the insertion kernel while the metadata and images are read
+        from cryoframe.geometry._kernels import preload
+
+        preload("insert_ctf")
     nsym = len(symmetry_matrices(symmetry))
     g = particle_geometry(store, ctf=ctf)
     box, psize = g["box"], g["psize_A"]
@@ -77,7 +82,7 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
     if weights is not None:
         if weights not in store.fields:
             raise InputError(f"{store.path}: --weights field {weights} not found")
-        w = store.table([weights]).column(0).to_numpy().astype(np.float64)
+        w = numeric_values(store.table([weights]).column(0)).astype(np.float64)
         if w.ndim != 1 or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise InputError(f"{store.path}: --weights {weights} must be one finite value >= 0 per particle")
     split = g["split"]
@@ -145,10 +150,11 @@ def _write_split_store(store: ParticleStore, path: Path, split: np.ndarray, seed
     import pyarrow as pa
 
     from cryoframe.schema import arrow_field
+    from cryoframe.schema.types import numeric_array
     from cryoframe.storage.store import StoreWriter
 
     t = store.table()
-    col = pa.array(split.astype("<u4"))
+    col = numeric_array(split.astype("<u4"))
     field = arrow_field(SPLIT_FIELD, np.dtype("<u4"), ())
     if SPLIT_FIELD in t.column_names:
         t = t.drop_columns([SPLIT_FIELD])

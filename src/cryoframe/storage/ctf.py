@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cryoframe.errors import InputError
+from cryoframe.schema.types import numeric_values
 
 if TYPE_CHECKING:
     from cryoframe.storage.store import ParticleStore
@@ -32,4 +33,4 @@ def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str 
         raise InputError(f"{store.path}: {need} needs field(s) {', '.join(missing)}; {hint}")
     keys = [*CTF_KEYS, *(k for k in OPTIONAL_CTF_KEYS if f"ctf/{k}" in store.fields)]
     t = store.table([f"ctf/{k}" for k in keys])
-    return {k: t.column(f"ctf/{k}").to_numpy().astype(np.float64) for k in keys}
+    return {k: numeric_values(t.column(f"ctf/{k}")).astype(np.float64) for k in keys}

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from cryoframe.errors import InputError, StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
+from cryoframe.schema.types import numeric_values
 from cryoframe.storage.atomic import check_output, replace_into, temp_path, write_json_atomic
 from cryoframe.storage.manifest import (
     FORMAT_VERSION,
@@ -438,7 +439,7 @@ class ParticleStore:
             return self.view.root.optics()
         if not self.manifest.get("optics"):
             return None
-        return pq.read_table(self.path / self.manifest["optics"])
+        return _read_parquet(self.path / self.manifest["optics"], None)
 
     # -- images ----------------------------------------------------------------------------
     def images_path(self) -> Path | None:
@@ -468,7 +469,7 @@ class ParticleStore:
         """Row of each particle (store order) in :meth:`image_array` (read once per store object;
         stores are immutable; the array is read-only)."""
         if self._image_rows is None:
-            rows = self.table([IMAGE_ROW]).column(0).to_numpy()
+            rows = numeric_values(self.table([IMAGE_ROW]).column(0))
             rows.flags.writeable = False
             self._image_rows = rows
         return self._image_rows

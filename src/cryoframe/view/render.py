@@ -142,16 +142,28 @@ def colour_counts(counts: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgba).view(np.uint32)[..., 0]
 
 
-def pose_bins(batches: Any, n_az: int = 72, n_el: int = 36) -> np.ndarray:
+def pose_bins(batches: Any, n_az: int = 72, n_el: int = 36, n: int | None = None) -> np.ndarray:
     """uint16 bin (elevation × ``n_az`` + azimuth) of each particle's viewing direction from batches of
-    cryoSPARC rotation vectors (n, 3); non-finite poses get ``n_az * n_el`` (not counted)."""
+    cryoSPARC rotation vectors (n, 3); non-finite poses get ``n_az * n_el`` (not counted).  With ``n``
+    (the total) the bins are written into one preallocated array (no list + concatenate copy)."""
     from cryoframe.plot import viewing_directions_from_rotvec
 
-    out = []
+    out: list[np.ndarray] = []
+    full = None if n is None else np.empty(n, np.uint16)
+    pos = 0
     for pose in batches:
         az, el = viewing_directions_from_rotvec(np.asarray(pose, dtype=np.float64).reshape(-1, 3))
         ia = np.clip(np.floor((az + 180.0) / 360.0 * n_az), 0, n_az - 1)
         ie = np.clip(np.floor((el + 90.0) / 180.0 * n_el), 0, n_el - 1)
         b = ie * n_az + ia
-        out.append(np.where(np.isfinite(b), b, n_az * n_el).astype(np.uint16))
+        b = np.where(np.isfinite(b), b, n_az * n_el).astype(np.uint16)
+        if full is None:
+            out.append(b)
+        else:
+            full[pos : pos + len(b)] = b
+        pos += len(b)
+    if full is not None:
+        if pos != n:
+            raise ValueError(f"pose_bins: {pos} poses for {n} particles")
+        return full
     return np.concatenate(out) if out else np.zeros(0, np.uint16)

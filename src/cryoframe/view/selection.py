@@ -103,9 +103,36 @@ class ViewData:
         if field not in self._cols:
             if field not in self.fields:
                 raise InputError(f"no field {field!r}; fields are: {', '.join(self.fields)}")
-            col = self._joined.column(field) if self._joined is not None else self.store.table([field]).column(0)
-            self._cols[field] = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            col = self._read_numeric(field) if self._joined is None else None
+            if col is None:
+                col = self._joined.column(field) if self._joined is not None else self.store.table([field]).column(0)
+                col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+            self._cols[field] = col
         return self._cols[field]
+
+    def _read_numeric(self, field: str) -> pa.Array | None:
+        """A numeric column without missing values read batch by batch into one NumPy buffer and shared
+        with Arrow (no second full-length copy: combining Parquet chunks would hold both, and Arrow's
+        allocator keeps the freed one, ~0.4 GB per float32 field at 1e8); None for other columns."""
+        from cryoframe.schema.types import numeric_array, numeric_values
+
+        t = self.store.schema.field(field).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            return None
+        out: np.ndarray | None = None
+        pos = 0
+        for b in self.store.iter_batches([field], batch_size=1 << 20):
+            for ch in b.column(0).chunks:
+                if ch.null_count:
+                    return None
+                v = numeric_values(ch)
+                if out is None:
+                    out = np.empty(self.n, dtype=v.dtype)
+                out[pos : pos + len(v)] = v
+                pos += len(v)
+        if out is None or pos != self.n:
+            return None
+        return numeric_array(out)
 
     def values(self, field: str) -> np.ndarray:
         """The field as float32 numpy (missing → NaN), for plotting."""
@@ -146,7 +173,7 @@ class ViewData:
                 batches: Any = [flat(self._joined.column(self.POSE))]
             else:
                 batches = (flat(b.column(0)) for b in self.store.iter_batches([self.POSE], 1 << 20))
-            self._pose = pose_bins(batches)
+            self._pose = pose_bins(batches, n=self.n)
         return self._pose
 
     def extent(self, field: str) -> tuple[float, float]:
@@ -263,8 +290,6 @@ class Selection:
 
     def _term_mask(self, text: str) -> np.ndarray:
         if text not in self._cache:
-            if len(self._cache) > 16:
-                self._cache.pop(next(iter(self._cache)))
             self._cache[text] = self.data.evaluate(text)
         return self._cache[text]
 
@@ -277,6 +302,9 @@ class Selection:
             for m in masks[1:]:
                 np.logical_and(mask, m, out=mask)
         self.terms, self.mask, self.count = terms, mask, int(np.count_nonzero(mask))
+        # keep only the masks of the terms in use (a new box re-evaluates the box alone); a replaced
+        # term's mask is n bytes (0.1 GB at 1e8 particles) that a session would otherwise pile up
+        self._cache = {v: self._cache[v] for v in terms.values() if v and v in self._cache}
 
     def set_term(self, key: str, text: str | None) -> None:
         """Replace (or, with None/empty, remove) one term; raise InputError and keep the old selection."""
