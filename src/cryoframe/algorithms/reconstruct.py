@@ -17,6 +17,7 @@ vectorised path (CuPy, or NumPy without numba) applies them as array operations.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -175,18 +176,30 @@ class Reconstructor:
             s = xp.asarray(total[h], dtype=xp.float64)
             fo.enforce_hermitian(s, xp)
             halves.append(s)
-        raw = [to_host(map_from_sums(s, b, pad, None, rm, xp)) for s in halves]
         both = halves[0] + halves[1]
+
+        def maps(jobs: list[tuple[Any, Any]]) -> list[np.ndarray]:
+            """Maps of (sums, regulariser) pairs; on the CPU in threads (the FFTs and the element-wise
+            NumPy work release the GIL), so the halves are formed side by side."""
+            def one(job: tuple[Any, Any]) -> np.ndarray:
+                return to_host(map_from_sums(job[0], b, pad, job[1], rm, xp))
+
+            if xp is not np or len(jobs) < 2:
+                return [one(j) for j in jobs]
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+                return list(pool.map(one, jobs))
+
         if isinstance(self.regulariser, str) and self.regulariser == "fsc":
+            raw = maps([(s, None) for s in halves])
             c0 = fsc(raw[0], raw[1])
             regs = [fsc_regulariser(c0, shell_mean_weight(s[..., 2], b, pad, xp), self.tau2_fudge) for s in halves]
             reg_all = fsc_regulariser(c0, shell_mean_weight(both[..., 2], b, pad, xp), self.tau2_fudge, full_map=True)
-            hm = [to_host(map_from_sums(s, b, pad, r, rm, xp)) for s, r in zip(halves, regs, strict=True)]
-            full = to_host(map_from_sums(both, b, pad, reg_all, rm, xp))
+            *hm, full = maps([*zip(halves, regs, strict=True), (both, reg_all)])
         else:
             reg = None if self.regulariser == "none" else float(self.regulariser)
-            hm = raw if reg is None else [to_host(map_from_sums(s, b, pad, reg, rm, xp)) for s in halves]
-            full = to_host(map_from_sums(both, b, pad, reg, rm, xp))
+            *hm, full = maps([*((s, reg) for s in halves), (both, reg)])
         self.half_maps_ = np.stack(hm).astype(np.float32)
         self.map_ = full.astype(np.float32)
         self.frequencies_ = shell_frequencies(b, self.psize_A)

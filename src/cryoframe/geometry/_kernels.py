@@ -57,10 +57,18 @@ def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, acc):  # noqa: ANN001, A
             fz = qz - z0
             for dz in range(2):
                 wz = fz if dz else 1.0 - fz
-                iz = (z0 + dz) % size
+                iz = z0 + dz
+                if iz < 0:
+                    iz += size
+                elif iz >= size:
+                    iz -= size
                 for dy in range(2):
                     wzy = wz * (fy if dy else 1.0 - fy)
-                    iy = (y0 + dy) % size
+                    iy = y0 + dy
+                    if iy < 0:
+                        iy += size
+                    elif iy >= size:
+                        iy -= size
                     for dx in range(2):
                         w = wzy * (fx if dx else 1.0 - fx)
                         ix = min(x0 + dx, hx - 1)
@@ -69,14 +77,21 @@ def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, acc):  # noqa: ANN001, A
                         acc[iz, iy, ix, 2] += w * vw
 
 
-def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc):  # noqa: ANN001, ANN202
+def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc, jx, jy, vx, vy):  # noqa: ANN001, ANN202
     # par[i] = (df_mean, df_half_diff, cos 2 angle, sin 2 angle, pi lambda, pi/2 Cs lambda^3,
     #           phase shift + arcsin(A), weight, shift x / box, shift y / box, use_ctf)
+    # The shift's phase exp(-2 pi i (kx sx + ky sy)) is separable: per image, exp(-2 pi i v sx) for the
+    # distinct kx values vx and exp(-2 pi i v sy) for the distinct ky values vy, then one complex product
+    # per frequency (jx/jy: each frequency's index in vx/vy) instead of a cos and a sin.
     n = rot.shape[0]
     m = kx.shape[0]
     size = acc.shape[0]
     hx = acc.shape[2]
     twopi = 2.0 * np.pi
+    exr = np.empty(vx.shape[0])
+    exi = np.empty(vx.shape[0])
+    eyr = np.empty(vy.shape[0])
+    eyi = np.empty(vy.shape[0])
     for i in range(n):
         wi = par[i, 7]
         if wi == 0.0:
@@ -97,15 +112,22 @@ def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc):  # no
         r11 = rot[i, 1, 1]
         r20 = rot[i, 2, 0]
         r21 = rot[i, 2, 1]
+        for t in range(vx.shape[0]):
+            exr[t] = np.cos(twopi * vx[t] * sx)
+            exi[t] = -np.sin(twopi * vx[t] * sx)
+        for t in range(vy.shape[0]):
+            eyr[t] = np.cos(twopi * vy[t] * sy)
+            eyi[t] = -np.sin(twopi * vy[t] * sy)
         for j in range(m):
             f = flat[j]
             c = 1.0
             if use_ctf:
                 d = dm + dd * (c2a[j] * ca + s2a[j] * sa)
                 c = np.sin(pl * d * s2[j] - pc * s2[j] * s2[j] + p0)
-            ph = -twopi * (kx[j] * sx + ky[j] * sy)
-            cp = np.cos(ph)
-            sp = np.sin(ph)
+            a = jx[j]
+            b = jy[j]
+            cp = exr[a] * eyr[b] - exi[a] * eyi[b]
+            sp = exr[a] * eyi[b] + exi[a] * eyr[b]
             ar = fre[i, f]
             ai = fim[i, f]
             vr = (ar * cp - ai * sp) * c * wi
@@ -127,10 +149,18 @@ def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc):  # no
             fz = qz - z0
             for dz in range(2):
                 wz = fz if dz else 1.0 - fz
-                iz = (z0 + dz) % size
+                iz = z0 + dz
+                if iz < 0:
+                    iz += size
+                elif iz >= size:
+                    iz -= size
                 for dy in range(2):
                     wzy = wz * (fy if dy else 1.0 - fy)
-                    iy = (y0 + dy) % size
+                    iy = y0 + dy
+                    if iy < 0:
+                        iy += size
+                    elif iy >= size:
+                        iy -= size
                     for dx in range(2):
                         w = wzy * (fx if dx else 1.0 - fx)
                         ix = min(x0 + dx, hx - 1)
@@ -170,10 +200,18 @@ def _extract_loop(rot, kx, ky, flat, gre, gim, ore, oim):  # noqa: ANN001, ANN20
             ai = 0.0
             for dz in range(2):
                 wz = fz if dz else 1.0 - fz
-                iz = (z0 + dz) % size
+                iz = z0 + dz
+                if iz < 0:
+                    iz += size
+                elif iz >= size:
+                    iz -= size
                 for dy in range(2):
                     wzy = wz * (fy if dy else 1.0 - fy)
-                    iy = (y0 + dy) % size
+                    iy = y0 + dy
+                    if iy < 0:
+                        iy += size
+                    elif iy >= size:
+                        iy -= size
                     for dx in range(2):
                         w = wzy * (fx if dx else 1.0 - fx)
                         ix = min(x0 + dx, hx - 1)
@@ -250,10 +288,13 @@ def insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
     par[:, 7] = wts
     par[:, 8] = shifts_px[:, 0] / box
     par[:, 9] = shifts_px[:, 1] / box
+    vx, jx = np.unique(kx, return_inverse=True)
+    vy, jy = np.unique(ky, return_inverse=True)
     _get("insert_ctf", _insert_ctf_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat, s * s,
                                          np.cos(2 * ang), np.sin(2 * ang),
                                          np.ascontiguousarray(f.real, dtype=np.float32),
-                                         np.ascontiguousarray(f.imag, dtype=np.float32), par, acc)
+                                         np.ascontiguousarray(f.imag, dtype=np.float32), par, acc,
+                                         jx.astype(np.int64).ravel(), jy.astype(np.int64).ravel(), vx, vy)
 
 
 def preload(name: str = "insert_ctf") -> None:
