@@ -151,3 +151,18 @@ def test_subset_cli_process_imports_no_sklearn_pandas_dask_or_matplotlib(toy, tm
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "o" / "plots" / "histogram.png").exists()
+
+
+def test_plot_worker_that_cannot_import_draws_in_process(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import sys
+
+    from cryoframe.plot import worker as pw
+
+    # a worker interpreter that fails to import (an environment where the child cannot import cryoframe)
+    monkeypatch.setattr(pw, "_spawn", lambda: pw.subprocess.Popen(
+        [sys.executable, "-c", "import no_such_module_cf"], stdin=pw.subprocess.PIPE, stdout=pw.subprocess.PIPE,
+        stderr=pw.subprocess.PIPE))
+    with pw.PlotWorker() as w:
+        w.add("histogram_png", stem=tmp_path / "h", counts=np.ones(3), edges=np.arange(4.0), xlabel="x")
+        assert w.wait() == ["h.png", "h.html"]
+    assert _png_shape(tmp_path / "h.png")[0] > 100

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import pickle
 import queue
@@ -28,15 +29,18 @@ from typing import Any
 __all__ = ["PlotWorker", "prestart"]
 
 _FUNCS = ("histogram_png", "viewing_png")
+log = logging.getLogger(__name__)
 _prestarted: subprocess.Popen[bytes] | None = None
 
 
 def _spawn() -> subprocess.Popen[bytes] | None:
     if os.environ.get("CRYOFRAME_PLOT_INPROCESS") == "1":
         return None
+    env = dict(os.environ)  # the child imports cryoframe from wherever this process did (sys.path)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     try:
         return subprocess.Popen([sys.executable, "-m", "cryoframe.plot.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError:  # no subprocess here (sandbox, fd limits): draw in-process
         return None
 
@@ -114,9 +118,8 @@ class PlotWorker:
         while the caller goes on (in-process mode: at :meth:`wait`)."""
         if func not in _FUNCS:
             raise ValueError(f"unknown plot function {func!r}")
-        if self._proc is None:
-            self._calls.append((func, kwargs))
-        else:
+        self._calls.append((func, kwargs))  # kept: drawn here if the worker cannot draw them
+        if self._proc is not None:
             self._queue.put((func, kwargs))
 
     def wait(self) -> list[str]:
@@ -130,7 +133,11 @@ class PlotWorker:
         out, err = self._proc.communicate()
         if self._proc.returncode != 0:
             msg = err.decode(errors="replace").strip().splitlines()
-            raise RuntimeError(f"plot worker failed: {msg[-1] if msg else f'exit {self._proc.returncode}'}")
+            why = msg[-1] if msg else f"exit {self._proc.returncode}"
+            if "ModuleNotFoundError" in why or "ImportError" in why:  # the worker could not start: draw here
+                log.warning("plot worker could not start (%s); drawing in this process", why)
+                return _draw(self._calls)
+            raise RuntimeError(f"plot worker failed: {why}")
         names: list[str] = json.loads(out.decode())
         return names
 
