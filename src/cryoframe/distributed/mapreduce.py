@@ -42,7 +42,8 @@ def compute(*graphs: Any) -> tuple[Any, ...]:
 
     name = dask.config.get("scheduler", None)
     if "distributed" not in sys.modules and (name is None or isinstance(name, str)):
-        from dask.base import named_schedulers  # callables: a *name* makes dask import distributed to look for a client
+        # callables: a scheduler *name* makes dask import distributed to look for a client
+        from dask.base import named_schedulers
 
         get = named_schedulers.get("threads" if name is None else name.lower())
         if get is not None:

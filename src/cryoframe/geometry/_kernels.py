@@ -307,15 +307,14 @@ def preload(name: str = "insert_ctf") -> None:
     import threading
 
     def run() -> None:
-        from cryoframe.geometry.fourier import image_freqs, new_sums
-
-        kx, ky, flat = image_freqs(4)
+        # the dtypes of fourier.image_freqs / new_sums (float64 kx, ky; int64 flat; float32 sums), box 4
+        kx, ky, flat = np.zeros(1), np.zeros(1), np.zeros(1, np.int64)
+        sums = np.zeros((8, 8, 5, 3), np.float32)
         rot = np.eye(3)[None] * 2.0
         fimg = np.zeros((1, 4, 3), np.complex64)
         if name == "insert_ctf":
-            insert_ctf(new_sums(4, 2, np, dtype=np.float32), rot, kx, ky, flat, 4, 1.0, fimg, None,
-                       np.zeros((1, 2)), np.ones(1))
+            insert_ctf(sums, rot, kx, ky, flat, 4, 1.0, fimg, None, np.zeros((1, 2)), np.ones(1))
         elif name == "insert":
-            insert(new_sums(4, 2, np, dtype=np.float32), rot, kx, ky, flat, fimg, None, np.ones(1))
+            insert(sums, rot, kx, ky, flat, fimg, None, np.ones(1))
 
     threading.Thread(target=run, name=f"cryoframe-numba-{name}", daemon=True).start()

@@ -147,8 +147,6 @@ def _fsc_json(model: Any, masked: bool, box: int, psize: float) -> dict[str, Any
 
 
 def _write_split_store(store: ParticleStore, path: Path, split: np.ndarray, seed: int) -> None:
-    import pyarrow as pa
-
     from cryoframe.schema import arrow_field
     from cryoframe.schema.types import numeric_array
     from cryoframe.storage.store import StoreWriter

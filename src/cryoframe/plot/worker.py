@@ -61,7 +61,7 @@ def prestart() -> None:
         if _prestarted is not None:
             import atexit
 
-            atexit.register(lambda p=_prestarted: _kill(p))
+            atexit.register(_kill, _prestarted)
 
 
 def _draw(calls: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -148,7 +148,8 @@ def numeric_values(col: pa.Array | pa.ChunkedArray) -> np.ndarray:
         arr = col.values.slice(col.offset * width, len(col) * width)
     dt = _NUMERIC.get(arr.type)
     if dt is None or arr.null_count:
-        return (col.flatten() if width > 1 else col).to_numpy(zero_copy_only=False)
+        out: np.ndarray = (col.flatten() if width > 1 else col).to_numpy(zero_copy_only=False)
+        return out
     return np.frombuffer(arr.buffers()[1], dtype=dt, count=len(arr), offset=arr.offset * np.dtype(dt).itemsize)
 
 
