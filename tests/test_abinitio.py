@@ -71,7 +71,9 @@ def test_final_passes_find_poses_against_a_correct_reference(monkeypatch: pytest
                  final_passes=2, random_state=0).fit(imgs, ctf)
     err = pose_errors(m.rot_, rot)
     assert err["hand"] == "same" and np.allclose(err["rotation"], np.eye(3), atol=0.1)
-    assert err["median_deg"] < 15.0 and err["within_10_deg"] > 0.3  # random poses: ~110 deg, 1%
+    # random poses: ~110 deg, 1%; without the per-particle contrast marginalised out of the score
+    # (scale_prior_sd=None) the faint third of these particles went astray: 12.7 deg, 42%
+    assert err["median_deg"] < 9.0 and err["within_10_deg"] > 0.55
     assert np.median(np.abs(m.shifts_px_ + t["shift"])) < 1.0
     assert m.volumes_.shape == (1, 32, 32, 32) and np.isfinite(m.resolution_A_[0])
 

@@ -99,3 +99,30 @@ def test_lower_bound_never_exceeds_the_true_error(volume: np.ndarray) -> None:
     bound = low + (w[m0:m1] * gap ** 2).sum(1)[:, None]
     assert np.all(bound <= full * (1 + 1e-5))
     assert np.all(bound > low)  # with noise above the reference the high-frequency term is informative
+
+
+def test_scale_marginalisation_recovers_poses_of_particles_of_other_contrast(volume: np.ndarray) -> None:
+    # noiseless slices at random poses times contrasts 0.45..1.2 (synthetic data's junk-like scale mixture):
+    # the plain score prefers poses of less projected power for the faint ones; with the contrast
+    # marginalised out (prior N(1, 0.3^2)) every pose comes back to the fine step
+    comps = Components(8)
+    proj = Projector(volume, comps)
+    m = len(comps)
+    rot = Rotation.random(60, random_state=5).as_matrix()
+    s = np.linspace(0.45, 1.2, 60)
+    X = proj.slices(rot, m) * s[:, None].astype(np.float32)
+    C = np.ones((60, m), np.float32)
+    w = (comps.mult / 2.0).astype(np.float32)
+    kw = dict(coarse_step_deg=15.0, fine_step_deg=3.75, shift_range_px=0, shift_step_px=0, n_candidates=8)
+    plain = PoseSearch(**kw).search(proj, X, C, w, BOX, 8.0, full=True)
+    scaled = PoseSearch(**kw, scale_prior_sd=0.3).search(proj, X, C, w, BOX, 8.0, full=True)
+    e_plain, e_scaled = _angles(plain.rot[:, 0], rot), _angles(scaled.rot[:, 0], rot)
+    assert np.median(e_scaled) < 3.0 and (e_scaled < 6.0).mean() > 0.9
+    faint = s < 0.7
+    assert np.median(e_plain[faint]) > 3 * np.median(e_scaled[faint])
+    # the score: A - 2B + D without a scale; with it, the marginal is lower for a faint particle at its pose
+    a, b, d = 10.0, 3.0, 9.0
+    assert PoseSearch()._score(a, b, d) == pytest.approx(a - 2 * b + d)
+    sc = PoseSearch(scale_prior_sd=0.3)._score(a, b, d)
+    q = 1 / (2 * 0.3 ** 2)
+    assert sc == pytest.approx(a + q - (b + q) ** 2 / (d + q) + 0.5 * np.log1p(d / q)) and sc < a - 2 * b + d

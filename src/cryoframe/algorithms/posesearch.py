@@ -178,11 +178,18 @@ class PoseSearch:
         capped by the search radius.  Level ``l`` uses twice the radius of level ``l - 1``.
     bound : apply the branch-and-bound pruning at level 0 (else keep the best ``n_candidates``).
     chunk : particles per vectorised block.
+    scale_prior_sd : None scores ``E`` as above (the reference at the particle's contrast).  A
+        number ``sd`` marginalises a per-particle contrast scale ``s ~ N(1, sd^2)`` out of each
+        pose's score: with ``A = sum w |X T|^2``, ``B = sum w C Re(conj(X T) P)``, ``D = sum w C^2 |P|^2``
+        and ``q = 1 / (2 sd^2)``, ``E = A + q - (B + q)^2 / (D + q) + log(1 + D / q) / 2`` (the
+        negative log of ``int exp(-E(s)) N(s; 1, sd^2) ds`` up to a constant).  Particles whose
+        contrast differs from the reference's then no longer prefer the poses of least projected
+        power.  The bound is not additive over components then: no pruning.
     """
 
     def __init__(self, *, coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
                  shift_step_px: float = 2.0, n_candidates: int = 8, coarse_radius: float | None = None,
-                 bound: bool = True, chunk: int = 64) -> None:
+                 bound: bool = True, chunk: int = 64, scale_prior_sd: float | None = None) -> None:
         self.coarse_step_deg = coarse_step_deg
         self.fine_step_deg = fine_step_deg
         self.shift_range_px = shift_range_px
@@ -191,7 +198,15 @@ class PoseSearch:
         self.coarse_radius = coarse_radius
         self.bound = bound
         self.chunk = chunk
+        self.scale_prior_sd = scale_prior_sd
         self._grid: dict[float, np.ndarray] = {}
+
+    def _score(self, a: Any, b: Any, d: Any, xp: ModuleType = np) -> Any:
+        """The pose score from ``A``, ``B``, ``D`` (see the class docstring), broadcast."""
+        if self.scale_prior_sd is None:
+            return a - 2.0 * b + d
+        q = 1.0 / (2.0 * float(self.scale_prior_sd) ** 2)
+        return a + q - (b + q) ** 2 / (d + q) + 0.5 * xp.log1p(d / q)
 
     def grid(self, step_deg: float) -> np.ndarray:
         """The level-0 rotation grid (cached)."""
@@ -244,7 +259,7 @@ class PoseSearch:
         out_rot = np.empty((n, T, 3, 3))
         out_sh = np.empty((n, T, 2))
         out_err = np.empty((n, T))
-        pmax = xp.asarray(proj.pmax()) if self.bound and len(ms) > 1 else None
+        pmax = xp.asarray(proj.pmax()) if self.bound and len(ms) > 1 and self.scale_prior_sd is None else None
         wf = xp.asarray(w, dtype=xp.float32)
         for s in range(0, n, self.chunk):
             sl = slice(s, min(n, s + self.chunk))
@@ -259,7 +274,7 @@ class PoseSearch:
             t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
             t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
             const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
-            e0 = to_host(const[:, None, None] - 2.0 * t1.reshape(nb, S, -1) + t2[:, None, :]).reshape(nb, -1)
+            e0 = to_host(self._score(const[:, None, None], t1.reshape(nb, S, -1), t2[:, None, :], xp)).reshape(nb, -1)
             stats["scored"] += e0.size
             top = min(T, e0.shape[1])
             order = np.argpartition(e0, top - 1, axis=1)[:, :top]
@@ -294,8 +309,15 @@ class PoseSearch:
         nb, q = rot.shape[:2]
         P = proj.slices(rot.reshape(-1, 3, 3), m).reshape(nb, q, m)
         ph = proj.comps.phases(sh, box, m, xp)
-        r = x[:, None, :m] * ph - c[:, None, :m] * P
-        return to_host((wf[:m] * (r.real ** 2 + r.imag ** 2)).sum(-1)).astype(np.float64)
+        if self.scale_prior_sd is None:
+            r = x[:, None, :m] * ph - c[:, None, :m] * P
+            return to_host((wf[:m] * (r.real ** 2 + r.imag ** 2)).sum(-1)).astype(np.float64)
+        xs = x[:, None, :m] * ph
+        cw = wf[:m] * c[:, None, :m]
+        a = (wf[:m] * (x[:, :m].real ** 2 + x[:, :m].imag ** 2)).sum(-1)[:, None]
+        b = (cw * (xs.real * P.real + xs.imag * P.imag)).sum(-1)
+        d = (cw * c[:, None, :m] * (P.real ** 2 + P.imag ** 2)).sum(-1)
+        return to_host(self._score(a.astype(xp.float64), b.astype(xp.float64), d.astype(xp.float64), xp)).astype(np.float64)
 
     def _prune(self, proj: Projector, x: Any, c: Any, wf: Any, e0: np.ndarray, order: np.ndarray,
                shifts: np.ndarray, grid: np.ndarray, box: int, m0: int, m1: int, pmax: Any,

@@ -78,6 +78,9 @@ class AbInitio:
     soft_candidates : grid poses per particle averaged over (posterior weights) before the final phase.
     tau2_fudge : regularisation T (the volume prior ``1 / (T tau^2)``).
     random_state : seed of the minibatches, initial volumes and half split.
+    scale_prior_sd : per-particle contrast scale ``~ N(1, sd^2)`` marginalised out of every pose score
+        (:class:`cryoframe.algorithms.posesearch.PoseSearch`); None: no scale.  Without it, particles of
+        lower contrast than the reference pick the orientations of least projected power.
     device : ``cpu`` or ``gpu`` (:func:`cryoframe.backend.get_array_module`).
     checkpoint_dir : state after every ``checkpoint_every`` iterations, for ``fit(resume=True)``.
 
@@ -102,7 +105,7 @@ class AbInitio:
                  shift_step_px: float = 2.0, n_candidates: int = 4, window_inner_radius: float = 0.85,
                  window_outer_radius: float = 0.99, final_passes: int = 2, soft_candidates: int = 24, tau2_fudge: float = 4.0, pad: int = 2,
                  random_state: int = 0, device: str = "cpu", checkpoint_dir: str | os.PathLike[str] | None = None,
-                 checkpoint_every: int = 10) -> None:
+                 checkpoint_every: int = 10, scale_prior_sd: float | None = 0.3) -> None:
         self.n_classes = n_classes
         self.psize_A = psize_A
         self.symmetry = symmetry
@@ -127,6 +130,7 @@ class AbInitio:
         self.shift_range_px = shift_range_px
         self.shift_step_px = shift_step_px
         self.n_candidates = n_candidates
+        self.scale_prior_sd = scale_prior_sd
         self.window_inner_radius = window_inner_radius
         self.window_outer_radius = window_outer_radius
         self.final_passes = final_passes
@@ -204,12 +208,13 @@ class AbInitio:
         self._X, self._C = xp.asarray(X), xp.asarray(C)
         self._search = PoseSearch(coarse_step_deg=self.coarse_step_deg, fine_step_deg=self.fine_step_deg,
                                   shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
-                                  n_candidates=self.n_candidates)
+                                  n_candidates=self.n_candidates, scale_prior_sd=self.scale_prior_sd)
         # before the final phase: soft assignment over the best poses of the exhaustive grid at the
         # current resolution (no branching), so early gradients average over the plausible poses
         self._soft = PoseSearch(coarse_step_deg=self.coarse_step_deg, fine_step_deg=self.coarse_step_deg,
                                 shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
-                                n_candidates=self.soft_candidates, coarse_radius=1e9, bound=False)
+                                n_candidates=self.soft_candidates, coarse_radius=1e9, bound=False,
+                                scale_prior_sd=self.scale_prior_sd)
         self._window = soft_sphere(wb, self.window_inner_radius * wb / 2,
                                    max(0.0, (self.window_outer_radius - self.window_inner_radius) * wb / 2))
         K = self.n_classes
