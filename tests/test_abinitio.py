@@ -196,3 +196,23 @@ def test_missing_images_is_one_clear_error(noposes: Path, tmp_path: Path, capsys
     assert cli(["abinitio", str(tmp_path / "q.cf"), "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not found" in err[0] and not out.exists()
+
+
+def test_several_starts_keep_the_best_initial_phase_and_single_start_is_unchanged(tmp_path: Path) -> None:
+    imgs, _, ctf = _tiny(n=120, box=24)
+    kw = dict(psize_A=4.0, initial_resolution_A=30.0, max_resolution_A=16.0, initial_iterations=3,
+              intermediate_iterations=1, final_iterations=1, initial_minibatch=40, final_minibatch=60,
+              final_passes=1, random_state=0)
+    one = AbInitio(1, **kw).fit(imgs, ctf)
+    again = AbInitio(1, **kw, n_starts=1).fit(imgs, ctf)
+    np.testing.assert_array_equal(one.rot_, again.rot_)  # n_starts=1 draws the same streams as before
+    three = AbInitio(1, **kw, n_starts=3, checkpoint_dir=tmp_path / "ck", checkpoint_every=1).fit(imgs, ctf)
+    ev = [e for e in three.events_ if e.get("event") == "starts"]
+    assert len(ev) == 1 and len(ev[0]["mean_error"]) == 3 and ev[0]["iteration"] == 3
+    assert ev[0]["chosen"] == int(np.argmin(ev[0]["mean_error"]))
+    assert len(three.history_) == 3 + 1 + 1 + 1  # the chosen start's iterations, then the rest, then the final pass
+    # the checkpoint carries the chosen start: continuing reproduces the run
+    cont = AbInitio(1, **kw, n_starts=3, checkpoint_dir=tmp_path / "ck").fit(imgs, ctf, resume=True)
+    np.testing.assert_allclose(cont.rot_, three.rot_)
+    with pytest.raises(Exception, match="n_starts"):
+        AbInitio(1, **kw, n_starts=0).fit(imgs, ctf)

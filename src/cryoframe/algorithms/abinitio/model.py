@@ -78,6 +78,9 @@ class AbInitio:
     soft_candidates : grid poses per particle averaged over (posterior weights) before the final phase.
     tau2_fudge : regularisation T (the volume prior ``1 / (T tau^2)``).
     random_state : seed of the minibatches, initial volumes and half split.
+    n_starts : independent random starts run through the initial phase; the one whose last iterations
+        fit their minibatches best (lowest mean error at the best poses) is continued (the others are
+        dropped, recorded in ``events_``).  SGD from random volumes is start-dependent.
     scale_prior_sd : per-particle contrast scale ``~ N(1, sd^2)`` marginalised out of every pose score
         (:class:`cryoframe.algorithms.posesearch.PoseSearch`); None: no scale.  Without it, particles of
         lower contrast than the reference pick the orientations of least projected power.
@@ -105,7 +108,7 @@ class AbInitio:
                  shift_step_px: float = 2.0, n_candidates: int = 4, window_inner_radius: float = 0.85,
                  window_outer_radius: float = 0.99, final_passes: int = 2, soft_candidates: int = 24, tau2_fudge: float = 4.0, pad: int = 2,
                  random_state: int = 0, device: str = "cpu", checkpoint_dir: str | os.PathLike[str] | None = None,
-                 checkpoint_every: int = 10, scale_prior_sd: float | None = 0.3) -> None:
+                 checkpoint_every: int = 10, scale_prior_sd: float | None = 0.3, n_starts: int = 1) -> None:
         self.n_classes = n_classes
         self.psize_A = psize_A
         self.symmetry = symmetry
@@ -131,6 +134,8 @@ class AbInitio:
         self.shift_step_px = shift_step_px
         self.n_candidates = n_candidates
         self.scale_prior_sd = scale_prior_sd
+        self.n_starts = n_starts
+        self._start = 0
         self.window_inner_radius = window_inner_radius
         self.window_outer_radius = window_outer_radius
         self.final_passes = final_passes
@@ -160,6 +165,8 @@ class AbInitio:
             raise InputError(f"--classes must be >= 1 (got {self.n_classes})")
         if self.n_classes > n:
             raise InputError(f"--classes {self.n_classes} is larger than the number of particles ({n})")
+        if not (isinstance(self.n_starts, int | np.integer) and self.n_starts >= 1):
+            raise InputError(f"n_starts must be an integer >= 1 (got {self.n_starts!r})")
         if not self.max_resolution_A >= nyq - 1e-9:
             raise InputError(f"--max-resolution {self.max_resolution_A} Å is beyond Nyquist ({nyq:.3f} Å at "
                              f"{self.psize_A:.4f} Å/px)")
@@ -233,6 +240,8 @@ class AbInitio:
             self._sigma2_n = 0.0
             self._sizes = np.full(K, 1.0 / K)
             self._sums = [self._initial_sums(k, n) for k in range(K)]
+            if self.n_starts > 1:
+                start = self._best_start(flat, n, t_start)
         r_now = self.r_max_ if start >= sched.n_iter else self._r_at(start)
         self._volumes_w = [self._volume(k, r_now) for k in range(K)]
         for t in range(start, sched.n_iter):
@@ -245,12 +254,45 @@ class AbInitio:
         self.n_iter_ = sched.n_iter
         return self
 
+    def _best_start(self, flat: np.ndarray, n: int, t_start: float) -> int:
+        """Run the initial phase from ``n_starts`` random starts and keep the best; returns the next iteration."""
+        K = self.n_classes
+        trial = max(1, min(self.schedule_.n_iter, self.initial_iterations))
+        scores: list[float] = []
+        best: tuple[float, int, dict[str, Any]] | None = None
+        for st in range(self.n_starts):
+            self._start = st
+            if st > 0:  # start 0 is the state fit() just built
+                self._sigma2_data = flat.copy()
+                self._sigma2_n = 0.0
+                self._sizes = np.full(K, 1.0 / K)
+                self._sums = [self._initial_sums(k, n) for k in range(K)]
+                self.history_, self.slices_, self.events_ = [], [], []
+            self._volumes_w = [self._volume(k, self._r_at(0)) for k in range(K)]
+            for t in range(trial):
+                self._iteration(t, n, t_start)
+            tail = [h["mean_error"] for h in self.history_[-3:] if "mean_error" in h]
+            score = float(np.mean(tail)) if tail else float("inf")
+            scores.append(score)
+            if best is None or score < best[0]:
+                state = {k: getattr(self, k) for k in ("_sigma2_data", "_sigma2_n", "_sizes", "_sums", "history_",
+                                                        "slices_", "events_")}
+                best = (score, st, {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list)
+                                        else v) for k, v in state.items()})
+        assert best is not None
+        for k, v in best[2].items():
+            setattr(self, k, v)
+        self._start = best[1]
+        self.events_.append({"iteration": trial, "event": "starts", "mean_error": scores, "chosen": best[1]})
+        return trial
+
     def _r_at(self, t: int) -> float:
         """Search/insertion radius (cycles per box) at iteration ``t``."""
         return min(self.r_max_, self.box_ * self.psize_A / self.schedule_.resolution_A(t))
 
     def _rng(self, *keys: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([self.random_state, 17, *keys]))
+        start = [self._start] if self._start else []  # start 0 keeps the streams of single-start runs
+        return np.random.default_rng(np.random.SeedSequence([self.random_state, 17, *start, *keys]))
 
     def _noise_weights(self, t: int | None) -> np.ndarray:
         """Weights ``mult / (2 sigma^2)`` (m,) float32 at the components for iteration ``t`` (None: final)."""
@@ -507,6 +549,7 @@ class AbInitio:
         d.mkdir(parents=True, exist_ok=True)
         arrays = {f"sums_{k}": s.astype(np.float32) for k, s in enumerate(self._sums)}
         meta = {"t": t, "params": self._params(), "n": int(self._X.shape[0]), "sigma2_n": self._sigma2_n,
+                "start": self._start,
                 "history": self.history_, "events": self.events_}
         tmp = d / f".{CKPT_NAME}"
         with open(tmp, "wb") as fh:
@@ -533,6 +576,7 @@ class AbInitio:
         self._sigma2_init = z["sigma2_init"]
         self._sigma2_data = z["sigma2_data"]
         self._sigma2_n = float(meta["sigma2_n"])
+        self._start = int(meta.get("start", 0))
         self._sizes = z["sizes"]
         self._sums = [z[f"sums_{k}"].astype(np.float64) for k in range(self.n_classes)]
         self.history_ = meta["history"]
