@@ -216,3 +216,16 @@ def test_several_starts_keep_the_best_initial_phase_and_single_start_is_unchange
     np.testing.assert_allclose(cont.rot_, three.rot_)
     with pytest.raises(Exception, match="n_starts"):
         AbInitio(1, **kw, n_starts=0).fit(imgs, ctf)
+
+
+def test_cli_starts_option(noposes: Path) -> None:
+    out = noposes / "abinit_starts.cf"
+    assert cli(["-q", "abinitio", str(noposes / "clean.cf"), "--classes", "1", "--starts", "2", "--out", str(out),
+                *FAST]) == 0
+    model = json.loads((ParticleStore(out).extras_dir() / "model.json").read_text())
+    starts = [e for e in model["empty_class_events"] if e["event"] == "starts"]
+    assert len(starts) == 1 and len(starts[0]["mean_error"]) == 2 and starts[0]["iteration"] == 2
+    assert len(model["history"]) == 7  # the chosen start's 2 initial iterations, not both starts'
+    assert cli(["-q", "abinitio", str(noposes / "clean.cf"), "--starts", "0", "--out", str(noposes / "x.cf"),
+                *FAST]) != 0
+    assert not (noposes / "x.cf").exists()

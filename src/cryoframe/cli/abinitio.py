@@ -41,6 +41,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift-step", type=float, default=2.0, help="coarse shift step (px)")
     p.add_argument("--candidates", type=int, default=4, help="poses branched per particle between levels")
     p.add_argument("--final-passes", type=int, default=2, help="search passes over all particles after SGD")
+    p.add_argument("--starts", type=int, default=1,
+                   help="random starts run through the initial phase; the best-fitting one is continued")
     p.add_argument("--no-ctf", dest="ctf", action="store_false", help="ignore the CTF")
     p.add_argument("--seed", type=int, default=0)
     add_iterative_job_args(p, "resume from the store's checkpoint")
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         class_similarity=args.class_similarity, class_similarity_anneal_start=args.class_similarity_anneal_start,
         class_similarity_anneal_end=args.class_similarity_anneal_end, coarse_step_deg=args.coarse_step,
         fine_step_deg=args.fine_step, shift_range_px=args.shift_range, shift_step_px=args.shift_step,
-        n_candidates=args.candidates, final_passes=args.final_passes, ctf=args.ctf, seed=args.seed,
+        n_candidates=args.candidates, final_passes=args.final_passes, starts=args.starts, ctf=args.ctf, seed=args.seed,
         device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
     print(f"ab-initio: {s.n} particles, {args.classes} class(es) -> {s.path} "
           f"(volumes, model.json, plots and per-class sets in {s.extras_dir()})")
