@@ -169,25 +169,6 @@ def _first_true(mask: np.ndarray, count: int, step: int = 1 << 20) -> np.ndarray
     return np.concatenate(out) if out else np.empty(0, np.int64)
 
 
-def _read_column(store: ParticleStore, name: str) -> np.ndarray:
-    """One scalar column as float64 (nulls -> NaN), filled batch by batch into one array."""
-    import pyarrow.compute as pc
-
-    out = np.empty(store.n, dtype=np.float64)
-    pos = 0
-    for t in store.iter_batches([name], batch_size=1 << 20):
-        col = t.column(0)
-        for ch in col.chunks:  # numeric chunks without nulls: straight into ``out`` (no float64 temporary)
-            if ch.null_count == 0 and (pa.types.is_floating(ch.type) or pa.types.is_integer(ch.type)):
-                out[pos : pos + len(ch)] = numeric_values(ch)
-            else:
-                out[pos : pos + len(ch)] = pc.cast(ch, pa.float64()).to_numpy(zero_copy_only=False)
-            pos += len(ch)
-    if pos != store.n:
-        raise StoreError(f"{store.path}: {name} has {pos} values for {store.n} particles")
-    return out
-
-
 def _set_stats(values: np.ndarray, labels: np.ndarray, n_sets: int, step: int = 1 << 22) -> list[dict[str, Any]]:
     """count/mean/std/min/max of the statistic per set, accumulated in chunks (float64; the
     variance combines per-chunk centred sums, Chan et al.)."""
@@ -263,7 +244,7 @@ def subset(
         worker = stack.enter_context(PlotWorker()) if plots else None
         identity = initial is None and _is_field(by, stat, fields)
         if identity:  # the statistic is a column: read it straight from Parquet (no dataframe graph)
-            values = _read_column(store, fields[0])
+            values = store.read_numeric(fields[0], np.float64)
         else:
             frame = statistic_values(store, by, initial=initial, class_indices=class_indices, class_agg=class_agg,
                                      project_dir=project_dir)

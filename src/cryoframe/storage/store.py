@@ -417,6 +417,31 @@ class ParticleStore:
             for b in pf.iter_batches(batch_size=batch_size, columns=cols):
                 yield pa.Table.from_batches([b])
 
+    def read_numeric(self, name: str, dtype: Any = None) -> np.ndarray | None:
+        """One scalar column as one NumPy array, filled batch by batch (never a second full-length copy:
+        combining Parquet chunks would hold two, and Arrow's allocator keeps the freed one).
+
+        ``dtype`` None: the column's own numeric dtype, or None when it is not numeric or has missing
+        values.  A float ``dtype``: every chunk cast to it, missing values as NaN."""
+        import pyarrow.compute as pc
+
+        out: np.ndarray | None = None if dtype is None else np.empty(self.n, dtype=dtype)
+        pos = 0
+        for t in self.iter_batches([name], batch_size=1 << 20):
+            for ch in t.column(0).chunks:  # numeric chunks without nulls: straight into ``out`` (no temporary)
+                plain = ch.null_count == 0 and (pa.types.is_floating(ch.type) or pa.types.is_integer(ch.type))
+                if not plain and dtype is None:
+                    return None
+                v = numeric_values(ch) if plain else \
+                    pc.cast(ch, pa.from_numpy_dtype(np.dtype(dtype))).to_numpy(zero_copy_only=False)
+                if out is None:
+                    out = np.empty(self.n, dtype=v.dtype)
+                out[pos : pos + len(v)] = v
+                pos += len(v)
+        if pos != self.n:
+            raise StoreError(f"{self.path}: {name} has {pos} values for {self.n} particles")
+        return out  # None only for a store without rows and no dtype asked for
+
     def metadata(self, columns: Sequence[str] | None = None, *, include_internal: bool = False) -> Any:
         """Lazy dask dataframe of the metadata with pyarrow dtypes (one partition per row group)."""
         import dask.dataframe as dd
