@@ -21,11 +21,12 @@ import os
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from numpy.typing import DTypeLike
 
 from cryoframe.errors import InputError, StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
@@ -417,7 +418,11 @@ class ParticleStore:
             for b in pf.iter_batches(batch_size=batch_size, columns=cols):
                 yield pa.Table.from_batches([b])
 
-    def read_numeric(self, name: str, dtype: Any = None) -> np.ndarray | None:
+    @overload
+    def read_numeric(self, name: str, dtype: None = None) -> np.ndarray | None: ...
+    @overload
+    def read_numeric(self, name: str, dtype: DTypeLike) -> np.ndarray: ...
+    def read_numeric(self, name: str, dtype: DTypeLike | None = None) -> np.ndarray | None:
         """One scalar column as one NumPy array, filled batch by batch (never a second full-length copy:
         combining Parquet chunks would hold two, and Arrow's allocator keeps the freed one).
 
@@ -425,7 +430,7 @@ class ParticleStore:
         values.  A float ``dtype``: every chunk cast to it, missing values as NaN."""
         import pyarrow.compute as pc
 
-        out: np.ndarray | None = None if dtype is None else np.empty(self.n, dtype=dtype)
+        out = None if dtype is None else np.empty(self.n, dtype=dtype)
         pos = 0
         for t in self.iter_batches([name], batch_size=1 << 20):
             for ch in t.column(0).chunks:  # numeric chunks without nulls: straight into ``out`` (no temporary)
