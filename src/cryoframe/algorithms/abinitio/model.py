@@ -29,15 +29,14 @@ class maps are reconstructed at the full box with :class:`cryoframe.algorithms.r
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cryoframe.algorithms.abinitio import checkpoint as ckpt
 from cryoframe.algorithms.abinitio.data import particle_components, shell_power
 from cryoframe.algorithms.abinitio.schedule import Schedule
 from cryoframe.algorithms.posesearch import Components, PoseSearch, Projector, SearchResult
@@ -50,7 +49,7 @@ from cryoframe.geometry.symmetry import symmetry_matrices
 
 __all__ = ["AbInitio"]
 
-CKPT_NAME = "abinitio_state.npz"
+CKPT_NAME = ckpt.CKPT_NAME
 
 
 class AbInitio:
@@ -236,10 +235,8 @@ class AbInitio:
             p0 = shell_power(X[: min(n, 2000)], comps)
             flat = np.full_like(p0, float(np.median(p0[len(p0) // 2:])))
             self._sigma2_init = flat * self.noise_init_sigmascale ** 2
-            self._sigma2_data = flat.copy()
-            self._sigma2_n = 0.0
-            self._sizes = np.full(K, 1.0 / K)
-            self._sums = [self._initial_sums(k, n) for k in range(K)]
+            self._start = 0  # a refit of this estimator starts from start 0's streams again
+            self._fresh_state(flat, n)
             if self.n_starts > 1:
                 start = self._best_start(flat, n, t_start)
         r_now = self.r_max_ if start >= sched.n_iter else self._r_at(start)
@@ -254,6 +251,16 @@ class AbInitio:
         self.n_iter_ = sched.n_iter
         return self
 
+    def _fresh_state(self, flat: np.ndarray, n: int) -> None:
+        """Noise at its initial estimate, equal class sizes, random initial volumes of the current
+        start, empty records."""
+        K = self.n_classes
+        self._sigma2_data = flat.copy()
+        self._sigma2_n = 0.0
+        self._sizes = np.full(K, 1.0 / K)
+        self._sums = [self._initial_sums(k, n) for k in range(K)]
+        self.history_, self.slices_, self.events_ = [], [], []
+
     def _best_start(self, flat: np.ndarray, n: int, t_start: float) -> int:
         """Run the initial phase from ``n_starts`` random starts and keep the best; returns the next iteration."""
         K = self.n_classes
@@ -263,11 +270,7 @@ class AbInitio:
         for st in range(self.n_starts):
             self._start = st
             if st > 0:  # start 0 is the state fit() just built
-                self._sigma2_data = flat.copy()
-                self._sigma2_n = 0.0
-                self._sizes = np.full(K, 1.0 / K)
-                self._sums = [self._initial_sums(k, n) for k in range(K)]
-                self.history_, self.slices_, self.events_ = [], [], []
+                self._fresh_state(flat, n)
             self._volumes_w = [self._volume(k, self._r_at(0)) for k in range(K)]
             for t in range(trial):
                 self._iteration(t, n, t_start)
@@ -275,14 +278,9 @@ class AbInitio:
             score = float(np.mean(tail)) if tail else float("inf")
             scores.append(score)
             if best is None or score < best[0]:
-                state = {k: getattr(self, k) for k in ("_sigma2_data", "_sigma2_n", "_sizes", "_sums", "history_",
-                                                        "slices_", "events_")}
-                best = (score, st, {k: (v.copy() if isinstance(v, np.ndarray) else list(v) if isinstance(v, list)
-                                        else v) for k, v in state.items()})
+                best = (score, st, ckpt.snapshot(self))
         assert best is not None
-        for k, v in best[2].items():
-            setattr(self, k, v)
-        self._start = best[1]
+        ckpt.restore(self, best[2])
         self.events_.append({"iteration": trial, "event": "starts", "mean_error": scores, "chosen": best[1]})
         return trial
 
@@ -539,49 +537,15 @@ class AbInitio:
         self.fsc_ = np.stack(fscs)
         self.resolution_A_ = np.asarray(res)
 
-    # -- checkpoints ----------------------------------------------------------------------------------
+    # -- checkpoints: see :mod:`cryoframe.algorithms.abinitio.checkpoint` ---------------------------
     def _params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")
-                and k not in ("checkpoint_dir", "device", "checkpoint_every")}
+        return ckpt.params(self)
 
     def _save_checkpoint(self, t: int) -> None:
-        d = Path(self.checkpoint_dir)  # type: ignore[arg-type]
-        d.mkdir(parents=True, exist_ok=True)
-        arrays = {f"sums_{k}": s.astype(np.float32) for k, s in enumerate(self._sums)}
-        meta = {"t": t, "params": self._params(), "n": int(self._X.shape[0]), "sigma2_n": self._sigma2_n,
-                "start": self._start,
-                "history": self.history_, "events": self.events_}
-        tmp = d / f".{CKPT_NAME}"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, sigma2_init=self._sigma2_init, sigma2_data=self._sigma2_data, sizes=self._sizes,
-                     meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8),
-                     **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **arrays
-        os.replace(tmp, d / CKPT_NAME)
+        ckpt.save(self, t)
 
     def _load_checkpoint(self) -> int:
-        if self.checkpoint_dir is None:
-            raise InputError("resume needs checkpoint_dir")
-        f = Path(self.checkpoint_dir) / CKPT_NAME
-        if not f.is_file():
-            raise InputError(f"{f}: no ab-initio checkpoint to continue from")
-        z = np.load(f)
-        meta = json.loads(bytes(z["meta"]).decode())
-        mine = json.loads(json.dumps(self._params(), default=float))
-        theirs = dict(meta["params"])
-        for key in ("initial_iterations", "intermediate_iterations", "final_iterations", "final_passes"):
-            mine.pop(key, None)
-            theirs.pop(key, None)
-        if theirs != mine or meta["n"] != int(self._X.shape[0]):
-            raise InputError(f"{f}: checkpoint written for other data or parameters; cannot continue")
-        self._sigma2_init = z["sigma2_init"]
-        self._sigma2_data = z["sigma2_data"]
-        self._sigma2_n = float(meta["sigma2_n"])
-        self._start = int(meta.get("start", 0))
-        self._sizes = z["sizes"]
-        self._sums = [z[f"sums_{k}"].astype(np.float64) for k in range(self.n_classes)]
-        self.history_ = meta["history"]
-        self.events_ = meta["events"]
-        return int(meta["t"])
+        return ckpt.load(self)
 
 
 def to_np(a: Any) -> np.ndarray:

@@ -1,0 +1,84 @@
+"""The state an :class:`~cryoframe.algorithms.abinitio.AbInitio` fit evolves: in-memory snapshots
+(to keep the best of several random starts) and the on-disk checkpoint ``--continue`` reads.
+
+State: the per-class Fourier sums, the data noise estimate and its particle count, the class
+sizes, the random start in use, and the history/slices/events records.  ``sigma2_init`` (fixed by
+the data) is saved with the checkpoint but is not part of a snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryoframe.errors import InputError
+
+__all__ = ["CKPT_NAME", "load", "params", "restore", "save", "snapshot"]
+
+CKPT_NAME = "abinitio_state.npz"
+_EVOLVING = ("_sums", "_sigma2_data", "_sigma2_n", "_sizes", "_start", "history_", "slices_", "events_")
+
+
+def snapshot(m: Any) -> dict[str, Any]:
+    """A copy of the evolving state of fit ``m`` (later iterations do not change it)."""
+    return {k: copy.deepcopy(getattr(m, k)) for k in _EVOLVING}
+
+
+def restore(m: Any, state: dict[str, Any]) -> None:
+    """Put a :func:`snapshot` back."""
+    for k, v in state.items():
+        setattr(m, k, v)
+
+
+def params(m: Any) -> dict[str, Any]:
+    """The estimator parameters a checkpoint must match (execution settings excluded)."""
+    return {k: v for k, v in vars(m).items() if not k.startswith("_") and not k.endswith("_")
+            and k not in ("checkpoint_dir", "device", "checkpoint_every")}
+
+
+def save(m: Any, t: int) -> None:
+    """Write the state after iteration ``t`` to ``m.checkpoint_dir`` (temporary file + rename)."""
+    d = Path(m.checkpoint_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = {f"sums_{k}": s.astype(np.float32) for k, s in enumerate(m._sums)}
+    meta = {"t": t, "params": params(m), "n": int(m._X.shape[0]), "sigma2_n": m._sigma2_n, "start": m._start,
+            "history": m.history_, "events": m.events_}
+    tmp = d / f".{CKPT_NAME}"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, sigma2_init=m._sigma2_init, sigma2_data=m._sigma2_data, sizes=m._sizes,
+                 meta=np.frombuffer(json.dumps(meta, default=float).encode(), dtype=np.uint8),
+                 **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **arrays
+    os.replace(tmp, d / CKPT_NAME)
+
+
+def load(m: Any) -> int:
+    """Read the checkpoint into ``m`` (same data and parameters, iteration counts aside); returns
+    the iteration to continue from."""
+    if m.checkpoint_dir is None:
+        raise InputError("resume needs checkpoint_dir")
+    f = Path(m.checkpoint_dir) / CKPT_NAME
+    if not f.is_file():
+        raise InputError(f"{f}: no ab-initio checkpoint to continue from")
+    z = np.load(f)
+    meta = json.loads(bytes(z["meta"]).decode())
+    mine = json.loads(json.dumps(params(m), default=float))
+    theirs = dict(meta["params"])
+    for key in ("initial_iterations", "intermediate_iterations", "final_iterations", "final_passes"):
+        mine.pop(key, None)
+        theirs.pop(key, None)
+    if theirs != mine or meta["n"] != int(m._X.shape[0]):
+        raise InputError(f"{f}: checkpoint written for other data or parameters; cannot continue")
+    m._sigma2_init = z["sigma2_init"]
+    m._sigma2_data = z["sigma2_data"]
+    m._sigma2_n = float(meta["sigma2_n"])
+    m._start = int(meta.get("start", 0))
+    m._sizes = z["sizes"]
+    m._sums = [z[f"sums_{k}"].astype(np.float64) for k in range(m.n_classes)]
+    m.history_ = meta["history"]
+    m.events_ = meta["events"]
+    return int(meta["t"])
