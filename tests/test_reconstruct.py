@@ -259,3 +259,56 @@ def test_synth_3d_particles_reconstruct_to_their_volume_in_the_right_hand(tmp_pa
     assert _cc(m, v) > 0.97
     assert _cc(m, v[::-1]) < 0.8  # the mirror image is clearly worse
     assert r["particles_per_half"]["A"] + r["particles_per_half"]["B"] == 600
+
+
+def _partition_args(store: ParticleStore) -> tuple:
+    from cryoframe.jobs._volumes import particle_geometry
+
+    g = particle_geometry(store, ctf=True)
+    half = np.arange(store.n) % 2
+    return (store.read_images(0, store.n), g["rot"], g["shifts_px"], g["ctf"], None, half), dict(
+        box=g["box"], psize_A=g["psize_A"], batch=128)
+
+
+def test_kernel_worker_sums_equal_in_process_sums(data) -> None:  # noqa: ANN001
+    """The CLI's kernel worker (numba in a second process) inserts exactly what this process would,
+    including symmetry copies; a worker that dies mid-job is replaced by in-process insertion."""
+    from cryoframe.algorithms.reconstruct import partition_sums
+    from cryoframe.geometry import _kernel_worker
+
+    args, kw = _partition_args(ParticleStore(data["p"]))
+    sym = symmetry_matrices("D2")
+    here = partition_sums(*args, **kw, sym=sym)
+    worker = _kernel_worker.prestart()
+    try:
+        assert worker is not None and _kernel_worker.active() is worker
+        there = partition_sums(*args, **kw, sym=sym)
+        assert there.shape == here.shape and there.dtype == np.float32
+        np.testing.assert_array_equal(there, here)
+        assert np.abs(here[..., 2]).max() > 0
+        worker._proc.kill()  # the worker dies: the job carries on in this process, with the same sums
+        worker._proc.wait()
+        again = partition_sums(*args, **kw, sym=sym)
+        np.testing.assert_array_equal(again, here)
+        assert _kernel_worker.active() is None
+    finally:
+        _kernel_worker.shutdown()
+
+
+def test_reconstruct_with_the_kernel_worker_never_loads_numba_here(data, tmp_path: Path) -> None:  # noqa: ANN001
+    """The point of the worker: the job's own process never imports numba (its 0.5-1 s of start-up
+    runs on the other core), and the maps are those of in-process insertion."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cryoframe.geometry import _kernel_worker\nassert _kernel_worker.prestart() is not None\n"
+            "from cryoframe import api\n"
+            f"api.reconstruct({str(data['p'])!r}, {str(tmp_path / 'w')!r}, plots=False)\n"
+            "print('numba' in sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+    here = api.reconstruct(data["p"], tmp_path / "here", plots=False)
+    _same_maps(json.loads((tmp_path / "w" / "model.json").read_text()), here)

@@ -16,8 +16,12 @@ vectorised path (CuPy, or NumPy without numba) applies them as array operations.
 
 from __future__ import annotations
 
+import importlib
+import logging
 import math
 import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -33,6 +37,8 @@ from cryoframe.geometry.symmetry import symmetry_matrices
 
 __all__ = ["Reconstructor", "partition_sums"]
 
+log = logging.getLogger(__name__)
+
 
 def partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dict[str, np.ndarray] | None,
                    weights: np.ndarray | None, half: np.ndarray, *, box: int, psize_A: float, pad: int = 2,
@@ -44,8 +50,26 @@ def partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dic
     ``images`` (n, box, box) real; ``rot`` (n, 3, 3) pose matrices; ``shifts_px`` (n, 2) the
     translation (px of the images) that centres each particle; ``ctf`` (n,) arrays of
     :data:`cryoframe.geometry.ctf.CTF_PARAMS` or None; ``weights`` (n,) or None; ``half`` (n,) 0/1.
+    On the CPU with numba the insertion runs in this process's kernel worker when one was started
+    (:mod:`cryoframe.geometry._kernel_worker`; the CLI does), else here.
     """
     xp = get_array_module(device)
+    kw: dict[str, Any] = dict(box=box, psize_A=psize_A, pad=pad, r_max=r_max, sym=sym, batch=batch)
+    if fo._use_numba(xp, "auto"):
+        from cryoframe.geometry import _kernel_worker
+
+        worker = _kernel_worker.active()
+        if worker is not None:
+            try:
+                return _partition_sums(images, rot, shifts_px, ctf, weights, half, xp=xp, worker=worker, **kw)
+            except _kernel_worker.WorkerGone as exc:
+                log.warning("%s; inserting in this process", exc)
+    return _partition_sums(images, rot, shifts_px, ctf, weights, half, xp=xp, worker=None, **kw)
+
+
+def _partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dict[str, np.ndarray] | None,
+                    weights: np.ndarray | None, half: np.ndarray, *, box: int, psize_A: float, pad: int,
+                    r_max: float | None, sym: np.ndarray | None, xp: Any, worker: Any, batch: int) -> np.ndarray:
     sym = np.eye(3)[None] if sym is None else np.asarray(sym, dtype=np.float64)
     fused = fo._use_numba(xp, "auto")
     if fused:
@@ -56,27 +80,32 @@ def partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: dic
     for h in (0, 1):
         # float32 partial sums: half the memory traffic of the scattered updates (the cost of insertion);
         # a partition adds at most a few thousand terms per voxel, far from float32's precision limit
-        sums = fo.new_sums(box, pad, xp, dtype=xp.float32)
+        sums = fo.new_sums(box, pad, xp, dtype=xp.float32) if worker is None else worker.sums(
+            fo.sums_shape(box, pad))  # in the kernel worker: both halves' batches stream there back to back
         sel = np.flatnonzero(half == h)
         sel = sel[_view_order(rot[sel])]
         for s in range(0, len(sel), batch):
             idx = sel[s:s + batch]
             img = xp.asarray(np.asarray(images[idx], dtype=np.float32))
-            f = fo.cfft2(img, xp)
             c_par = None if ctf is None else {k: np.asarray(v)[idx] for k, v in ctf.items()}
             w = np.ones(len(idx)) if weights is None else np.asarray(weights, dtype=np.float64)[idx]
             if fused:  # shift, CTF and insertion in one compiled loop
-                for g in sym:
-                    _kernels.insert_ctf(sums, (g @ rot[idx]) * pad, kx, ky, flat, box, psize_A, f, c_par,
-                                        shifts_px[idx], w)
+                params = _kernels.insert_ctf_params(kx, ky, box, psize_A, c_par, shifts_px[idx], w)
+                rots = np.stack([(g @ rot[idx]) * pad for g in sym])
+                if worker is not None:  # the worker transforms the images and inserts them
+                    sums.insert_ctf(rots, kx, ky, flat, img, params)
+                    continue
+                f = fo.cfft2(img, xp)
+                for r in rots:
+                    _kernels.run_insert_ctf(sums, r, kx, ky, flat, f, params)
                 continue
-            f = f * fo.phase_shift(box, shifts_px[idx], xp)
+            f = fo.cfft2(img, xp) * fo.phase_shift(box, shifts_px[idx], xp)
             c = None if c_par is None else ctf_grid(box, psize_A, c_par, xp=xp)
             for g in sym:
                 r = g @ rot[idx]
                 fo.insert_slices(sums, r if xp is np else xp.asarray(r), f, c, w, box, pad, r_max, xp, method="xp")
-        out.append(to_host(sums).astype(np.float32))
-    return np.stack(out)
+        out.append(sums)
+    return np.stack([s.result() if worker is not None else to_host(s).astype(np.float32) for s in out])
 
 
 def _view_order(rot: np.ndarray) -> np.ndarray:
@@ -160,6 +189,8 @@ class Reconstructor:
                 b, rot[sl], shifts_px[sl], None if ctf is None else {k: v[sl] for k, v in ctf.items()},
                 None if weights is None else weights[sl], half[sl], box=self.box, psize_A=self.psize_A,
                 pad=self.pad, r_max=self.r_max_, sym=sym, device=self.device))
+        if self.device == "cpu" and "scipy.fft" not in sys.modules:  # the maps' FFTs: import it while the
+            threading.Thread(target=importlib.import_module, args=("scipy.fft",), daemon=True).start()  # sums form
         (total,) = compute(tree_reduce(parts, sum_reduce))
         t1 = time.perf_counter()
         self._finish(total, mask)
@@ -173,7 +204,7 @@ class Reconstructor:
         b, pad, rm = self.box, self.pad, self.r_max_
         halves = []
         for h in (0, 1):
-            s = xp.asarray(total[h], dtype=xp.float64)
+            s = xp.array(total[h], dtype=xp.float32)  # (float32 partial sums; the maps are float32 too)
             fo.enforce_hermitian(s, xp)
             halves.append(s)
         both = halves[0] + halves[1]

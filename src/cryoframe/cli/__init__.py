@@ -68,7 +68,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         m = importlib.import_module(f"cryoframe.cli.{mod}")
         sp = sub.add_parser(verb, help=help_, description=(m.__doc__ or help_).strip())
         m.add_args(sp)
-        sp.set_defaults(_main=m.main)
+        sp.set_defaults(_main=m.main, _prestart=getattr(m, "prestart", None))
     return p
 
 
@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # helper processes that load on the other core while the job starts; stopped when the verb returns
+    stop = args._prestart(args) if args._prestart is not None else None
     try:
         if getattr(args, "scheduler", False) is not False:  # compute verbs: run inside the chosen scheduler
             from cryoframe.distributed import progress_context, scheduler
@@ -99,7 +101,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cryoframe {args.verb}: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    finally:
+        if stop is not None:
+            stop()
+
+
+def run() -> None:
+    """The console entry point (``cryoframe``, ``python -m cryoframe``): :func:`main`, then exit
+    without finalising the interpreter.  By then every output is written and renamed; the exit steps
+    that matter still run here -- joining non-daemon threads and the atexit handlers (helper
+    processes, Dask clusters, logging) -- and stdout/stderr are flushed.  What is skipped is tearing
+    down the modules of Arrow, Zarr, Dask and numba: ~0.08 s, 5% of a small ``reconstruct``."""
+    import atexit
+    import os
+    import threading
+
+    try:
+        code = main()
+    except BrokenPipeError:  # stdout closed early (``| head``): stop quietly, as the Python docs advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+
+    shutdown = getattr(threading, "_shutdown", None)  # what the interpreter itself calls first at exit
+    if shutdown is None:  # pragma: no cover - another Python: exit the ordinary way
+        sys.exit(code)
+    shutdown()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

@@ -1,7 +1,5 @@
 """``python -m cryoframe.cli`` runs the CLI."""
 
-import sys
+from cryoframe.cli import run
 
-from cryoframe.cli import main
-
-sys.exit(main())
+run()

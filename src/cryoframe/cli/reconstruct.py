@@ -4,8 +4,8 @@ FSC-weighted map, FSC (unmasked and with --mask masked) and plots in --out DIR."
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from cryoframe import api
 from cryoframe.cli import add_scheduler_args
 
 
@@ -29,7 +29,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true")
 
 
+def prestart(args: argparse.Namespace) -> Callable[[], None] | None:
+    """On the CPU with the threads scheduler, start the kernel worker: numba loads the insertion
+    kernel in another process while this one imports the job and reads the particles.  Returns what
+    stops it."""
+    if args.device == "cpu" and args.scheduler in (None, "threads"):
+        from cryoframe.geometry import _kernel_worker
+
+        if _kernel_worker.prestart() is not None:
+            return _kernel_worker.shutdown
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
+    from cryoframe import api
+
     s = api.reconstruct(args.store, args.out, symmetry=args.symmetry, max_resolution_A=args.max_resolution,
                         mask=args.mask, ctf=args.ctf, weights=args.weights, regulariser=args.regulariser,
                         tau2_fudge=args.tau2_fudge, seed=args.seed, device=args.device,

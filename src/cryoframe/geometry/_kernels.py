@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "extract", "insert", "insert_ctf", "preload"]
+__all__ = ["HAVE_NUMBA", "extract", "insert", "insert_ctf", "insert_ctf_params", "preload", "run_insert_ctf", "warm"]
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _jit: dict[str, Any] = {}
@@ -265,10 +265,16 @@ def insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
     is translated by ``shifts_px`` (n, 2), multiplied by the CTF of ``ctf`` (arrays of
     :data:`cryoframe.geometry.ctf.CTF_PARAMS`, or None) and inserted with ``CTF^2`` weights; the
     CTF is RELION's ``sqrt(1 - A^2) sin chi + A cos chi`` written as ``sin(chi + arcsin A)``."""
+    run_insert_ctf(acc, rot, kx, ky, flat, fimg, insert_ctf_params(kx, ky, box, psize_A, ctf, shifts_px, wts))
+
+
+def insert_ctf_params(kx: np.ndarray, ky: np.ndarray, box: int, psize_A: float, ctf: dict[str, np.ndarray] | None,
+                      shifts_px: np.ndarray, wts: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The compiled loop's per-frequency and per-particle parameters for :func:`insert_ctf`: plain
+    NumPy arrays (what :mod:`cryoframe.geometry._kernel_worker` sends to its process)."""
     from cryoframe.geometry.ctf import electron_wavelength_A
 
-    n = fimg.shape[0]
-    f = fimg.reshape(n, -1)
+    n = len(wts)
     s = np.hypot(kx, ky) / (box * psize_A)
     ang = np.arctan2(ky, kx)
     par = np.zeros((n, 11))
@@ -290,31 +296,42 @@ def insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
     par[:, 9] = shifts_px[:, 1] / box
     vx, jx = np.unique(kx, return_inverse=True)
     vy, jy = np.unique(ky, return_inverse=True)
-    _get("insert_ctf", _insert_ctf_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat, s * s,
-                                         np.cos(2 * ang), np.sin(2 * ang),
+    return (s * s, np.cos(2 * ang), np.sin(2 * ang), par, jx.astype(np.int64).ravel(), jy.astype(np.int64).ravel(),
+            vx, vy)
+
+
+def run_insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray, flat: np.ndarray,
+                   fimg: np.ndarray, params: tuple[np.ndarray, ...]) -> None:
+    """The compiled insertion loop of :func:`insert_ctf` with its :func:`insert_ctf_params`, into ``acc`` in place."""
+    s2, c2a, s2a, par, jx, jy, vx, vy = params
+    f = fimg.reshape(fimg.shape[0], -1)
+    _get("insert_ctf", _insert_ctf_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat, s2, c2a, s2a,
                                          np.ascontiguousarray(f.real, dtype=np.float32),
-                                         np.ascontiguousarray(f.imag, dtype=np.float32), par, acc,
-                                         jx.astype(np.int64).ravel(), jy.astype(np.int64).ravel(), vx, vy)
+                                         np.ascontiguousarray(f.imag, dtype=np.float32), par, acc, jx, jy, vx, vy)
+
+
+def warm(name: str = "insert_ctf") -> None:
+    """Import numba and load kernel ``name`` from numba's disk cache now (about 0.5-1 s in a fresh
+    process): a call on tiny inputs of the dtypes the real calls use, so the same compiled signature
+    is loaded."""
+    if not HAVE_NUMBA or name in _jit:
+        return
+    # the dtypes of fourier.image_freqs / new_sums (float64 kx, ky; int64 flat; float32 sums), box 4
+    kx, ky, flat = np.zeros(1), np.zeros(1), np.zeros(1, np.int64)
+    sums = np.zeros((8, 8, 5, 3), np.float32)
+    rot = np.eye(3)[None] * 2.0
+    fimg = np.zeros((1, 4, 3), np.complex64)
+    if name == "insert_ctf":
+        insert_ctf(sums, rot, kx, ky, flat, 4, 1.0, fimg, None, np.zeros((1, 2)), np.ones(1))
+    elif name == "insert":
+        insert(sums, rot, kx, ky, flat, fimg, None, np.ones(1))
 
 
 def preload(name: str = "insert_ctf") -> None:
-    """Import numba and load kernel ``name`` from numba's disk cache in a daemon thread (about 1 s in
-    a fresh process), so a job can read its metadata and images meanwhile; a caller that needs the
-    kernel first simply waits on numba's compiler lock.  Called on tiny inputs of the dtypes the
-    real calls use, so the same compiled signature is loaded."""
+    """:func:`warm` in a daemon thread, so a job can read its metadata and images meanwhile; a caller
+    that needs the kernel first simply waits on numba's compiler lock."""
     if not HAVE_NUMBA or name in _jit:
         return
     import threading
 
-    def run() -> None:
-        # the dtypes of fourier.image_freqs / new_sums (float64 kx, ky; int64 flat; float32 sums), box 4
-        kx, ky, flat = np.zeros(1), np.zeros(1), np.zeros(1, np.int64)
-        sums = np.zeros((8, 8, 5, 3), np.float32)
-        rot = np.eye(3)[None] * 2.0
-        fimg = np.zeros((1, 4, 3), np.complex64)
-        if name == "insert_ctf":
-            insert_ctf(sums, rot, kx, ky, flat, 4, 1.0, fimg, None, np.zeros((1, 2)), np.ones(1))
-        elif name == "insert":
-            insert(sums, rot, kx, ky, flat, fimg, None, np.ones(1))
-
-    threading.Thread(target=run, name=f"cryoframe-numba-{name}", daemon=True).start()
+    threading.Thread(target=warm, args=(name,), name=f"cryoframe-numba-{name}", daemon=True).start()

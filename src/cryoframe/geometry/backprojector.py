@@ -42,6 +42,14 @@ def _within(size: int, pad: int, r_max: float) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=8)
+def _clipped_shells(box: int, pad: int) -> np.ndarray:
+    """Shell index of every padded half-grid point, clipped to the last shell ``box // 2`` (cached, read-only)."""
+    out = np.minimum(shell_index(box, 3, pad), box // 2).astype(np.intp)
+    out.flags.writeable = False
+    return out
+
+
 def _irfftn(f: Any, size: int, xp: ModuleType) -> Any:
     if xp is np:
         import scipy.fft
@@ -87,21 +95,26 @@ def map_from_sums(sums: Any, box: int, pad: int = 2, reg: np.ndarray | float | N
     dre, dim, weight = sums[..., 0], sums[..., 1], sums[..., 2]
     size = weight.shape[0]
     r_max = box / 2 if r_max is None else r_max
-    sh = shell_index(box, 3, pad, xp)
-    nsh = box // 2 + 1
-    shc = xp.minimum(sh, nsh - 1)
+    shc = xp.asarray(_clipped_shells(box, pad))
     if reg is None:
-        floor = xp.asarray(shell_mean_weight(weight, box, pad, xp) / 1000.0)
+        floor = xp.asarray((shell_mean_weight(weight, box, pad, xp) / 1000.0).astype(weight.dtype))
         denom = xp.maximum(weight, floor[shc])
     elif np.ndim(reg) == 0:
-        denom = weight + float(reg)
+        denom = weight + weight.dtype.type(reg)
     else:
-        denom = weight + xp.asarray(np.asarray(reg, dtype=np.float64))[shc]
+        denom = weight + xp.asarray(np.asarray(reg, dtype=weight.dtype))[shc]
     inside = xp.asarray(_within(size, pad, float(r_max))) & (denom > 0)
-    inv = xp.where(inside, 1.0 / xp.where(inside, denom, 1.0), 0.0)
-    f = xp.empty(inv.shape, dtype=xp.complex64)  # sums stay float64; the map itself is single precision
-    f.real = dre * inv
-    f.imag = dim * inv
+    f = xp.empty(denom.shape, dtype=xp.complex64)  # the map itself is single precision
+    if xp is np:  # one pass each, no temporaries (CuPy's ufuncs have no where=)
+        inv = np.zeros(denom.shape, dtype=denom.dtype)  # 1 / denom inside the sphere of kept frequencies, else 0
+        np.divide(1.0, denom, out=inv, where=inside)
+        np.multiply(dre, inv, out=f.real)
+        np.multiply(dim, inv, out=f.imag)
+    else:
+        inv = xp.where(inside, 1.0 / xp.where(inside, denom, 1.0), 0.0)
+        f.real = dre * inv
+        f.imag = dim * inv
+    del denom, inside, inv
     unshifted = _irfftn(f, size, xp)
     idx = xp.asarray((np.arange(size // 2 - box // 2, size // 2 - box // 2 + box) - size // 2) % size)
     win = unshifted[idx][:, idx][:, :, idx]  # the central box of the fftshift-ed map, without shifting it all

@@ -188,11 +188,16 @@ def extract_slices(vft: Any, rot: Any, box: int, pad: int = 2, r_max: float | No
     return out.reshape(n, box, box // 2 + 1)
 
 
+def sums_shape(box: int, pad: int = 2) -> tuple[int, int, int, int]:
+    """Shape (P, P, P // 2 + 1, 3) of the padded half-grid sums, P = pad * box."""
+    size = pad * box
+    return (size, size, size // 2 + 1, 3)
+
+
 def new_sums(box: int, pad: int = 2, xp: ModuleType = np, dtype: Any = None) -> Any:
     """Zeroed Fourier sums (P, P, P // 2 + 1, 3) (default float64), the last axis (data real, data
     imaginary, weight) interleaved so that a trilinear corner touches one cache line."""
-    size = pad * box
-    return xp.zeros((size, size, size // 2 + 1, 3), dtype=dtype or xp.float64)
+    return xp.zeros(sums_shape(box, pad), dtype=dtype or xp.float64)
 
 
 def insert_slices(sums: Any, rot: Any, fimg: Any, ctf: Any | None, wts: Any | None, box: int,

@@ -61,9 +61,11 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
     t0 = time.perf_counter()
     final = check_output(out, overwrite)
     if device == "cpu":  # numba loads the insertion kernel while the metadata and images are read
+        from cryoframe.geometry._kernel_worker import active
         from cryoframe.geometry._kernels import preload
 
-        preload("insert_ctf")
+        if active() is None:  # (in the kernel worker's process, if the CLI started one)
+            preload("insert_ctf")
     nsym = len(symmetry_matrices(symmetry))
     g = particle_geometry(store, ctf=ctf)
     box, psize = g["box"], g["psize_A"]

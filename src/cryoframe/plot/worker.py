@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from cryoframe._subprocess import kill, spawn_module
+
 __all__ = ["PlotWorker", "prestart"]
 
 _FUNCS = ("histogram_png", "viewing_png")
@@ -34,22 +36,7 @@ _prestarted: subprocess.Popen[bytes] | None = None
 
 
 def _spawn() -> subprocess.Popen[bytes] | None:
-    if os.environ.get("CRYOFRAME_PLOT_INPROCESS") == "1":
-        return None
-    env = dict(os.environ)  # the child imports cryoframe from wherever this process did (sys.path)
-    env["PYTHONPATH"] = os.pathsep.join([p for p in sys.path if p] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    try:
-        return subprocess.Popen([sys.executable, "-m", "cryoframe.plot.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    except OSError:  # no subprocess here (sandbox, fd limits): draw in-process
-        return None
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.stdin = None
-        proc.communicate()
+    return spawn_module("cryoframe.plot.worker", disable_env="CRYOFRAME_PLOT_INPROCESS")
 
 
 def prestart() -> None:
@@ -61,7 +48,7 @@ def prestart() -> None:
         if _prestarted is not None:
             import atexit
 
-            atexit.register(_kill, _prestarted)
+            atexit.register(kill, _prestarted)
 
 
 def _draw(calls: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -145,7 +132,7 @@ class PlotWorker:
         """Stop the worker if it is still running (the job failed before :meth:`wait`)."""
         if self._proc is not None and self._proc.poll() is None:
             self._queue.put(None)
-            _kill(self._proc)
+            kill(self._proc)
 
 
 def main() -> None:
