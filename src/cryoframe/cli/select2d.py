@@ -1,6 +1,7 @@
 """Select particles of 2D classes: by class indices, or --auto with the 0-1 class score class2d
 stores per class (contrast, compactness, resolution, confidence, size; see
-cryoframe.algorithms.class2d.rank) and --threshold."""
+cryoframe.algorithms.class2d.rank) and --threshold; --auto also drops particles with less evidence
+over an empty pick than --min-evidence."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto", action="store_true", help="keep classes whose score >= --threshold")
     p.add_argument("--threshold", type=float, default=None,
                    help="minimum class score in [0, 1] for --auto (default: the ranker's default threshold)")
+    p.add_argument("--min-evidence", type=float, default=None, metavar="NATS",
+                   help="drop particles whose evidence over an empty pick (alignments2D/evidence) is below NATS "
+                        "(default with --auto: 3; with --classes: no floor)")
     p.add_argument("--regroup", type=int, help="re-assign noise groups (rlnGroupNumber) into ~N groups of similar defocus and scale")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -23,6 +27,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     s = api.select2d(args.store, args.out, classes=int_list(args.classes), auto=args.auto, threshold=args.threshold,
-                     regroup=args.regroup, overwrite=args.overwrite)
+                     min_evidence=args.min_evidence, regroup=args.regroup, overwrite=args.overwrite)
     print(f"selected {s.n} particles -> {s.path}")
     return 0

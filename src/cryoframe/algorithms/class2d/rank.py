@@ -22,6 +22,12 @@ every axis: one near-zero feature sinks it); empty classes score 0.  :data:`DEFA
 and the size weight (1: one-off debris gathers in small, compact classes that look right otherwise) were
 chosen on bench/bench_class2d_junk.py seeds 0-2 (8 views + 25% junk: empty picks, debris, edges) and
 checked on seeds 3-4, which took no part in the choice.
+
+Per particle, ``select2d --auto`` also drops particles whose evidence (``alignments2D/evidence``:
+log-likelihood under the class model minus that of a noise-only image, in nats) is below
+:data:`DEFAULT_MIN_EVIDENCE`: an empty pick or an ice edge that landed in a good class fits it no
+better than noise does (on the junk bench: empty picks -2, edges ~0, real particles above 3.5 for
+99% of them), whatever its class's score.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COMPACT_RADIUS", "DEFAULT_THRESHOLD", "FEATURES", "WEIGHTS", "class_features", "class_scores"]
+__all__ = ["COMPACT_RADIUS", "DEFAULT_MIN_EVIDENCE", "DEFAULT_THRESHOLD", "FEATURES", "WEIGHTS", "class_features", "class_scores"]
 
 COMPACT_RADIUS = 0.6
 COMPACT_RANGE = (0.55, 0.85)
@@ -38,6 +44,7 @@ RESOLUTION_RANGE = (0.45, 0.85)
 WEIGHTS: dict[str, float] = {"contrast": 1.0, "compactness": 1.0, "resolution": 1.0, "confidence": 0.5, "size": 1.0}
 FEATURES = tuple(WEIGHTS)
 DEFAULT_THRESHOLD = 0.6
+DEFAULT_MIN_EVIDENCE = 3.0  # nats
 
 
 def class_features(averages: np.ndarray, counts: np.ndarray, resolution_A: np.ndarray, mean_ess: np.ndarray,
