@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cryoframe import api
+from cryoframe.algorithms.class2d.rank import DEFAULT_MAX_MISFIT, DEFAULT_MIN_EVIDENCE
 from cryoframe.jobs.class2d import class_scores
 
 FIRST = ["--classes", "3", "--iters", "2", "--T", "3", "--psi-step", "30", "--offset-range", "2",
@@ -65,9 +66,11 @@ def test_select2d_cli_auto_rejects_low_scoring_classes(tiny, run_cli) -> None:  
     thr = float(np.sort(scores)[-1])  # only the best class(es) pass
     keep_cls = np.nonzero(scores >= thr)[0]
     assert 0 < len(keep_cls) < model["n_classes"]
-    t = s.table(["uid", "alignments2D/class"])
-    lab = t.column(1).to_numpy()
-    want = np.sort(t.column(0).to_numpy()[np.isin(lab, keep_cls)])
+    t = s.table(["uid", "alignments2D/class", "alignments2D/evidence", "alignments2D/misfit"])
+    lab, ev, mf = (t.column(i).to_numpy() for i in (1, 2, 3))
+    # --auto also applies the per-particle limits (evidence over an empty pick, misfit to the class)
+    passes = (ev >= DEFAULT_MIN_EVIDENCE) & (mf <= DEFAULT_MAX_MISFIT)
+    want = np.sort(t.column(0).to_numpy()[np.isin(lab, keep_cls) & passes])
     code, _, err = run_cli("-q", "select2d", out, "--auto", "--threshold", repr(thr), "--out", tiny / "auto.cf")
     assert code == 0, err
     got = np.sort(api.open_store(tiny / "auto.cf").table(["uid"]).column(0).to_numpy())

@@ -10,6 +10,7 @@ import pytest
 
 from cryoframe import api
 from cryoframe.algorithms.class2d.rank import (
+    DEFAULT_MAX_MISFIT,
     DEFAULT_MIN_EVIDENCE,
     DEFAULT_THRESHOLD,
     class_features,
@@ -96,11 +97,12 @@ def test_auto_select_keeps_particles_and_drops_junk(junky, tmp_path: Path) -> No
                for cl in model["classes"])
     view = np.load(s.extras_dir() / "truth.npz")["view"]
     sel = api.select2d(c, tmp_path / "auto.cf", auto=True)
-    t = c.table(["uid", "alignments2D/class", "alignments2D/evidence"])
-    lab, ev = t.column(1).to_numpy(), t.column(2).to_numpy()
+    t = c.table(["uid", "alignments2D/class", "alignments2D/evidence", "alignments2D/misfit"])
+    lab, ev, mf = t.column(1).to_numpy(), t.column(2).to_numpy(), t.column(3).to_numpy()
     scores = np.array([cl["score"] for cl in model["classes"]])
     by_class = scores[lab] >= DEFAULT_THRESHOLD
-    keep = by_class & (ev >= DEFAULT_MIN_EVIDENCE)  # good classes, minus particles no better than noise
+    # good classes, minus particles no better than noise and particles that do not fit their class
+    keep = by_class & (ev >= DEFAULT_MIN_EVIDENCE) & (mf <= DEFAULT_MAX_MISFIT)
     assert np.array_equal(np.sort(sel.table(["uid"]).column(0).to_numpy()), np.sort(t.column(0).to_numpy()[keep]))
     junk = view < 0
     kind = np.load(s.extras_dir() / "truth.npz")["junk_kind"]
@@ -109,19 +111,26 @@ def test_auto_select_keeps_particles_and_drops_junk(junky, tmp_path: Path) -> No
     # the evidence floor drops empty picks that sit in good classes, and hardly any real particle
     empty_in_good = by_class & (kind == 1)
     assert empty_in_good.sum() == 0 or not keep[empty_in_good].any() or keep[empty_in_good].mean() <= 0.2
-    assert (by_class & ~keep)[~junk].mean() <= 0.02
+    assert (by_class & ~keep)[~junk].mean() <= 0.03
     assert np.median(ev[kind == 1]) < DEFAULT_MIN_EVIDENCE < np.percentile(ev[~junk], 5)
+    # the misfit: real particles fit their class (~N(-1, 1) measured), debris and edges leave a residual
+    assert np.all(np.isfinite(mf))
+    assert np.median(mf[~junk]) < -1 and np.percentile(mf[~junk], 95) < DEFAULT_MAX_MISFIT
+    assert np.median(mf[kind == 2]) > np.median(mf[~junk]) + 1.5 and np.median(mf[kind == 3]) > DEFAULT_MAX_MISFIT
+    assert 1 - keep[junk].mean() >= 0.8, keep[junk].mean()  # measured 0.88
     # --min-evidence overrides (also with --classes), and -inf-like floors keep whole classes
-    loose = api.select2d(c, tmp_path / "loose.cf", auto=True, min_evidence=-1e9)
+    loose = api.select2d(c, tmp_path / "loose.cf", auto=True, min_evidence=-1e9, max_misfit=1e9)
     assert loose.n == int(by_class.sum())
+    strict = api.select2d(c, tmp_path / "strict.cf", auto=True, max_misfit=0.0)
+    assert strict.n == int((by_class & (ev >= DEFAULT_MIN_EVIDENCE) & (mf <= 0.0)).sum()) < sel.n
     some = api.select2d(c, tmp_path / "some.cf", classes=[0, 1], min_evidence=10.0)
     assert some.n == int((np.isin(lab, [0, 1]) & (ev >= 10.0)).sum())
     # junk-majority classes exist and gather a good part of the junk (measured 0.76)
     maj = np.array([np.mean(junk[lab == k]) > 0.5 if (lab == k).any() else False for k in range(8)])
     assert maj[lab[junk]].mean() >= 0.6
     every = api.select2d(c, tmp_path / "all.cf", auto=True, threshold=0.0)  # --threshold overrides
-    assert every.n == int((ev >= DEFAULT_MIN_EVIDENCE).sum())
-    assert api.select2d(c, tmp_path / "all2.cf", auto=True, threshold=0.0, min_evidence=-1e9).n == s.n
+    assert every.n == int(((ev >= DEFAULT_MIN_EVIDENCE) & (mf <= DEFAULT_MAX_MISFIT)).sum())
+    assert api.select2d(c, tmp_path / "all2.cf", auto=True, threshold=0.0, min_evidence=-1e9, max_misfit=1e9).n == s.n
 
 
 def _junk_in_junk_classes(labels: np.ndarray, junk: np.ndarray, k: int) -> float:
@@ -153,9 +162,10 @@ def test_select2d_auto_bad_input(junky, tmp_path: Path, run_cli) -> None:  # noq
         code, _, err = run_cli("select2d", c.path, "--auto", "--threshold", th, "--out", tmp_path / "x.cf")
         assert code == 2 and "[0, 1]" in err, err
         assert not (tmp_path / "x.cf").exists()
-    code, _, err = run_cli("select2d", c.path, "--auto", "--min-evidence", "nan", "--out", tmp_path / "x.cf")
-    assert code == 2 and "--min-evidence" in err, err
-    assert not (tmp_path / "x.cf").exists()
+    for flag in ("--min-evidence", "--max-misfit"):
+        code, _, err = run_cli("select2d", c.path, "--auto", flag, "nan", "--out", tmp_path / "x.cf")
+        assert code == 2 and flag in err, err
+        assert not (tmp_path / "x.cf").exists()
     # a store whose model.json has no class scores (an older class2d): clear error pointing at class2d
     import shutil
 
@@ -175,12 +185,15 @@ def test_select2d_auto_bad_input(junky, tmp_path: Path, run_cli) -> None:  # noq
     no_ev = tmp_path / "noev.cf"
     shutil.copytree(c.path, no_ev)
     for f in (no_ev / "metadata").rglob("*.parquet"):
-        pq.write_table(pq.read_table(f).drop_columns(["alignments2D/evidence"]), f)
+        pq.write_table(pq.read_table(f).drop_columns(["alignments2D/evidence", "alignments2D/misfit"]), f)
     man = json.loads((no_ev / "manifest.json").read_text())
-    man["fields"] = [f for f in man["fields"] if f["name"] != "alignments2D/evidence"]
+    man["fields"] = [f for f in man["fields"] if f["name"] not in ("alignments2D/evidence", "alignments2D/misfit")]
     (no_ev / "manifest.json").write_text(json.dumps(man))
     code, _, err = run_cli("select2d", no_ev, "--classes", "0", "--min-evidence", "3", "--out", tmp_path / "w.cf")
     assert code == 2 and "alignments2D/evidence" in err and "class2d" in err, err
+    assert not (tmp_path / "w.cf").exists()
+    code, _, err = run_cli("select2d", no_ev, "--classes", "0", "--max-misfit", "2", "--out", tmp_path / "w.cf")
+    assert code == 2 and "alignments2D/misfit" in err, err
     assert not (tmp_path / "w.cf").exists()
     code, _, err = run_cli("select2d", no_ev, "--auto", "--out", tmp_path / "v.cf")  # --auto: class scores only
     assert code == 0, err

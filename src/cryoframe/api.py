@@ -317,20 +317,21 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
 
 
 def select2d(store: StoreLike, out: PathLike, *, classes: Sequence[int] | None = None, auto: bool = False,
-             threshold: float | None = None, min_evidence: float | None = None, regroup: int | None = None,
-             overwrite: bool = False) -> ParticleStore:
+             threshold: float | None = None, min_evidence: float | None = None, max_misfit: float | None = None,
+             regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
     """Keep the particles of chosen or auto-selected 2D classes (a store referencing the images).
 
     ``auto`` keeps classes whose score is at least ``threshold`` (None: the default of
     :mod:`cryoframe.algorithms.class2d.rank`) and, of their particles, those whose evidence over an
-    empty pick is at least ``min_evidence`` nats (None: the ranker's ``DEFAULT_MIN_EVIDENCE`` with
-    ``auto``, no floor with ``classes``); ``regroup`` re-assigns noise groups
+    empty pick is at least ``min_evidence`` nats and whose low-resolution misfit to their class is at
+    most ``max_misfit`` (None: the ranker's ``DEFAULT_MIN_EVIDENCE`` / ``DEFAULT_MAX_MISFIT`` with
+    ``auto``, no limit with ``classes``); ``regroup`` re-assigns noise groups
     (rlnGroupNumber) into about that many groups of similar defocus and scale.
     """
     from cryoframe.jobs.class2d import select2d as _select2d
 
     return _select2d(open_store(store), out, classes=list(classes) if classes else None, auto=auto,
-                     threshold=threshold, min_evidence=min_evidence, regroup=regroup, overwrite=overwrite)
+                     threshold=threshold, min_evidence=min_evidence, max_misfit=max_misfit, regroup=regroup, overwrite=overwrite)
 
 
 def reconstruct(store: StoreLike, out: PathLike, *, symmetry: str = "C1", max_resolution_A: float | None = None,

@@ -1,7 +1,8 @@
 """Select particles of 2D classes: by class indices, or --auto with the 0-1 class score class2d
 stores per class (contrast, compactness, resolution, confidence, size; see
 cryoframe.algorithms.class2d.rank) and --threshold; --auto also drops particles with less evidence
-over an empty pick than --min-evidence."""
+over an empty pick than --min-evidence, or a larger low-resolution misfit to their class than
+--max-misfit."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-evidence", type=float, default=None, metavar="NATS",
                    help="drop particles whose evidence over an empty pick (alignments2D/evidence) is below NATS "
                         "(default with --auto: 3; with --classes: no floor)")
+    p.add_argument("--max-misfit", type=float, default=None, metavar="Z",
+                   help="drop particles whose low-resolution misfit to their class (alignments2D/misfit, ~N(0, 1) "
+                        "for a particle that fits) is above Z (default with --auto: 2; with --classes: no limit)")
     p.add_argument("--regroup", type=int, help="re-assign noise groups (rlnGroupNumber) into ~N groups of similar defocus and scale")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
@@ -27,6 +31,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     s = api.select2d(args.store, args.out, classes=int_list(args.classes), auto=args.auto, threshold=args.threshold,
-                     min_evidence=args.min_evidence, regroup=args.regroup, overwrite=args.overwrite)
+                     min_evidence=args.min_evidence, max_misfit=args.max_misfit, regroup=args.regroup, overwrite=args.overwrite)
     print(f"selected {s.n} particles -> {s.path}")
     return 0

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from cryoframe.algorithms.class2d.rank import (
+    DEFAULT_MAX_MISFIT,
     DEFAULT_MIN_EVIDENCE,
     DEFAULT_THRESHOLD,
     FEATURES,
@@ -37,13 +38,14 @@ OUT_FIELDS = {  # field -> (numpy dtype, shape)
     "alignments2D/shift": ("<f4", (2,)), "alignments2D/psize_A": ("<f4", ()), "alignments2D/error": ("<f4", ()),
     "alignments2D/class_ess": ("<f4", ()), "alignments2D/alpha": ("<f4", ()),
     "alignments2D/n_significant": ("<f4", ()), "alignments2D/log_likelihood": ("<f4", ()),
-    "alignments2D/evidence": ("<f4", ()),
+    "alignments2D/evidence": ("<f4", ()), "alignments2D/misfit": ("<f4", ()),
 }
 STALE_RELION = ("rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnOriginX", "rlnOriginY",
                 "rlnMaxValueProbDistribution", "rlnNrOfSignificantSamples", "rlnLogLikeliContribution",
                 "rlnNormCorrection")
 CKPT = "class2d_checkpoint"
 EVIDENCE = "alignments2D/evidence"
+MISFIT = "alignments2D/misfit"
 
 
 NOISE_GROUP_FIELDS = ("rlnGroupNumber", "location/micrograph_uid", "location/micrograph_path")
@@ -182,6 +184,7 @@ def _write_metadata(w: StoreWriter, store: ParticleStore, model: Any, psize: flo
         "alignments2D/n_significant": np.maximum(1.0, np.round(model.ess_)).astype("<f4"),
         "alignments2D/log_likelihood": model.log_likelihood_.astype("<f4"),
         "alignments2D/evidence": model.gain_.astype("<f4"),
+        "alignments2D/misfit": model.misfit_.astype("<f4"),
     }
     start = 0
     schema = None
@@ -253,16 +256,19 @@ def _convergence(d: Path, history: list[dict[str, Any]]) -> None:
 
 def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list[int] | None = None,
              auto: bool = False, threshold: float | None = None, min_evidence: float | None = None,
-             regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
+             max_misfit: float | None = None, regroup: int | None = None, overwrite: bool = False) -> ParticleStore:
     """Keep particles of chosen 2D classes (``classes``) or of classes scoring ≥ ``threshold``
     (``auto``; the per-class score class2d stores in model.json, see
     :mod:`cryoframe.algorithms.class2d.rank`; ``threshold`` None: its ``DEFAULT_THRESHOLD``) whose
     per-particle evidence over an empty pick (``alignments2D/evidence``, nats) is at least
-    ``min_evidence`` (None: ``DEFAULT_MIN_EVIDENCE`` with ``auto``, no floor with ``classes``)."""
+    ``min_evidence`` and whose low-resolution misfit to their class (``alignments2D/misfit``) is at
+    most ``max_misfit`` (None: the ranker's ``DEFAULT_MIN_EVIDENCE`` / ``DEFAULT_MAX_MISFIT`` with
+    ``auto``, no limit with ``classes``).  A particle without a value (NaN) passes."""
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"--threshold must be in [0, 1] (class scores are 0-1), got {threshold}")
-    if min_evidence is not None and not np.isfinite(float(min_evidence)):
-        raise InputError(f"--min-evidence must be a finite number of nats, got {min_evidence}")
+    for name, v in (("--min-evidence", min_evidence), ("--max-misfit", max_misfit)):
+        if v is not None and not np.isfinite(float(v)):
+            raise InputError(f"{name} must be a finite number, got {v}")
     if "alignments2D/class" not in store.fields or not (store.extras_dir() / "model.json").exists():
         raise InputError(f"{store.path}: no 2D classification (run cryoframe class2d first)")
     model = json.loads((store.extras_dir() / "model.json").read_text())
@@ -281,17 +287,23 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
         chosen = sorted(set(classes))
     else:
         raise InputError("select2d needs --classes I,J,... or --auto")
-    floor = DEFAULT_MIN_EVIDENCE if (min_evidence is None and auto) else min_evidence
-    if floor is not None and EVIDENCE not in store.fields:
-        if min_evidence is not None:
-            raise InputError(f"{store.path}: no {EVIDENCE} field (written by an older class2d); re-run cryoframe "
-                             "class2d, or leave out --min-evidence")
-        floor = None  # an older class2d store: class scores only
+    limits = []  # (field, "<" or ">", value): particles beyond a limit are dropped
+    for field, op, given, default, flag in ((EVIDENCE, "<", min_evidence, DEFAULT_MIN_EVIDENCE, "--min-evidence"),
+                                            (MISFIT, ">", max_misfit, DEFAULT_MAX_MISFIT, "--max-misfit")):
+        value = default if (given is None and auto) else given
+        if value is None:
+            continue
+        if field not in store.fields:
+            if given is not None:
+                raise InputError(f"{store.path}: no {field} field (written by an older class2d); re-run cryoframe "
+                                 f"class2d, or leave out {flag}")
+            continue  # an older class2d store: class scores only
+        limits.append((field, op, float(value)))
     from cryoframe.query.expr import filter_store
 
     where = f"`alignments2D/class` in {chosen}" if chosen else "`alignments2D/class` < 0"
-    if floor is not None:
-        where += f" and `{EVIDENCE}` >= {float(floor)!r}"
+    for field, op, value in limits:
+        where += f" and not (`{field}` {op} {value!r})"  # (NaN compares false: no value passes)
     if not regroup:
         return filter_store(store, out, where, overwrite=overwrite)
     if regroup < 1:
@@ -299,15 +311,16 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
     from cryoframe.storage.view import write_view
 
     keep = np.isin(store.table(["alignments2D/class"]).column(0).to_numpy(), chosen)
-    if floor is not None:
-        keep &= store.table([EVIDENCE]).column(0).to_numpy() >= float(floor)
+    for field, op, value in limits:
+        col = store.table([field]).column(0).to_numpy()
+        keep &= ~((col < value) if op == "<" else (col > value))
     t = store.table().filter(pa.array(keep))
     groups = regroup_labels(t, regroup)
     added = pa.table({"rlnGroupNumber": pa.array(groups.astype(np.int64)),
                       "rlnGroupName": pa.array([f"group_{g:03d}" for g in groups])},
                      schema=pa.schema([arrow_field("rlnGroupNumber", np.dtype("<i8")),
                                        arrow_field("rlnGroupName", np.dtype("U"))]))
-    params = {"classes": chosen, "min_evidence": floor, "regroup": regroup}
+    params = {"classes": chosen, "limits": [list(t) for t in limits], "regroup": regroup}
     return write_view(out, store, keep, op="select2d", params=params, added=added, overwrite=overwrite)
 
 

@@ -21,7 +21,7 @@ from cryoframe.storage.atomic import atomic_path
 
 __all__ = ["PARTICLE_KEYS", "RESUME_FREE", "load", "params_json", "save"]
 
-PARTICLE_KEYS = ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "gain", "scale")
+PARTICLE_KEYS = ("labels", "posterior_max", "psi_deg", "shift", "ess", "loglik", "gain", "scale", "misfit")
 RESUME_FREE = {"n_iter", "checkpoint_dir", "device", "chunk_size", "warm_start"}
 """Parameters a continued run may change."""
 
@@ -71,7 +71,8 @@ def load(d: Path, n: int, box: int, n_groups: int, params: str) -> tuple[dict[st
             st = {key: z[key] for key in z.files if key != "meta" and not key.startswith("run_")}
             run = {key[4:]: z[key] for key in z.files if key.startswith("run_")}
             st.update({key: zp[key] for key in zp.files if key != "meta"})
-            st.setdefault("gain", np.full(n, np.nan, np.float32))  # checkpoints written before the gain existed
+            for key in ("gain", "misfit"):  # checkpoints written before these existed
+                st.setdefault(key, np.full(n, np.nan, np.float32))
         st.update(run=run or None, history=meta["history"], iteration=meta["iteration"])
         return st, meta["rng"]
     return None

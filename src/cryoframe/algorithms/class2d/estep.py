@@ -30,7 +30,8 @@ from cryoframe.algorithms.class2d import kernels as kern
 from cryoframe.geometry.ctf import CTF_PARAMS, ctf_at
 
 __all__ = ["bilinear_table", "cfft2", "combine", "ctf_half", "estep_partition", "freq_select", "gather",
-           "half_weights", "icfft2", "pad_real", "rotation_table", "shell_average", "shell_map", "shell_matrix",
+           "half_weights", "icfft2", "pad_real", "rotation_sel", "rotation_table", "shell_average", "shell_map",
+           "shell_matrix",
            "soft_mask"]
 
 _MASS_EPS = 1e-6  # a particle contributes to a class's M-step sums when its class posterior exceeds this
@@ -191,7 +192,7 @@ def freq_select(box: int, e_shell: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return sel, np.broadcast_to(fy, shape).ravel()[sel], np.broadcast_to(fx, shape).ravel()[sel]
 
 
-def _rotation_sel(xp: ModuleType, box: int, fy: np.ndarray, fx: np.ndarray, angles_deg: Any,
+def rotation_sel(xp: ModuleType, box: int, fy: np.ndarray, fx: np.ndarray, angles_deg: Any,
                   scale: int) -> tuple[Any, Any, Any]:
     """:func:`rotation_table` restricted to the frequencies ``(fy, fx)`` (F,): shapes (A, F, 4)."""
     rad = np.deg2rad(np.asarray(angles_deg, dtype=np.float64)).reshape(-1, 1)
@@ -309,7 +310,7 @@ def estep_partition(
         xre_u, c2w_u = xre, c2w
         xre, c2w = xre * afix[:, None], c2w * (afix * afix)[:, None]
     refs_f = cfft2(xp, pad_real(xp, refs, 2))  # (K, 2b, b + 1): padded for accurate rotation
-    t_ref = _rotation_sel(xp, b, fy, fx, psi, 2)
+    t_ref = rotation_sel(xp, b, fy, fx, psi, 2)
     ang = 2 * np.pi * (fx[:, None] * offs[None, :, 0] + fy[:, None] * offs[None, :, 1]) / b  # (F, S)
     pc, ps = xp.asarray(np.cos(ang), dtype=xp.float32), xp.asarray(np.sin(ang), dtype=xp.float32)
 
@@ -368,6 +369,14 @@ def estep_partition(
             xp, xw if afix is None else xw * afix[:, None], c2w, refs_f, fy, fx, b, to_host(label), psi_out,
             shift_out, float(model["psi_step_deg"]), float(model["offset_step_px"]),
             srange if afix is None else None, prec)
+    misfit = np.full(c, np.nan, dtype=np.float32)
+    if model.get("misfit_shell") and c > 0:  # the final pass: low-resolution misfit of the best sample
+        from cryoframe.algorithms.class2d.misfit import low_band_misfit
+
+        misfit = low_band_misfit(xp, x, ctf2[:, posx] if ctf_params is not None else None, inv, h, shells, fy, fx,
+                                 b, refs_f, to_host(label), psi_out, shift_out, int(model["misfit_shell"]),
+                                 scale=None if afix is None else to_host(afix),
+                                 srange=srange if afix is None else None, prec=prec)
     part = {
         "label": to_host(label).astype(np.int32),
         "posterior_max": to_host(pmax).astype(np.float32),
@@ -378,6 +387,7 @@ def estep_partition(
         "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
         "gain": to_host(loglik - const).astype(np.float32),
+        "misfit": misfit,
     }
     if not need_stats:
         return {"particles": part}
@@ -484,7 +494,7 @@ def refine_poses(xp: ModuleType, xw: Any, c2w: Any, refs_f: Any, fy: np.ndarray,
             mem = np.nonzero(label == k)[0]
             m = len(mem)
             ang = (psi[mem, None] + fine * psi_step * dpsi[None]).ravel()  # (m * 27,)
-            ar = gather(xp, refs_f[int(k)], _rotation_sel(xp, b, fy, fx, ang, 2)).reshape(m, 27, -1)
+            ar = gather(xp, refs_f[int(k)], rotation_sel(xp, b, fy, fx, ang, 2)).reshape(m, 27, -1)
             sx = xp.asarray(shift[mem, 0, None] + fine * offset_step * dsx[None])[..., None]  # (m, 27, 1)
             sy = xp.asarray(shift[mem, 1, None] + fine * offset_step * dsy[None])[..., None]
             ph = xp.exp(2j * np.pi * (fxx * sx + fyy * sy) / b).astype(xp.complex64)

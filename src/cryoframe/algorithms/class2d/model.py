@@ -29,6 +29,7 @@ from cryoframe.algorithms.class2d import checkpoint as ck
 from cryoframe.algorithms.class2d import estep as es
 from cryoframe.algorithms.class2d import init as ini
 from cryoframe.algorithms.class2d import mstep as ms
+from cryoframe.algorithms.class2d.misfit import misfit_shell
 from cryoframe.errors import InputError
 
 __all__ = ["Class2D"]
@@ -92,7 +93,9 @@ class Class2D(BaseEstimator):
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
     ``shifts_px_`` (n, 2) (x, y) px (centring shifts, see below), ``scales_``, ``ess_`` (1/sum p^2 over samples),
     ``log_likelihood_`` (per particle), ``gain_`` (per particle: log-likelihood of the
-    model minus that of a noise-only image, i.e. the evidence for a particle over an empty pick), ``group_noise_spectra_`` (G, shells) per noise group and
+    model minus that of a noise-only image, i.e. the evidence for a particle over an empty pick),
+    ``misfit_`` (per particle, from the final pass: standardised excess of the low-resolution residual
+    over noise at the best sample, :mod:`.misfit`; debris that joined a real class leaves a residual), ``group_noise_spectra_`` (G, shells) per noise group and
     ``noise_spectrum_`` their mean (per shell, unnormalised-FFT units of
     the masked images), ``resolution_A_`` (Å, last shell with SSNR > 1), ``history_``, ``n_iter_``.
     Pose convention: particle ``I(p) = A(R(psi) (p + s))`` with ``s = shifts_px_``: the shift is the
@@ -235,6 +238,8 @@ class Class2D(BaseEstimator):
                 "scale_prec": 0.0 if not self.scale_prior_sd else 1.0 / float(self.scale_prior_sd) ** 2, "refine_poses": bool(self.refine_poses) and final,
                 "psi_step_deg": float(geo["psi_deg"][1] - geo["psi_deg"][0]) if len(geo["psi_deg"]) > 1 else 360.0,
                 "offset_step_px": float(self.offset_step_px),
+                # the final pass also measures each particle's low-resolution misfit (.misfit)
+                "misfit_shell": misfit_shell(geo["box"], geo["psize_A"], ms.e_shell(st, geo)) if final else 0,
                 "psize_A": geo["psize_A"]}
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
@@ -289,7 +294,7 @@ class Class2D(BaseEstimator):
                 "labels": np.full(n, -1, dtype=np.int32), "posterior_max": np.zeros(n, np.float32),
                 "psi_deg": np.zeros(n, np.float32), "shift": np.zeros((n, 2), np.float32),
                 "ess": np.zeros(n, np.float32), "scale": np.ones(n, np.float32), "loglik": np.full(n, np.nan),
-                "gain": np.full(n, np.nan, np.float32),
+                "gain": np.full(n, np.nan, np.float32), "misfit": np.full(n, np.nan, np.float32),
                 "run": None, "history": [], "iteration": 0}
 
     def _seed(self) -> int | None:
@@ -454,6 +459,7 @@ class Class2D(BaseEstimator):
         self.scales_ = np.asarray(st["scale"])
         self.log_likelihood_ = np.asarray(st["loglik"])
         self.gain_ = np.asarray(st["gain"])
+        self.misfit_ = np.asarray(st["misfit"])
         self.group_noise_spectra_ = np.atleast_2d(np.asarray(st["sigma2"]))
         self.noise_spectrum_ = self.group_noise_spectra_.mean(0)
         self._e_last = int(st.get("e_data", box // 2 - 1))

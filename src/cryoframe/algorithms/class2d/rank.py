@@ -27,7 +27,11 @@ Per particle, ``select2d --auto`` also drops particles whose evidence (``alignme
 log-likelihood under the class model minus that of a noise-only image, in nats) is below
 :data:`DEFAULT_MIN_EVIDENCE`: an empty pick or an ice edge that landed in a good class fits it no
 better than noise does (on the junk bench: empty picks -2, edges ~0, real particles above 3.5 for
-99% of them), whatever its class's score.
+99% of them), whatever its class's score; and particles whose low-resolution misfit to their class
+(``alignments2D/misfit``, :mod:`.misfit`: about N(0, 1) when the particle fits) is above
+:data:`DEFAULT_MAX_MISFIT`: debris that joined a real class leaves its own blobs in the residual
+(on the junk bench, seeds 0-4: real particles -1 +- 1, 1-2% of them above 2; debris in real classes
+60% above 2).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COMPACT_RADIUS", "DEFAULT_MIN_EVIDENCE", "DEFAULT_THRESHOLD", "FEATURES", "WEIGHTS", "class_features", "class_scores"]
+__all__ = ["COMPACT_RADIUS", "DEFAULT_MAX_MISFIT", "DEFAULT_MIN_EVIDENCE", "DEFAULT_THRESHOLD", "FEATURES", "WEIGHTS", "class_features", "class_scores"]
 
 COMPACT_RADIUS = 0.6
 COMPACT_RANGE = (0.55, 0.85)
@@ -45,6 +49,7 @@ WEIGHTS: dict[str, float] = {"contrast": 1.0, "compactness": 1.0, "resolution": 
 FEATURES = tuple(WEIGHTS)
 DEFAULT_THRESHOLD = 0.6
 DEFAULT_MIN_EVIDENCE = 3.0  # nats
+DEFAULT_MAX_MISFIT = 2.0  # standard deviations of the noise-only residual
 
 
 def class_features(averages: np.ndarray, counts: np.ndarray, resolution_A: np.ndarray, mean_ess: np.ndarray,
