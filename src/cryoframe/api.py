@@ -287,8 +287,8 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
             ctf_mode: CtfMode | None = None, zero_mask: bool | None = None,
             limit_e_step_resolution_A: float | None = None, center: bool | None = None,
             algorithm: Class2DAlgorithm | None = None, init: Class2DInit | None = None, nbasis: int | None = None,
-            seed: int | None = None, scale: Class2DScale | None = None, device: Device = "cpu", resume: bool = False,
-            plots: bool = True,
+            seed: int | None = None, scale: Class2DScale | None = None, outliers: bool | None = None,
+            device: Device = "cpu", resume: bool = False, plots: bool = True,
             overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
     """2D classification of the store's images into ``classes`` classes (RELION-style EM or VDAM).
 
@@ -298,7 +298,9 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
     the E-step resolution limit; ``center`` re-centres class averages; ``init`` ``random`` or
     ``msa`` (PCA basis of ``nbasis``); ``scale`` the per-particle contrast scale in the likelihood
     (``sample``: per class, angle and shift under a N(1, 0.3^2) prior, so junk still prefers flat
-    classes; ``none``: the class's own, as RELION; ``particle``: one per particle); ``resume`` continues from the store's checkpoint (CLI
+    classes; ``none``: the class's own, as RELION; ``particle``: one per particle); ``outliers``
+    (default True): particles that fit no class get label ``classes`` and leave the averages
+    (:mod:`cryoframe.algorithms.class2d.misfit`); ``resume`` continues from the store's checkpoint (CLI
     ``--continue``).  Options left None take the documented defaults
     (:data:`cryoframe.jobs.class2d.DEFAULTS`: K 50, 25 iterations, T 2, psi 6 deg, offsets 5/1 px, full CTF,
     EM, random init, seed 0, scale sample) or, with ``resume``, the values of the run being continued; an option given
@@ -312,7 +314,7 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
                         offset_range_px=offset_range_px, offset_step_px=offset_step_px, ctf=ctf,
                         ctf_mode=ctf_mode, zero_mask=zero_mask, limit_e_step_resolution_A=limit_e_step_resolution_A,
                         center=center, algorithm=algorithm, init=init, nbasis=nbasis, seed=seed, scale=scale,
-                        device=device,
+                        outliers=outliers, device=device,
                         resume=resume, plots=plots, overwrite=overwrite)
 
 

@@ -35,6 +35,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=choices(Class2DScale),
                    help="per-particle contrast scale: sample (default; per class/angle/shift under a N(1, 0.3^2) "
                         "prior, so junk gathers in flat classes), none (as RELION), particle (one per particle)")
+    p.add_argument("--no-outliers", dest="outliers", action="store_false", default=None,
+                   help="keep every particle in a class (default: particles that fit no class -- evidence over an "
+                        "empty pick < 3 nats or low-resolution misfit > 2 -- get class K, the outliers, and leave "
+                        "the averages)")
     add_iterative_job_args(p, "resume from the store's checkpoint, with its options")
 
 
@@ -45,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
                     ctf_mode=args.ctf_mode, zero_mask=args.zero_mask,
                     limit_e_step_resolution_A=args.limit_e_step_resolution, center=args.center,
                     algorithm=args.algorithm, init=args.init, nbasis=args.nbasis, seed=args.seed,
-                    scale=args.scale, device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
+                    scale=args.scale, outliers=args.outliers, device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
     print(f"classified {s.n} particles into {s.lineage[-1]['params']['classes']} classes -> {s.path} "
           f"(class averages, model.json, gallery in {s.extras_dir()})")
     return 0

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "classes": 50, "iters": 25, "tau_fudge": 2.0, "mask_diameter_A": None, "psi_step_deg": 6.0,
     "offset_range_px": 5.0, "offset_step_px": 1.0, "ctf": True, "ctf_mode": "full", "zero_mask": True,
     "limit_e_step_resolution_A": None, "center": True, "algorithm": "em", "init": "random", "nbasis": 10,
-    "seed": 0, "scale": "sample",
+    "seed": 0, "scale": "sample", "outliers": True,
 }
 """Documented defaults of :func:`class2d`'s options (``mask_diameter_A`` None: 0.9 x box; ``limit_e_step_resolution_A``
 None: no limit).  ``--continue`` takes every option not given from the checkpointed run instead."""
@@ -73,7 +73,7 @@ OPTION_NAMES = {"classes": "--classes", "iters": "--iters", "tau_fudge": "--T", 
                 "ctf": ("--no-ctf", "--ctf"), "ctf_mode": "--ctf-mode", "zero_mask": ("--no-zero-mask", "--zero-mask"),
                 "limit_e_step_resolution_A": "--limit-e-step-resolution", "center": ("--no-center", "--center"),
                 "algorithm": "--algorithm", "init": "--init", "nbasis": "--nbasis", "seed": "--seed",
-                "scale": "--scale"}
+                "scale": "--scale", "outliers": ("--no-outliers", "--outliers")}
 RESUME_FREE = {"iters"}  # may differ from the checkpointed run
 
 
@@ -114,7 +114,8 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
             offset_step_px: float | None = None, ctf: bool | None = None, ctf_mode: str | None = None,
             zero_mask: bool | None = None, limit_e_step_resolution_A: float | None = None,
             center: bool | None = None, algorithm: str | None = None, init: str | None = None,
-            nbasis: int | None = None, seed: int | None = None, scale: str | None = None, device: str = "cpu",
+            nbasis: int | None = None, seed: int | None = None, scale: str | None = None,
+            outliers: bool | None = None, device: str = "cpu",
             resume: bool = False, plots: bool = True, overwrite: bool = False) -> ParticleStore:
     """Classify ``store``'s particle images into ``classes`` 2D classes; returns the output store.
 
@@ -138,7 +139,8 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
         "classes": classes, "iters": iters, "tau_fudge": tau_fudge, "mask_diameter_A": mask_diameter_A,
         "psi_step_deg": psi_step_deg, "offset_range_px": offset_range_px, "offset_step_px": offset_step_px,
         "ctf": ctf, "ctf_mode": ctf_mode, "zero_mask": zero_mask, "limit_e_step_resolution_A": limit_e_step_resolution_A,
-        "center": center, "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed, "scale": scale}, resume)
+        "center": center, "algorithm": algorithm, "init": init, "nbasis": nbasis, "seed": seed, "scale": scale,
+        "outliers": outliers}, resume)
     if o["classes"] > store.n:
         raise InputError(f"--classes {o['classes']} is larger than the number of particles ({store.n})")
     psize = store.psize_A or 1.0
@@ -158,7 +160,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                         ctf=o["ctf"], ctf_mode=o["ctf_mode"], zero_mask=o["zero_mask"],
                         limit_e_step_resolution_A=o["limit_e_step_resolution_A"], center=o["center"],
                         algorithm=o["algorithm"], init=o["init"], nbasis=o["nbasis"], random_state=o["seed"],
-                        scale_mode=o["scale"], device=device, checkpoint_dir=str(ckpt), warm_start=resume)
+                        scale_mode=o["scale"], outliers=o["outliers"], device=device, checkpoint_dir=str(ckpt), warm_start=resume)
         try:
             model.fit(store.images(), ctf_params=ctfp, groups=noise_groups(store))
         except (ValueError, FileNotFoundError) as exc:
@@ -228,6 +230,10 @@ def _write_extras(d: Path, model: Any, psize: float, plots: bool) -> None:
         "score": {"features": list(FEATURES), "weights": WEIGHTS, "default_threshold": DEFAULT_THRESHOLD,
                   "doc": "cryoframe.algorithms.class2d.rank"},
         "classes": per_class, "history": model.history_,
+        "outliers": {"class": k, "count": int(getattr(model, "n_outliers_", 0)),
+                     "enabled": bool(getattr(model, "outliers", False)),
+                     "min_evidence": DEFAULT_MIN_EVIDENCE, "max_misfit": DEFAULT_MAX_MISFIT,
+                     "doc": "particles that fit no class (cryoframe.algorithms.class2d.misfit): label n_classes"},
         "noise": {"groups": int(model.group_noise_spectra_.shape[0]),
                   "shell_A": [box * psize / max(s, 1) for s in range(box // 2)],
                   "spectrum": model.noise_spectrum_.tolist()}})
@@ -281,9 +287,10 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
         th = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         chosen = [c for c in range(k) if scores[c] >= th]
     elif classes:
-        bad = [c for c in classes if c < 0 or c >= k]
+        top = k if model.get("outliers") else k - 1  # class k: the outlier class
+        bad = [c for c in classes if c < 0 or c > top]
         if bad:
-            raise InputError(f"--classes {bad} out of range 0..{k - 1}")
+            raise InputError(f"--classes {bad} out of range 0..{top}" + (f" ({k}: the outliers)" if top == k else ""))
         chosen = sorted(set(classes))
     else:
         raise InputError("select2d needs --classes I,J,... or --auto")

@@ -238,7 +238,11 @@ def estep_partition(
     ``current_size``), ``mask`` (b, b) particle mask, ``psize_A`` (Å/px), ``scale_range`` (lo, hi)
     or None: with a range, every sample also fits a contrast scale ``a`` (model ``a CTF A``), the
     maximiser of its log-likelihood clipped to the range.  ``scales`` (c,) with a ``scale_range``:
-    per-particle contrast scales instead (RELION's ``--scale``/norm correction): every sample of a
+    per-particle contrast scales instead (RELION's ``--scale``/norm correction); ``misfit_shell``
+    (0: off): measure every particle's low-resolution misfit (:mod:`.misfit`) at its best sample;
+    ``outliers`` None or ``{"min_evidence", "max_misfit"}``: particles with less evidence over an
+    empty pick or more misfit get label K (the outlier class) and leave the statistics (class sums,
+    priors, noise).  With ``scales``, every sample of a
     particle uses the particle's fixed scale (from the previous iteration), and the returned
     ``scale`` is the new estimate, the least-squares scale of the best sample clipped to the range.
     A per-sample free scale makes the score a correlation: junk then matches any class as well as
@@ -370,15 +374,26 @@ def estep_partition(
             shift_out, float(model["psi_step_deg"]), float(model["offset_step_px"]),
             srange if afix is None else None, prec)
     misfit = np.full(c, np.nan, dtype=np.float32)
-    if model.get("misfit_shell") and c > 0:  # the final pass: low-resolution misfit of the best sample
+    label_out = to_host(label).astype(np.int32)
+    gain = to_host(loglik - const).astype(np.float32)
+    if model.get("misfit_shell") and c > 0:  # low-resolution misfit of the best sample (final pass, outliers)
         from cryoframe.algorithms.class2d.misfit import low_band_misfit
 
         misfit = low_band_misfit(xp, x, ctf2[:, posx] if ctf_params is not None else None, inv, h, shells, fy, fx,
-                                 b, refs_f, to_host(label), psi_out, shift_out, int(model["misfit_shell"]),
+                                 b, refs_f, label_out, psi_out, shift_out, int(model["misfit_shell"]),
                                  scale=None if afix is None else to_host(afix),
                                  srange=srange if afix is None else None, prec=prec)
+    outlier = np.zeros(c, dtype=bool)
+    lim = model.get("outliers")
+    if lim and c > 0:  # particles that fit no class go to the outlier class K and leave the statistics
+        outlier = (gain < float(lim["min_evidence"])) | (misfit > float(lim["max_misfit"]))
+        label_out[outlier] = nk
+        if outlier.any():
+            ox = xp.asarray(np.nonzero(outlier)[0])
+            p[ox] = 0
+            wk[ox] = 0
     part = {
-        "label": to_host(label).astype(np.int32),
+        "label": label_out,
         "posterior_max": to_host(pmax).astype(np.float32),
         "psi_deg": np.mod(psi_out, 360.0).astype(np.float32),
         "shift": shift_out.astype(np.float32),
@@ -386,7 +401,7 @@ def estep_partition(
                   to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
         "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
-        "gain": to_host(loglik - const).astype(np.float32),
+        "gain": gain,
         "misfit": misfit,
     }
     if not need_stats:
@@ -447,12 +462,14 @@ def estep_partition(
     num, den = num * keep, den * keep
     # per group and shell: sum_h |X|^2 over the whole plane plus the residual correction inside e_shell
     xabs_full = (x_full.real.astype(xp.float64) ** 2 + x_full.imag.astype(xp.float64) ** 2).reshape(c, -1)
+    inlier = xp.asarray((~outlier).astype(np.float64))[:, None]  # outliers leave the noise estimate too
+    xabs_full = xabs_full * inlier
     smat = xp.asarray(shell_matrix(b))
     noise = _group_sum(xp, xabs_full @ smat, gidx, ng) + resid @ smat[xp.asarray(sel_h)]  # (G, nsh)
     stats = {
         "num": to_host(num).reshape(nk, b, bh), "den": to_host(den).reshape(nk, b, bh),
         "wsum": to_host(wk.astype(xp.float64).sum(0)), "asum": to_host(asum), "noise": to_host(noise),
-        "count": to_host(_group_sum(xp, xp.ones((c, 1)), gidx, ng)[:, 0]),
+        "count": to_host(_group_sum(xp, inlier, gidx, ng)[:, 0]),
         "loglik": np.asarray(float(to_host(loglik.sum()))), "n": np.asarray(c),
     }
     return {"particles": part, "stats": stats}

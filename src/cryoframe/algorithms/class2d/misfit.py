@@ -15,8 +15,16 @@ residual ``r = X - a CTF A`` is compared with the noise model over the shells 1 
 
 (``h`` the half-plane multiplicities; each Fourier component's real and imaginary parts have
 variance ``sigma2`` under the noise model, so ``z`` is a standardised chi-square excess: about
-N(0, 1) for a particle that fits).  Measured: real particles, bright or faint, z -1 +- 1; debris in
-real classes median 2.9, 60% above 2.
+N(0, 1) for a particle that fits).  Measured at SNR 0.03: real particles, bright or faint, z -1 +- 1;
+debris in real classes median 2.9, 60% above 2.
+
+At high SNR (0.5 and above, negative stain) small model errors -- a coarse angular step, a
+reference that is not exact -- are many noise sigmas too, so the misfit is the smaller of ``z`` and
+``FRACTION_SCALE`` (20) times the unexplained fraction ``u`` = residual excess / the particle's own
+low-resolution excess power (at least one noise sigma): a misfit above 2 then needs both a
+significant residual and one that is more than a tenth of the particle's low-resolution signal.
+Debris leaves a third to a half of its signal unexplained (median u 0.3-0.5); real particles at
+SNR 0.5 with a 15 deg angular step leave a few percent.
 """
 
 from __future__ import annotations
@@ -26,8 +34,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MISFIT_RESOLUTION_A", "low_band_misfit", "misfit_shell"]
+__all__ = ["FRACTION_SCALE", "MISFIT_RESOLUTION_A", "OUTLIER_MAX_MISFIT", "OUTLIER_MIN_EVIDENCE", "low_band_misfit", "misfit_shell"]
 
+OUTLIER_MIN_EVIDENCE = 3.0
+"""nats: a particle with less evidence over an empty pick fits no class better than noise (on the junk
+bench empty picks are at -2, edges ~0, 99% of real particles above 3.5)."""
+OUTLIER_MAX_MISFIT = 2.0
+"""A particle whose low-resolution misfit to its class is above this (about N(0, 1) when it fits;
+real particles -1 +- 1) does not fit it (debris in real classes: 60% above 2)."""
+
+FRACTION_SCALE = 20.0
 MISFIT_RESOLUTION_A = 30.0
 """The misfit sums the shells up to this resolution (at least 2 shells): the overall shape and mass
 distribution of a particle, where debris differs and noise has few degrees of freedom."""
@@ -81,6 +97,9 @@ def low_band_misfit(xp: ModuleType, x: Any, ctf: Any | None, inv_sigma2: Any, h:
         else:
             a = xp.ones(len(mem))
         r = xm - a[:, None] * model
-        chi = (in_band * (0.5 * (r.real**2 + r.imag**2) * w - 1.0)).sum(1)
-        out[mem] = to_host(chi / norm).astype(np.float32)
+        chi = (in_band * (0.5 * (r.real**2 + r.imag**2) * w - 1.0)).sum(1)  # the residual's excess power
+        sig = (in_band * (0.5 * (xm.real**2 + xm.imag**2) * w - 1.0)).sum(1)  # the particle's own
+        z = chi / norm
+        unexplained = chi / xp.maximum(sig, norm)
+        out[mem] = to_host(xp.minimum(z, FRACTION_SCALE * unexplained)).astype(np.float32)
     return out

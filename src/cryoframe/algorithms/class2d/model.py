@@ -29,7 +29,7 @@ from cryoframe.algorithms.class2d import checkpoint as ck
 from cryoframe.algorithms.class2d import estep as es
 from cryoframe.algorithms.class2d import init as ini
 from cryoframe.algorithms.class2d import mstep as ms
-from cryoframe.algorithms.class2d.misfit import misfit_shell
+from cryoframe.algorithms.class2d.misfit import OUTLIER_MAX_MISFIT, OUTLIER_MIN_EVIDENCE, misfit_shell
 from cryoframe.errors import InputError
 
 __all__ = ["Class2D"]
@@ -40,6 +40,7 @@ _EDGE_PX = 5.0  # soft-mask edge width (RELION's default)
 _SCALE_RANGE = (0.2, 5.0)  # allowed per-particle contrast scale (scale_mode particle/sample)
 _SPLIT_MAX = 2000  # at most this many members of a class enter a split
 _RESEED_UNTIL = 15  # no re-seeding after this iteration: the rest converge (a fixed count, so resumed runs match)
+_OUTLIERS_FROM = 4  # the outlier class opens with the 5th iteration (classes have formed; a fixed count, so resumed runs match)
 
 
 def _normalised_scales(scale: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -82,14 +83,20 @@ class Class2D(BaseEstimator):
     normalised to mean 1 per class, fixed during the next E-step); ``refine_poses``
     (in the last iteration and ``predict``, the reported angle and shift of every particle are
     refined locally around its best sample at 1/4 then 1/8 of the coarse steps, as RELION's adaptive
-    oversampling of significant poses; the statistics are unchanged); ``chunk_size`` (particles per partition; None:
+    oversampling of significant poses; the statistics are unchanged); ``outliers`` (from the 5th
+    iteration on, and in ``predict``: a particle that fits no class --
+    evidence over an empty pick below 3 nats, or low-resolution misfit to its class at its best pose
+    above 2, :mod:`.misfit` -- is labelled ``n_classes`` (the outlier class) and leaves the class
+    averages, priors and noise spectra: empty picks, edges and debris that resemble a view no
+    longer sit in, and blur, the real classes); ``chunk_size`` (particles per partition; None:
     from the ``_BUDGET`` of E-step work arrays per partition); ``checkpoint_dir`` (state after every
     iteration); ``warm_start`` (scikit-learn convention: ``fit`` continues from the last completed
     iteration in ``checkpoint_dir``, else from this estimator's previous ``fit``, up to ``n_iter``
     iterations in total; data and every parameter except ``n_iter``, ``device``, ``chunk_size`` and
     ``checkpoint_dir`` must be those of the run it continues).
 
-    Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts),
+    Learned: ``class_averages_`` (K, b, b) real space, ``class_sizes_`` (hard counts; outliers, label
+    K, are not in them: ``n_outliers_``),
     ``class_priors_``, ``labels_``, ``posterior_max_`` (max over all samples), ``psi_deg_`` (deg),
     ``shifts_px_`` (n, 2) (x, y) px (centring shifts, see below), ``scales_``, ``ess_`` (1/sum p^2 over samples),
     ``log_likelihood_`` (per particle), ``gain_`` (per particle: log-likelihood of the
@@ -111,8 +118,9 @@ class Class2D(BaseEstimator):
                  init: str = "random", nbasis: int = 10, random_state: int | None = 0, device: str = "cpu",
                  batch_size: int | None = None, reseed_min_fraction: float = 0.05,
                  reseed_similarity: float | None = 0.95,
-                 scale_mode: str = "sample", scale_prior_sd: float | None = 0.3, refine_poses: bool = True, chunk_size: int | None = None, checkpoint_dir: str | os.PathLike[str] | None = None,
-                 warm_start: bool = False) -> None:
+                 scale_mode: str = "sample", scale_prior_sd: float | None = 0.3, refine_poses: bool = True,
+                 outliers: bool = True, chunk_size: int | None = None,
+                 checkpoint_dir: str | os.PathLike[str] | None = None, warm_start: bool = False) -> None:
         self.n_classes = n_classes
         self.n_iter = n_iter
         self.tau_fudge = tau_fudge
@@ -137,6 +145,7 @@ class Class2D(BaseEstimator):
         self.scale_mode = scale_mode
         self.scale_prior_sd = scale_prior_sd
         self.refine_poses = refine_poses
+        self.outliers = outliers
         self.chunk_size = chunk_size
         self.checkpoint_dir = checkpoint_dir
         self.warm_start = warm_start
@@ -227,7 +236,10 @@ class Class2D(BaseEstimator):
                 "e_max": e_shell, "chunk": chunk,
                 "mask": es.soft_mask(box, diam / (2 * psize), _EDGE_PX)}
 
-    def _model(self, st: dict[str, Any], geo: dict[str, Any], final: bool = True) -> dict[str, Any]:
+    def _model(self, st: dict[str, Any], geo: dict[str, Any], final: bool = True,
+               outliers: bool | None = None) -> dict[str, Any]:
+        """The E-step's model; ``outliers`` (None: ``final``) opens the outlier class."""
+        outliers = bool(self.outliers) and (final if outliers is None else outliers)
         with np.errstate(divide="ignore"):
             lp = np.log(st["priors"])
         return {"refs": st["refs"], "log_prior": lp, "sigma2": st["sigma2"], "psi_deg": geo["psi_deg"],
@@ -238,8 +250,9 @@ class Class2D(BaseEstimator):
                 "scale_prec": 0.0 if not self.scale_prior_sd else 1.0 / float(self.scale_prior_sd) ** 2, "refine_poses": bool(self.refine_poses) and final,
                 "psi_step_deg": float(geo["psi_deg"][1] - geo["psi_deg"][0]) if len(geo["psi_deg"]) > 1 else 360.0,
                 "offset_step_px": float(self.offset_step_px),
-                # the final pass also measures each particle's low-resolution misfit (.misfit)
-                "misfit_shell": misfit_shell(geo["box"], geo["psize_A"], ms.e_shell(st, geo)) if final else 0,
+                # the final pass (and the outlier class) measure each particle's low-resolution misfit (.misfit)
+                "misfit_shell": misfit_shell(geo["box"], geo["psize_A"], ms.e_shell(st, geo)) if final or outliers else 0,
+                "outliers": {"min_evidence": OUTLIER_MIN_EVIDENCE, "max_misfit": OUTLIER_MAX_MISFIT} if outliers else None,
                 "psize_A": geo["psize_A"]}
 
     def _map(self, fn: Any, X: Any, ctf: dict[str, np.ndarray] | None, chunk: int, *args: Any,
@@ -308,7 +321,7 @@ class Class2D(BaseEstimator):
         ``reseed_similarity`` after rotation) count only while the largest class holds > 1.5 n/K."""
         n, k, box = X.shape[0], geo["K"], geo["box"]
         lab0 = st["labels"]
-        hard = np.bincount(lab0[lab0 >= 0], minlength=k)  # a class nobody joins is dead even with soft weight
+        hard = np.bincount(lab0[lab0 >= 0], minlength=k + 1)[:k]  # a class nobody joins is dead even with soft weight
         small = list(np.nonzero(np.minimum(st["wsum"], hard) < float(self.reseed_min_fraction) * n / k)[0])
         if self.reseed_similarity is not None and k > 1 and st["wsum"].max() > 1.5 * n / k:
             sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
@@ -413,7 +426,8 @@ class Class2D(BaseEstimator):
             if b < n:
                 rows = np.sort(rng.choice(n, b, replace=False))
                 xb, cb, gb = Xd[rows], None if ctf is None else {c: v[rows] for c, v in ctf.items()}, gidx[rows]
-            model_t = self._model(st, geo, final=t == int(self.n_iter) - 1)  # poses refined in the last pass
+            final = t == int(self.n_iter) - 1  # poses refined in the last pass
+            model_t = self._model(st, geo, final=final, outliers=t >= _OUTLIERS_FROM)
             res = self._map(es.estep_task, xb, cb, geo["chunk"], model_t, self.device, True,
                             per_rows=[gb, st["scale"][rows]])
             stats, part = res["stats"], res["particles"]
@@ -451,7 +465,8 @@ class Class2D(BaseEstimator):
         self.class_averages_ = np.asarray(st["refs"], dtype=np.float32)
         self.class_priors_ = np.asarray(st["priors"], dtype=np.float64)
         self.labels_ = np.asarray(st["labels"]).astype(np.int64)
-        self.class_sizes_ = np.bincount(self.labels_[self.labels_ >= 0], minlength=k)
+        counts = np.bincount(self.labels_[self.labels_ >= 0], minlength=k + 1)
+        self.class_sizes_, self.n_outliers_ = counts[:k], int(counts[k])
         self.posterior_max_ = np.asarray(st["posterior_max"])
         self.psi_deg_ = np.asarray(st["psi_deg"])
         self.shifts_px_ = -np.asarray(st["shift"])  # internal: centre displacement; public: the centring shift
@@ -472,7 +487,8 @@ class Class2D(BaseEstimator):
         self._geo = geo
 
     def predict(self, X: Any, ctf_params: dict[str, Any] | None = None) -> np.ndarray:
-        """Most probable class (n,) of each image under the fitted model (one E-step pass)."""
+        """Most probable class (n,) of each image under the fitted model (one E-step pass); with
+        ``outliers``, ``n_classes`` for images that fit no class."""
         check_is_fitted(self, "class_averages_")
         Xd, ctf, _ = self._data(X, ctf_params, self.psize_A_)
         geo = self._geo

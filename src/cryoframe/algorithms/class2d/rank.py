@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from cryoframe.algorithms.class2d.misfit import OUTLIER_MAX_MISFIT, OUTLIER_MIN_EVIDENCE
+
 __all__ = ["COMPACT_RADIUS", "DEFAULT_MAX_MISFIT", "DEFAULT_MIN_EVIDENCE", "DEFAULT_THRESHOLD", "FEATURES", "WEIGHTS", "class_features", "class_scores"]
 
 COMPACT_RADIUS = 0.6
@@ -48,8 +50,8 @@ RESOLUTION_RANGE = (0.45, 0.85)
 WEIGHTS: dict[str, float] = {"contrast": 1.0, "compactness": 1.0, "resolution": 1.0, "confidence": 0.5, "size": 1.0}
 FEATURES = tuple(WEIGHTS)
 DEFAULT_THRESHOLD = 0.6
-DEFAULT_MIN_EVIDENCE = 3.0  # nats
-DEFAULT_MAX_MISFIT = 2.0  # standard deviations of the noise-only residual
+DEFAULT_MIN_EVIDENCE = OUTLIER_MIN_EVIDENCE  # nats
+DEFAULT_MAX_MISFIT = OUTLIER_MAX_MISFIT  # standard deviations of the noise-only residual
 
 
 def class_features(averages: np.ndarray, counts: np.ndarray, resolution_A: np.ndarray, mean_ess: np.ndarray,
@@ -103,7 +105,7 @@ def rank_model(model: Any, counts: np.ndarray, psize_A: float) -> tuple[dict[str
     k = model.class_averages_.shape[0]
     labels = np.asarray(model.labels_)
     ess = np.asarray(model.ess_, dtype=float)
-    ok = labels >= 0
+    ok = (labels >= 0) & (labels < k)  # (label k: the outlier class)
     tot = np.bincount(labels[ok], weights=ess[ok], minlength=k)
     cnt = np.bincount(labels[ok], minlength=k)
     mean_ess = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
