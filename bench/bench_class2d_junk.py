@@ -31,8 +31,10 @@ sys.path.insert(0, str(HERE))
 
 
 def purity_metrics(labels: np.ndarray, view: np.ndarray, n_views: int, k: int) -> dict[str, float]:
-    """Views captured (>= 90% pure classes holding >= 80% of the view) and junk in junk-majority classes."""
+    """Views captured (>= 90% pure classes holding >= 80% of the view) and junk in junk-majority classes.
+    Labels may go up to ``k`` included: class2d's outlier class (RELION has none)."""
     junk = view < 0
+    k = max(k, int(labels.max()) + 1)
     pure_of = np.full(k, -2)
     jmaj = np.zeros(k, bool)
     for c in range(k):
@@ -84,9 +86,11 @@ def main() -> None:
              f"Command: `{' '.join(sys.argv)}`.\n",
              "Goals: views captured = all (classes >= 90% pure holding >= 80% of the view); junk in junk classes "
              ">= 0.90; auto keeps >= 0.90 real, rejects >= 0.90 junk.\n",
-             "| seed | views captured | junk in junk classes | auto keeps real | auto rejects junk | psi err deg "
-             "| shift err px | s | particle·class·iter/s | RELION views | RELION junk in junk classes | RELION s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Outlier class: label K (particles that fit no class); its share of the junk and of the real particles.\n",
+             "| seed | views captured | junk in junk classes | outlier class: junk / real | auto keeps real | "
+             "auto rejects junk | psi err deg | shift err px | s | particle·class·iter/s | RELION views | "
+             "RELION junk in junk classes | RELION s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for seed in args.seeds:
         tag = f"{args.particles}_{args.box}_{args.snr}_{args.junk}_s{seed}"
         src = WORK / f"junk_{tag}.cf"
@@ -121,7 +125,9 @@ def main() -> None:
         kept = np.isin(s.table(["uid"]).column(0).to_numpy(), sel.table(["uid"]).column(0).to_numpy())
         ang, sh = pose_recovery_errors(lab[real], psi[real], shift[real], tr_real)
         rate = args.particles * args.K * args.iters / wall
+        out_cls = lab == args.K
         row = (f"| {seed} | {m['views_captured']}/{args.classes} | {m['junk_in_junk_classes']:.2f} | "
+               f"{out_cls[~real].mean():.2f} / {out_cls[real].mean():.3f} | "
                f"{kept[real].mean():.2f} | {1 - kept[~real].mean():.2f} | {ang:.1f} | {sh:.2f} | {wall:.0f} | "
                f"{rate:,.0f} | {r_cells}")
         print(row, f"gallery: {out / 'extras' / 'class_gallery'}.*", flush=True)
