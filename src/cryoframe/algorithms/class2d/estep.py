@@ -376,13 +376,16 @@ def estep_partition(
     misfit = np.full(c, np.nan, dtype=np.float32)
     label_out = to_host(label).astype(np.int32)
     gain = to_host(loglik - const).astype(np.float32)
+    scale_best = (to_host(afix) if afix is not None else None if alpha is None else
+                  to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32))
     if model.get("misfit_shell") and c > 0:  # low-resolution misfit of the best sample (final pass, outliers)
         from cryoframe.algorithms.class2d.misfit import low_band_misfit
 
-        misfit = low_band_misfit(xp, x, ctf2[:, posx] if ctf_params is not None else None, inv, h, shells, fy, fx,
-                                 b, refs_f, label_out, psi_out, shift_out, int(model["misfit_shell"]),
-                                 scale=None if afix is None else to_host(afix),
-                                 srange=srange if afix is None else None, prec=prec)
+        bi = np.nonzero((shells >= 1) & (shells <= int(model["misfit_shell"])))[0]
+        bx = xp.asarray(bi)
+        misfit = low_band_misfit(xp, x[:, bx], ctf2[:, posx][:, bx] if ctf_params is not None else None,
+                                 inv[:, bx], h[bi], fy[bi], fx[bi], b, refs_f, label_out, psi_out, shift_out,
+                                 scale_best)
     outlier = np.zeros(c, dtype=bool)
     lim = model.get("outliers")
     if lim and c > 0:  # particles that fit no class go to the outlier class K and leave the statistics
@@ -397,8 +400,7 @@ def estep_partition(
         "posterior_max": to_host(pmax).astype(np.float32),
         "psi_deg": np.mod(psi_out, 360.0).astype(np.float32),
         "shift": shift_out.astype(np.float32),
-        "scale": (new_scale if afix is not None else np.ones(c, np.float32) if alpha is None else
-                  to_host(alpha[xp.arange(c), label].reshape(c, -1)[xp.arange(c), best]).astype(np.float32)),
+        "scale": (new_scale if afix is not None else np.ones(c, np.float32) if scale_best is None else scale_best),
         "ess": to_host(ess).astype(np.float32),
         "loglik": to_host(loglik).astype(np.float64),
         "gain": gain,

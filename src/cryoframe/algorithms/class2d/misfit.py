@@ -54,30 +54,27 @@ def misfit_shell(box: int, psize_A: float, e_shell: int) -> int:
     return int(max(1, min(int(e_shell), max(2, round(box * psize_A / MISFIT_RESOLUTION_A)))))
 
 
-def low_band_misfit(xp: ModuleType, x: Any, ctf: Any | None, inv_sigma2: Any, h: np.ndarray, shells: np.ndarray,
-                    fy: np.ndarray, fx: np.ndarray, box: int, refs_f: Any, label: np.ndarray, psi_deg: np.ndarray,
-                    shift: np.ndarray, band: int, scale: np.ndarray | None = None,
-                    srange: tuple[float, float] | None = None, prec: float = 0.0) -> np.ndarray:
-    """The misfit z (c,) float32 of every particle at its best sample (see the module docstring).
+def low_band_misfit(xp: ModuleType, x: Any, ctf: Any | None, inv_sigma2: Any, h: np.ndarray, fy: np.ndarray,
+                    fx: np.ndarray, box: int, refs_f: Any, label: np.ndarray, psi_deg: np.ndarray, shift: np.ndarray,
+                    scale: np.ndarray | None = None) -> np.ndarray:
+    """The misfit (c,) float32 of every particle at its best sample (see the module docstring).
 
-    ``x`` (c, F) the masked particles' transforms at the E-step frequencies ``(fy, fx)`` (F,) with
-    shells ``shells`` and multiplicities ``h``; ``ctf`` (c, F) or None; ``inv_sigma2`` (c, F) (0 at
-    DC); ``refs_f`` the 2x padded reference spectra; ``label``, ``psi_deg``, ``shift`` (c, 2) (the
-    E-step's centre displacement, px) the best sample; ``scale`` (c,) fixed contrast scales, else
-    with ``srange`` the scale is fitted at that pose over all E-step frequencies (prior precision
-    ``prec``, as :func:`cryoframe.algorithms.class2d.estep.scale_score`), else 1.
+    ``x`` (c, F) the masked particles' transforms at the band's frequencies ``(fy, fx)`` (F,)
+    (shells 1 .. band) with multiplicities ``h``; ``ctf`` (c, F) or None; ``inv_sigma2`` (c, F);
+    ``refs_f`` the 2x padded reference spectra; ``label``, ``psi_deg``, ``shift`` (c, 2) (the
+    E-step's centre displacement, px) the best sample; ``scale`` (c,) its contrast scale (None: 1).
     """
-    from cryoframe.algorithms.class2d.estep import gather, rotation_sel, scale_score
+    from cryoframe.algorithms.class2d.estep import gather, rotation_sel
     from cryoframe.backend import to_host
 
     c = x.shape[0]
     out = np.full(c, np.nan, dtype=np.float32)
     hx = xp.asarray(h)
-    in_band = xp.asarray(((shells >= 1) & (shells <= band)).astype(np.float64)) * hx
-    norm = float(np.sqrt(np.sum((h * ((shells >= 1) & (shells <= band))) ** 2)))
+    norm = float(np.sqrt(np.sum(np.asarray(h) ** 2)))
     if norm == 0 or c == 0:
         return out
     fxx, fyy = xp.asarray(fx[None, :]), xp.asarray(fy[None, :])
+    a_all = np.ones(c) if scale is None else np.asarray(scale, dtype=np.float64)
     for k in np.unique(label):
         mem = np.nonzero(label == k)[0]
         mx = xp.asarray(mem)
@@ -88,17 +85,9 @@ def low_band_misfit(xp: ModuleType, x: Any, ctf: Any | None, inv_sigma2: Any, h:
         if ctf is not None:
             model = model * ctf[mx]
         xm, w = x[mx], inv_sigma2[mx]
-        if scale is not None:
-            a = xp.asarray(np.asarray(scale, dtype=np.float64)[mem])
-        elif srange is not None:
-            cross = (hx * w * (xm * xp.conj(model)).real).sum(1)
-            q = 0.5 * (hx * w * (model.real**2 + model.imag**2)).sum(1)
-            a = scale_score(xp, cross, q, srange, prec)[0]
-        else:
-            a = xp.ones(len(mem))
-        r = xm - a[:, None] * model
-        chi = (in_band * (0.5 * (r.real**2 + r.imag**2) * w - 1.0)).sum(1)  # the residual's excess power
-        sig = (in_band * (0.5 * (xm.real**2 + xm.imag**2) * w - 1.0)).sum(1)  # the particle's own
+        r = xm - xp.asarray(a_all[mem])[:, None] * model
+        chi = (hx * (0.5 * (r.real**2 + r.imag**2) * w - 1.0)).sum(1)  # the residual's excess power
+        sig = (hx * (0.5 * (xm.real**2 + xm.imag**2) * w - 1.0)).sum(1)  # the particle's own
         z = chi / norm
         unexplained = chi / xp.maximum(sig, norm)
         out[mem] = to_host(xp.minimum(z, FRACTION_SCALE * unexplained)).astype(np.float32)
