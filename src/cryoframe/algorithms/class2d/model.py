@@ -69,7 +69,7 @@ class Class2D(BaseEstimator):
     minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction`` (classes holding less than
     this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
     (duplicate classes, correlation above it, are re-seeded too; None: off); re-seeding runs in
-    iterations 2..``_RESEED_UNTIL`` (15) only, and a class counts as tiny by its hard
+    iterations 2..``_RESEED_UNTIL`` (15) only (2..5 with ``outliers``), and a class counts as tiny by its hard
     membership (a class that holds soft weight but wins no particle is dead); ``scale_mode``
     (per-particle contrast scale in the likelihood): "sample" (default: a scale per class, angle
     and shift under a Gaussian prior N(1, ``scale_prior_sd``^2), bounded to [0.2, 5], with the
@@ -419,7 +419,10 @@ class Class2D(BaseEstimator):
             st = self._initial(Xd, ctf, geo, rng)
         for t in range(int(st["iteration"]), int(self.n_iter)):
             t0 = time.perf_counter()
-            reseeded = self._reseed(Xd, ctf, st, geo) if 0 < t < _RESEED_UNTIL else []
+            # with the outlier class open, classes that held junk empty out: splitting views to refill them
+            # only makes small mixed classes, so re-seeding stops there
+            until = min(_RESEED_UNTIL, _OUTLIERS_FROM + 1) if self.outliers else _RESEED_UNTIL
+            reseeded = self._reseed(Xd, ctf, st, geo) if 0 < t < until else []
             b = self._batch_size(t, n, geo["K"])
             rows: Any = slice(None)
             xb, cb, gb = Xd, ctf, gidx
