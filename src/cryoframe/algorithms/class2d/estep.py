@@ -512,14 +512,20 @@ def refine_poses(xp: ModuleType, xw: Any, c2w: Any, refs_f: Any, fy: np.ndarray,
         for k in np.unique(label):
             mem = np.nonzero(label == k)[0]
             m = len(mem)
-            ang = (psi[mem, None] + fine * psi_step * dpsi[None]).ravel()  # (m * 27,)
-            ar = gather(xp, refs_f[int(k)], rotation_sel(xp, b, fy, fx, ang, 2)).reshape(m, 27, -1)
-            sx = xp.asarray(shift[mem, 0, None] + fine * offset_step * dsx[None])[..., None]  # (m, 27, 1)
-            sy = xp.asarray(shift[mem, 1, None] + fine * offset_step * dsy[None])[..., None]
-            ph = xp.exp(2j * np.pi * (fxx * sx + fyy * sy) / b).astype(xp.complex64)
+            # 3 angles x 3 x-shifts x 3 y-shifts (flat index 9 i_psi + 3 i_x + i_y): the 3 rotated
+            # references and the separable shift phases exp(2 pi i fx sx) exp(2 pi i fy sy), combined
+            ang = (psi[mem, None] + fine * psi_step * d[None]).ravel()  # (m * 3,)
+            ar = gather(xp, refs_f[int(k)], rotation_sel(xp, b, fy, fx, ang, 2)).reshape(m, 3, -1)
+            sx = xp.asarray(shift[mem, 0, None] + fine * offset_step * d[None])[..., None]  # (m, 3, 1)
+            sy = xp.asarray(shift[mem, 1, None] + fine * offset_step * d[None])[..., None]
+            px = xp.exp(2j * np.pi * fxx * sx / b).astype(xp.complex64)  # (m, 3, F)
+            py = xp.exp(2j * np.pi * fyy * sy / b).astype(xp.complex64)
             mx = xp.asarray(mem)
-            cross = (xw[mx][:, None, :] * xp.conj(ar) * ph).real.sum(-1)  # (m, 27)
-            q = 0.5 * (c2w[mx][:, None, :] * (ar.real**2 + ar.imag**2)).sum(-1)
+            t = xw[mx][:, None, :] * xp.conj(ar)  # (m, 3, F)
+            tx = t[:, :, None, :] * px[:, None, :, :]  # (m, 3 psi, 3 x, F)
+            cross = xp.einsum("mpxf,myf->mpxy", tx.real, py.real) - xp.einsum("mpxf,myf->mpxy", tx.imag, py.imag)
+            cross = cross.reshape(m, 27)
+            q = xp.repeat(0.5 * (c2w[mx][:, None, :] * (ar.real**2 + ar.imag**2)).sum(-1), 9, axis=1)  # (m, 27)
             if srange is not None:
                 score = scale_score(xp, cross, q, srange, prec)[1]
             else:
