@@ -383,9 +383,12 @@ def estep_partition(
 
         bi = np.nonzero((shells >= 1) & (shells <= int(model["misfit_shell"])))[0]
         bx = xp.asarray(bi)
+        at_pose = xp.empty((c, len(bi)), dtype=xp.complex64)  # each particle's class at its best angle
+        for k in np.unique(label_out):
+            mem = np.nonzero(label_out == k)[0]
+            at_pose[xp.asarray(mem)] = gather(xp, refs_f[int(k)], rotation_sel(xp, b, fy[bi], fx[bi], psi_out[mem], 2))
         misfit = low_band_misfit(xp, x[:, bx], ctf2[:, posx][:, bx] if ctf_params is not None else None,
-                                 inv[:, bx], h[bi], fy[bi], fx[bi], b, refs_f, label_out, psi_out, shift_out,
-                                 scale_best)
+                                 inv[:, bx], h[bi], fy[bi], fx[bi], b, at_pose, shift_out, scale_best)
     outlier = np.zeros(c, dtype=bool)
     lim = model.get("outliers")
     if lim and c > 0:  # particles that fit no class go to the outlier class K and leave the statistics

@@ -55,40 +55,30 @@ def misfit_shell(box: int, psize_A: float, e_shell: int) -> int:
 
 
 def low_band_misfit(xp: ModuleType, x: Any, ctf: Any | None, inv_sigma2: Any, h: np.ndarray, fy: np.ndarray,
-                    fx: np.ndarray, box: int, refs_f: Any, label: np.ndarray, psi_deg: np.ndarray, shift: np.ndarray,
+                    fx: np.ndarray, box: int, refs_at_pose: Any, shift: np.ndarray,
                     scale: np.ndarray | None = None) -> np.ndarray:
     """The misfit (c,) float32 of every particle at its best sample (see the module docstring).
 
     ``x`` (c, F) the masked particles' transforms at the band's frequencies ``(fy, fx)`` (F,)
     (shells 1 .. band) with multiplicities ``h``; ``ctf`` (c, F) or None; ``inv_sigma2`` (c, F);
-    ``refs_f`` the 2x padded reference spectra; ``label``, ``psi_deg``, ``shift`` (c, 2) (the
-    E-step's centre displacement, px) the best sample; ``scale`` (c,) its contrast scale (None: 1).
+    ``refs_at_pose`` (c, F) each particle's class average rotated to its best in-plane angle (the
+    E-step's 2x padded bilinear rotation) at those frequencies; ``shift`` (c, 2) its centre
+    displacement (px); ``scale`` (c,) its contrast scale (None: 1).
     """
-    from cryoframe.algorithms.class2d.estep import gather, rotation_sel
     from cryoframe.backend import to_host
 
     c = x.shape[0]
-    out = np.full(c, np.nan, dtype=np.float32)
     hx = xp.asarray(h)
     norm = float(np.sqrt(np.sum(np.asarray(h) ** 2)))
     if norm == 0 or c == 0:
-        return out
-    fxx, fyy = xp.asarray(fx[None, :]), xp.asarray(fy[None, :])
-    a_all = np.ones(c) if scale is None else np.asarray(scale, dtype=np.float64)
-    for k in np.unique(label):
-        mem = np.nonzero(label == k)[0]
-        mx = xp.asarray(mem)
-        ar = gather(xp, refs_f[int(k)], rotation_sel(xp, box, fy, fx, psi_deg[mem], 2)).reshape(len(mem), -1)
-        sx = xp.asarray(shift[mem, 0, None])
-        sy = xp.asarray(shift[mem, 1, None])
-        model = ar * xp.exp(-2j * np.pi * (fxx * sx + fyy * sy) / box)  # the class at the particle's pose
-        if ctf is not None:
-            model = model * ctf[mx]
-        xm, w = x[mx], inv_sigma2[mx]
-        r = xm - xp.asarray(a_all[mem])[:, None] * model
-        chi = (hx * (0.5 * (r.real**2 + r.imag**2) * w - 1.0)).sum(1)  # the residual's excess power
-        sig = (hx * (0.5 * (xm.real**2 + xm.imag**2) * w - 1.0)).sum(1)  # the particle's own
-        z = chi / norm
-        unexplained = chi / xp.maximum(sig, norm)
-        out[mem] = to_host(xp.minimum(z, FRACTION_SCALE * unexplained)).astype(np.float32)
-    return out
+        return np.full(c, np.nan, dtype=np.float32)
+    sx, sy = xp.asarray(shift[:, 0, None]), xp.asarray(shift[:, 1, None])
+    model = refs_at_pose * xp.exp(-2j * np.pi * (xp.asarray(fx[None, :]) * sx + xp.asarray(fy[None, :]) * sy) / box)
+    if ctf is not None:
+        model = model * ctf
+    a = xp.asarray(np.ones(c) if scale is None else np.asarray(scale, dtype=np.float64))
+    r = x - a[:, None] * model
+    chi = (hx * (0.5 * (r.real**2 + r.imag**2) * inv_sigma2 - 1.0)).sum(1)  # the residual's excess power
+    sig = (hx * (0.5 * (x.real**2 + x.imag**2) * inv_sigma2 - 1.0)).sum(1)  # the particle's own
+    unexplained = chi / xp.maximum(sig, norm)
+    return to_host(xp.minimum(chi / norm, FRACTION_SCALE * unexplained)).astype(np.float32)
