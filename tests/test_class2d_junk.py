@@ -234,3 +234,27 @@ def test_outlier_class_takes_junk_out_of_the_real_classes(junky, tmp_path: Path,
     assert api.select2d(c, tmp_path / "o.cf", classes=[8]).n == int(out.sum())
     with pytest.raises(InputError, match="out of range 0..8"):
         api.select2d(c, tmp_path / "bad.cf", classes=[9])
+
+
+def test_small_duplicate_classes_are_closed_once_the_outlier_class_is_open() -> None:
+    """A class whose average duplicates one at least twice its size (after rotation) is closed
+    (prior 0): the small half of an early split of a view; similar classes of similar size stay."""
+    from scipy import ndimage
+
+    from cryoframe.algorithms.class2d import Class2D
+
+    rng = np.random.default_rng(0)
+    box = 32
+    g = np.arange(box) - box // 2
+    yy, xx = np.meshgrid(g, g, indexing="ij")
+    view = np.exp(-((xx - 4) ** 2 + yy**2) / 8.0) + 0.7 * np.exp(-((xx + 3) ** 2 + (yy - 5) ** 2) / 5.0)
+    other = np.exp(-(xx**2 + (yy + 6) ** 2) / 6.0) + np.exp(-((xx - 6) ** 2 + (yy - 2) ** 2) / 3.0)
+    refs = np.stack([view, ndimage.rotate(view, 40, reshape=False, order=1), other,
+                     other + 0.01 * rng.standard_normal((box, box))]).astype(np.float32)
+    model = Class2D(n_classes=4)
+    geo = {"K": 4, "box": box, "psize_A": 2.0, "e_max": box // 2 - 1}
+    st = {"refs": refs, "priors": np.full(4, 0.25), "labels": np.repeat([0, 1, 2, 3], [100, 30, 60, 50]),
+          "res_shell": np.full(4, 10), "e_data": np.asarray(box // 2 - 1)}
+    assert model._merge_small_duplicates(st, geo) == [1]  # 30 members duplicate class 0's 100
+    assert st["priors"][1] == 0 and st["priors"].sum() == pytest.approx(1.0)
+    assert st["priors"][2] > 0 and st["priors"][3] > 0  # duplicates of similar size (60 / 50) both stay

@@ -69,7 +69,8 @@ class Class2D(BaseEstimator):
     minibatch, default min(n, max(200, 20 K))); ``reseed_min_fraction`` (classes holding less than
     this fraction of n/K are re-seeded by splitting the largest class); ``reseed_similarity``
     (duplicate classes, correlation above it, are re-seeded too; None: off); re-seeding runs in
-    iterations 2..``_RESEED_UNTIL`` (15) only (2..5 with ``outliers``), and a class counts as tiny by its hard
+    iterations 2..``_RESEED_UNTIL`` (15) only (2..5 with ``outliers``; after that a class that
+    duplicates one at least twice its size is closed instead), and a class counts as tiny by its hard
     membership (a class that holds soft weight but wins no particle is dead); ``scale_mode``
     (per-particle contrast scale in the likelihood): "sample" (default: a scale per class, angle
     and shift under a Gaussian prior N(1, ``scale_prior_sd``^2), bounded to [0.2, 5], with the
@@ -363,6 +364,31 @@ class Class2D(BaseEstimator):
         st["priors"] = st["priors"] / st["priors"].sum()
         return done
 
+    def _merge_small_duplicates(self, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
+        """With the outlier class open (no more re-seeding): a class whose average duplicates a class
+        at least twice its size (correlation above ``reseed_similarity`` after rotation) is closed
+        (prior 0; its members join the twin in the next E-step).  Such a class is the small half of
+        a view split early on, and the leftover junk of that view gathers in it."""
+        if self.reseed_similarity is None:
+            return []
+        k, box = geo["K"], geo["box"]
+        lab = st["labels"]
+        hard = np.bincount(lab[(lab >= 0) & (lab < k)], minlength=k)
+        sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
+        closed: list[int] = []
+        for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
+            i, j = divmod(int(flat), k)
+            if j <= i or sim[i, j] <= float(self.reseed_similarity):
+                break
+            small, big = (i, j) if hard[i] < hard[j] else (j, i)
+            if small in closed or big in closed or hard[small] == 0 or 2 * hard[small] > hard[big]:
+                continue
+            closed.append(int(small))
+        if closed:
+            st["priors"][closed] = 0.0
+            st["priors"] = st["priors"] / st["priors"].sum()
+        return closed
+
     def _batch_size(self, t: int, n: int, k: int) -> int:
         if self.algorithm == "em":
             return n
@@ -423,6 +449,7 @@ class Class2D(BaseEstimator):
             # only makes small mixed classes, so re-seeding stops there
             until = min(_RESEED_UNTIL, _OUTLIERS_FROM + 1) if self.outliers else _RESEED_UNTIL
             reseeded = self._reseed(Xd, ctf, st, geo) if 0 < t < until else []
+            merged = self._merge_small_duplicates(st, geo) if self.outliers and t > _OUTLIERS_FROM else []
             b = self._batch_size(t, n, geo["K"])
             rows: Any = slice(None)
             xb, cb, gb = Xd, ctf, gidx
@@ -452,6 +479,7 @@ class Class2D(BaseEstimator):
             st["iteration"] = t + 1
             st["history"].append({"iteration": t + 1, "log_likelihood": float(stats["loglik"]),
                                   "n_particles": b, "class_changes": changes, "reseeded": reseeded,
+                                  "merged": merged,
                                   "e_step_shell": int(st["e_data"]),
                                   "e_step_resolution_A": box * psize / max(int(st["e_data"]), 1),
                                   "resolution_A": box * psize / max(int(np.max(st["res_shell"])), 1),
