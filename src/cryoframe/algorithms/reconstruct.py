@@ -94,10 +94,8 @@ def _partition_sums(images: Any, rot: np.ndarray, shifts_px: np.ndarray, ctf: di
                 rots = np.stack([(g @ rot[idx]) * pad for g in sym])
                 if worker is not None:  # the worker transforms the images and inserts them
                     sums.insert_ctf(rots, kx, ky, flat, img, params)
-                    continue
-                f = fo.cfft2(img, xp)
-                for r in rots:
-                    _kernels.run_insert_ctf(sums, r, kx, ky, flat, f, params)
+                else:
+                    fo.insert_images(sums, rots, kx, ky, flat, img, params)
                 continue
             f = fo.cfft2(img, xp) * fo.phase_shift(box, shifts_px[idx], xp)
             c = None if c_par is None else ctf_grid(box, psize_A, c_par, xp=xp)

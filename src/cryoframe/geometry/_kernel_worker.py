@@ -174,8 +174,8 @@ class RemoteSums:
     def insert_ctf(self, rots: np.ndarray, kx: np.ndarray, ky: np.ndarray, flat: np.ndarray, images: np.ndarray,
                    params: tuple[np.ndarray, ...]) -> None:
         """Insert real ``images`` (n, b, b) at each pose set of ``rots`` (nsym, n, 3, 3), already times
-        the padding (:func:`cryoframe.geometry._kernels.run_insert_ctf` of their transforms with
-        ``params`` from :func:`~cryoframe.geometry._kernels.insert_ctf_params`).  Returns at once
+        the padding (:func:`cryoframe.geometry.fourier.insert_images` with ``params`` from
+        :func:`~cryoframe.geometry._kernels.insert_ctf_params`).  Returns at once
         unless :data:`IN_FLIGHT` batches are already waiting in the worker."""
         self._credit.acquire()
         self._w._send(("insert", self._key, (rots, kx, ky, flat, np.ascontiguousarray(images, np.float32), params)))
@@ -187,8 +187,7 @@ class RemoteSums:
 
 
 def _lane(key: int, shape: tuple[int, ...], inbox: Any, reply: Any) -> None:
-    from cryoframe.geometry._kernels import run_insert_ctf
-    from cryoframe.geometry.fourier import cfft2
+    from cryoframe.geometry.fourier import insert_images
 
     acc = np.zeros(shape, np.float32)
     err = None
@@ -198,10 +197,7 @@ def _lane(key: int, shape: tuple[int, ...], inbox: Any, reply: Any) -> None:
             break
         if err is None:
             try:
-                rots, kx, ky, flat, images, params = args
-                f = cfft2(images)
-                for r in rots:
-                    run_insert_ctf(acc, r, kx, ky, flat, f, params)
+                insert_images(acc, *args)  # (rots, kx, ky, flat, images, params)
             except Exception:
                 import traceback
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["cfft2", "cfftn", "enforce_hermitian", "extract_slices", "gridding_correction", "icfft2", "icfftn",
-           "image_freqs", "insert_slices", "new_sums", "pad_volume", "phase_shift", "project_volume", "volume_transform"]
+           "image_freqs", "insert_images", "insert_slices", "new_sums", "pad_volume", "phase_shift", "project_volume",
+           "sums_shape", "volume_transform"]
 
 
 def _fft(xp: ModuleType) -> Any:
@@ -186,6 +187,19 @@ def extract_slices(vft: Any, rot: Any, box: int, pad: int = 2, r_max: float | No
     out = xp.zeros((n, box * (box // 2 + 1)), dtype=xp.complex64)
     out[:, xp.asarray(flat)] = acc
     return out.reshape(n, box, box // 2 + 1)
+
+
+def insert_images(acc: np.ndarray, rots: np.ndarray, kx: np.ndarray, ky: np.ndarray, flat: np.ndarray,
+                  images: np.ndarray, params: tuple[np.ndarray, ...]) -> None:
+    """Transform the real ``images`` (n, b, b) (:func:`cfft2`) and insert them at every pose set of
+    ``rots`` (nsym, n, 3, 3, times the padding) with the compiled loop
+    (:func:`cryoframe.geometry._kernels.run_insert_ctf`, ``params`` from its ``insert_ctf_params``):
+    one batch of a partition, in this process or in the kernel worker's."""
+    from cryoframe.geometry import _kernels
+
+    f = cfft2(images)
+    for r in rots:
+        _kernels.run_insert_ctf(acc, r, kx, ky, flat, f, params)
 
 
 def sums_shape(box: int, pad: int = 2) -> tuple[int, int, int, int]:
