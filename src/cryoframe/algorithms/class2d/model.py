@@ -43,6 +43,11 @@ _RESEED_UNTIL = 15  # no re-seeding after this iteration: the rest converge (a f
 _OUTLIERS_FROM = 4  # the outlier class opens with the 5th iteration (classes have formed; a fixed count, so resumed runs match)
 
 
+def _hard_counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """Particles whose label is each of the K classes (K,) (unassigned -1 and the outlier class K left out)."""
+    return np.bincount(labels[(labels >= 0) & (labels < k)], minlength=k)
+
+
 def _normalised_scales(scale: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-particle scales divided by their class's mean (the A <-> a degeneracy fixed on the
     particle side), clipped to ``_SCALE_RANGE``."""
@@ -322,14 +327,10 @@ class Class2D(BaseEstimator):
         ``reseed_similarity`` after rotation) count only while the largest class holds > 1.5 n/K."""
         n, k, box = X.shape[0], geo["K"], geo["box"]
         lab0 = st["labels"]
-        hard = np.bincount(lab0[lab0 >= 0], minlength=k + 1)[:k]  # a class nobody joins is dead even with soft weight
-        small = list(np.nonzero(np.minimum(st["wsum"], hard) < float(self.reseed_min_fraction) * n / k)[0])
+        hard = _hard_counts(lab0, k)  # a class nobody joins is dead even with soft weight
+        small = [int(c) for c in np.nonzero(np.minimum(st["wsum"], hard) < float(self.reseed_min_fraction) * n / k)[0]]
         if self.reseed_similarity is not None and k > 1 and st["wsum"].max() > 1.5 * n / k:
-            sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
-            for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
-                i, j = divmod(int(flat), k)
-                if j <= i or sim[i, j] <= float(self.reseed_similarity):
-                    break
+            for i, j in self._duplicate_pairs(st, geo):
                 if i not in small and j not in small:
                     small.append(i if st["wsum"][i] < st["wsum"][j] else j)
         if len(small) == 0 or len(small) >= k:
@@ -364,6 +365,21 @@ class Class2D(BaseEstimator):
         st["priors"] = st["priors"] / st["priors"].sum()
         return done
 
+    def _duplicate_pairs(self, st: dict[str, Any], geo: dict[str, Any]) -> list[tuple[int, int]]:
+        """Class pairs (i < j) whose averages correlate above ``reseed_similarity`` after rotation
+        (:func:`.init.similar_pairs` at low resolution), most similar first."""
+        if self.reseed_similarity is None:
+            return []
+        k, box = geo["K"], geo["box"]
+        sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
+        pairs = []
+        for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
+            i, j = divmod(int(flat), k)
+            if j <= i or sim[i, j] <= float(self.reseed_similarity):
+                break
+            pairs.append((i, j))
+        return pairs
+
     def _merge_small_duplicates(self, st: dict[str, Any], geo: dict[str, Any]) -> list[int]:
         """With the outlier class open (no more re-seeding): a class whose average duplicates a class
         at least twice its size (correlation above ``reseed_similarity`` after rotation) is closed
@@ -371,15 +387,9 @@ class Class2D(BaseEstimator):
         a view split early on, and the leftover junk of that view gathers in it."""
         if self.reseed_similarity is None:
             return []
-        k, box = geo["K"], geo["box"]
-        lab = st["labels"]
-        hard = np.bincount(lab[(lab >= 0) & (lab < k)], minlength=k)
-        sim = ini.similar_pairs(st["refs"], min(ms.e_shell(st, geo), box // 4))
+        hard = _hard_counts(st["labels"], geo["K"])
         closed: list[int] = []
-        for flat in np.argsort(-np.triu(sim, 1), axis=None, kind="stable"):
-            i, j = divmod(int(flat), k)
-            if j <= i or sim[i, j] <= float(self.reseed_similarity):
-                break
+        for i, j in self._duplicate_pairs(st, geo):
             small, big = (i, j) if hard[i] < hard[j] else (j, i)
             if small in closed or big in closed or hard[small] == 0 or 2 * hard[small] > hard[big]:
                 continue
