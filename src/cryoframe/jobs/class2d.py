@@ -306,7 +306,7 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
                                  f"class2d, or leave out {flag}")
             continue  # an older class2d store: class scores only
         limits.append((field, op, float(value)))
-    from cryoframe.query.expr import filter_store
+    from cryoframe.query.expr import filter_store, match_positions
 
     where = f"`alignments2D/class` in {chosen}" if chosen else "`alignments2D/class` < 0"
     for field, op, value in limits:
@@ -317,10 +317,8 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
         raise InputError(f"--regroup must be at least 1, not {regroup}")
     from cryoframe.storage.view import write_view
 
-    keep = np.isin(store.table(["alignments2D/class"]).column(0).to_numpy(), chosen)
-    for field, op, value in limits:
-        col = store.table([field]).column(0).to_numpy()
-        keep &= ~((col < value) if op == "<" else (col > value))
+    keep = np.zeros(store.n, dtype=bool)  # the rows of the same expression
+    keep[match_positions(store, where)] = True
     t = store.table().filter(pa.array(keep))
     groups = regroup_labels(t, regroup)
     added = pa.table({"rlnGroupNumber": pa.array(groups.astype(np.int64)),
