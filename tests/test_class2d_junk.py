@@ -229,6 +229,8 @@ def test_outlier_class_takes_junk_out_of_the_real_classes(junky, tmp_path: Path,
     lab0 = plain.table(["alignments2D/class"]).column(0).to_numpy()
     assert lab0.max() < 8 and not json.loads((plain.extras_dir() / "model.json").read_text())["outliers"]["enabled"]
     assert _junk_in_junk_classes(lab, junk, 9) > _junk_in_junk_classes(lab0, junk, 8)
+    with pytest.raises(InputError, match=r"out of range 0\.\.7"):  # no outlier class in that run
+        api.select2d(plain, tmp_path / "none.cf", classes=[8])
     sel = api.select2d(c, tmp_path / "auto.cf", auto=True, threshold=0.0, min_evidence=-1e9, max_misfit=1e9)
     assert sel.n == int((~out).sum())  # --auto never keeps the outliers
     assert api.select2d(c, tmp_path / "o.cf", classes=[8]).n == int(out.sum())

@@ -287,7 +287,7 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
         th = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         chosen = [c for c in range(k) if scores[c] >= th]
     elif classes:
-        top = k if model.get("outliers") else k - 1  # class k: the outlier class
+        top = k if model.get("outliers", {}).get("enabled") else k - 1  # class k: the outlier class (when on)
         bad = [c for c in classes if c < 0 or c > top]
         if bad:
             raise InputError(f"--classes {bad} out of range 0..{top}" + (f" ({k}: the outliers)" if top == k else ""))
