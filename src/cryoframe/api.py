@@ -404,16 +404,16 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
                         overwrite=overwrite)
 
 def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: int | None = None,
-             symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float = 35.0,
-             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 40,
-             initial_minibatch: int = 90, final_minibatch: int = 300, initial_learning_rate: float = 0.5,
-             final_learning_rate: float = 0.15, noise_model: str = "coloured", noise_init_sigmascale: float = 3.0,
+             symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float | None = None,
+             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 0,
+             initial_minibatch: int = 300, final_minibatch: int = 600, initial_learning_rate: float = 0.3,
+             final_learning_rate: float = 0.2, noise_model: str = "coloured", noise_init_sigmascale: float = 1.0,
              noise_priorw: float = 50.0, class_similarity: float = 0.1,
              class_similarity_anneal_start: int | None = None, class_similarity_anneal_end: int | None = None,
              coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
-             shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 2, ctf: bool = True,
+             shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 1, ctf: bool = True,
              seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
-             overwrite: bool = False, scheduler: str | None = None, starts: int = 1) -> ParticleStore:
+             overwrite: bool = False, scheduler: str | None = None, starts: int = 4, final_coarse_step_deg: float = 12.0) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes and 3D poses (see
     :func:`cryoframe.jobs.abinitio.abinitio`; resolutions in Å, shifts in px, steps in degrees)."""
     from cryoframe.jobs.abinitio import abinitio as _abinitio
@@ -430,7 +430,7 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
             class_similarity_anneal_end=class_similarity_anneal_end, coarse_step_deg=coarse_step_deg,
             fine_step_deg=fine_step_deg, shift_range_px=shift_range_px, shift_step_px=shift_step_px,
             n_candidates=n_candidates, final_passes=final_passes, ctf=ctf, seed=seed, device=device, resume=resume,
-            plots=plots, overwrite=overwrite, starts=starts)
+            plots=plots, overwrite=overwrite, starts=starts, final_coarse_step_deg=final_coarse_step_deg)
 def view(store: StoreLike, *, join: Sequence[StoreLike] = (), save_dir: PathLike | None = None, serve: bool = False,
          port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> Any:
     """The interactive curation page (a Panel layout, shown inline in a notebook) for ``store``

@@ -57,16 +57,16 @@ def _ctf(store: ParticleStore, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 1, particles: int | None = None,
-             symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float = 35.0,
-             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 40,
-             initial_minibatch: int = 90, final_minibatch: int = 300, initial_learning_rate: float = 0.5,
-             final_learning_rate: float = 0.15, noise_model: str = "coloured", noise_init_sigmascale: float = 3.0,
+             symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float | None = None,
+             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 0,
+             initial_minibatch: int = 300, final_minibatch: int = 600, initial_learning_rate: float = 0.3,
+             final_learning_rate: float = 0.2, noise_model: str = "coloured", noise_init_sigmascale: float = 1.0,
              noise_priorw: float = 50.0, class_similarity: float = 0.1,
              class_similarity_anneal_start: int | None = None, class_similarity_anneal_end: int | None = None,
              coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
-             shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 2, ctf: bool = True,
+             shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 1, ctf: bool = True,
              seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
-             overwrite: bool = False, starts: int = 1) -> ParticleStore:
+             overwrite: bool = False, starts: int = 4, final_coarse_step_deg: float = 12.0) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes from ``store``'s images; returns the output store.
 
     See :class:`cryoframe.algorithms.abinitio.AbInitio` for the parameters (resolutions in Å, shifts
@@ -104,7 +104,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
               "class_similarity_anneal_end": class_similarity_anneal_end, "coarse_step_deg": coarse_step_deg,
               "fine_step_deg": fine_step_deg, "shift_range_px": shift_range_px, "shift_step_px": shift_step_px,
               "n_candidates": n_candidates, "final_passes": final_passes, "ctf": ctf, "seed": seed, "resume": resume,
-              "starts": starts}
+              "starts": starts, "final_coarse_step_deg": final_coarse_step_deg}
     model = AbInitio(classes, psize_A=psize, symmetry=symmetry, max_resolution_A=max_resolution_A,
                      initial_resolution_A=initial_resolution_A, initial_iterations=initial_iterations,
                      intermediate_iterations=intermediate_iterations, final_iterations=final_iterations,
@@ -115,7 +115,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
                      class_similarity_anneal_end=class_similarity_anneal_end, coarse_step_deg=coarse_step_deg,
                      fine_step_deg=fine_step_deg, shift_range_px=shift_range_px, shift_step_px=shift_step_px,
                      n_candidates=n_candidates, final_passes=final_passes, random_state=seed, device=device,
-                     n_starts=starts)
+                     n_starts=starts, final_coarse_step_deg=final_coarse_step_deg)
     model._validate(len(used), int(store.box or 0))  # bad parameters fail before anything is written
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="abinitio", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:

@@ -13,7 +13,7 @@ from cryoframe.algorithms.posesearch import Components
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.ctf import ctf_grid
 
-__all__ = ["particle_components", "shell_power"]
+__all__ = ["lowpass_mask", "particle_components", "shell_power", "shell_tau2"]
 
 
 def particle_components(images: Any, rows: np.ndarray, comps: Components, box: int, psize_A: float,
@@ -50,3 +50,23 @@ def shell_power(values: np.ndarray, comps: Components, m: int | None = None) -> 
     out = np.where(c > 0, s / np.maximum(c, 1), np.nan)
     good = np.flatnonzero(np.isfinite(out))
     return np.interp(np.arange(ns), good, out[good]) if len(good) else np.ones(ns)
+
+
+def shell_tau2(vol: np.ndarray, box: int) -> np.ndarray:
+    """Shell power (box // 2 + 1,) of a volume's transform (the prior ``tau^2``)."""
+    from cryoframe.geometry.fsc import shell_index
+
+    f = fo.cfftn(vol.astype(np.float64))
+    sh = shell_index(box, 3, 1).ravel()
+    ns = box // 2 + 1
+    keep = sh < ns
+    p = np.bincount(sh[keep], weights=(np.abs(f) ** 2).ravel()[keep], minlength=ns)
+    c = np.bincount(sh[keep], minlength=ns)
+    return p / np.maximum(c, 1)
+
+
+def lowpass_mask(box: int, r: float) -> np.ndarray:
+    """Half-grid (box, box, box // 2 + 1) mask of frequencies within ``r`` cycles per box."""
+    from cryoframe.geometry.fsc import shell_index
+
+    return (shell_index(box, 3, 1) <= r).astype(np.float64)
