@@ -86,7 +86,7 @@ class AbInitio:
     tau2_fudge : regularisation T (the volume prior ``1 / (T tau^2)``).
     random_state : seed of the minibatches, initial volumes and half split.
     n_starts : independent random starts run through the initial phase; the one whose volumes best
-        explain one fixed held-out set of particles (lowest mean best-pose error under the initial
+        explain one fixed set of particles (lowest mean best-pose error under the initial
         noise model, :meth:`_start_score`) is continued (the others are dropped, recorded in
         ``events_``).  SGD from random volumes is start-dependent.
     scale_prior_sd : per-particle contrast scale ``~ N(1, sd^2)`` marginalised out of every pose score
@@ -303,21 +303,17 @@ class AbInitio:
         return trial
 
     def _start_score(self, flat: np.ndarray, n: int, t: int) -> float:
-        """How well a start's volumes explain the same held-out particles: their mean best-pose
-        error at iteration ``t``'s resolution under the initial white noise (so every start is
-        scored by one yardstick, whatever its own noise estimate)."""
+        """How well a start's volumes explain one fixed set of particles (the same for every start;
+        not held out of the minibatches): their mean best-pose error at iteration ``t``'s resolution
+        under the initial white noise ``flat`` (so every start is scored by one yardstick, whatever
+        its own noise estimate)."""
         idx = np.sort(self._rng_fixed().choice(n, size=min(n, 4 * self.initial_minibatch), replace=False))
-        keep = self._sigma2_data, self._sigma2_init
-        self._sigma2_data = self._sigma2_init = flat
-        try:
-            res, ev = self._search_all(idx, None, self._r_at(t), full=False, soft=True)
-        finally:
-            self._sigma2_data, self._sigma2_init = keep
+        res, ev = self._search_all(idx, None, self._r_at(t), full=False, soft=True, w=self._weights(flat))
         post = self._posteriors(ev, 0.0)
         return float(np.mean(np.sum(post * np.stack([r.error[:, 0] for r in res], 1), 1)))
 
     def _rng_fixed(self) -> np.random.Generator:
-        """A stream that is the same for every start (the held-out particles of :meth:`_start_score`)."""
+        """A stream that is the same for every start (the scoring particles of :meth:`_start_score`)."""
         return np.random.default_rng(np.random.SeedSequence([self.random_state, 17, 99]))
 
     def _r_at(self, t: int) -> float:
@@ -331,7 +327,11 @@ class AbInitio:
     def _noise_weights(self, t: int | None) -> np.ndarray:
         """Weights ``mult / (2 sigma^2)`` (m,) float32 at the components for iteration ``t`` (None: final)."""
         a = 1.0 if t is None else self.schedule_.anneal(t)
-        s2 = (1 - a) * self._sigma2_init + a * self._sigma2_data
+        return self._weights((1 - a) * self._sigma2_init + a * self._sigma2_data)
+
+    def _weights(self, s2: np.ndarray) -> np.ndarray:
+        """Weights ``mult / (2 sigma^2)`` (m,) float32 at the components of the shell noise power ``s2``
+        (flattened to its mean for the ``white`` noise model)."""
         if self.noise_model == "white":
             sh = np.rint(self._comps.radius).astype(np.int64)
             s2 = np.full_like(s2, float(np.mean(s2[np.minimum(sh, len(s2) - 1)])))
@@ -405,13 +405,13 @@ class AbInitio:
         vol = to_np(map_from_sums(sums, wb, self.pad, reg, r, xp))
         return (vol * self._window).astype(np.float32)
 
-    def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool,
-                    soft: bool = False) -> tuple[list[SearchResult], np.ndarray]:
-        """Pose search of particles ``idx`` against every class; returns the results and the log
-        evidences (b, K)."""
+    def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool, soft: bool = False,
+                    w: np.ndarray | None = None) -> tuple[list[SearchResult], np.ndarray]:
+        """Pose search of particles ``idx`` against every class under the noise weights ``w``
+        (default: iteration ``t``'s); returns the results and the log evidences (b, K)."""
         xp = self._xp
         m = self._comps.count(r)
-        w = self._noise_weights(t)
+        w = self._noise_weights(t) if w is None else w
         x = self._X[xp.asarray(idx), :m]
         c = self._C[xp.asarray(idx), :m]
         res = []
