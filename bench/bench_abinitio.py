@@ -7,7 +7,12 @@ median pose error and fraction within 10 deg after the best global rotation and 
 true map (rotated into the truth frame, translation by cross-correlation), and for K > 1 the adjusted
 Rand index of the classes.  Results are appended to bench/RESULTS.md.
 
-    python bench/bench_abinitio.py --particles 4000 --box 64 --snr 0.05 --classes 1
+    python bench/bench_abinitio.py --particles 4000 --box 64 --snr 0.05 --classes 1 --relion
+
+``--relion`` runs RELION 3.1 ``relion_refine --denovo_3dref --sgd`` with the GUI's "3D initial model"
+defaults (50/200/50 iterations, minibatches 100 -> 500, 35 -> 15 Å, HEALPix order 1, offsets 6 px in
+2 px steps, 2 threads) in the same invocation on the same particles (the poseless store exported to
+``.star`` + ``.mrcs``) and scores its last iteration with the same pose, FSC and ARI measures.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +53,78 @@ def aligned_fsc(est: np.ndarray, true: np.ndarray, g: np.ndarray, hand: str) -> 
     return fsc(rot, true)
 
 
+def relion(star: Path, out: Path, k: int, diameter: float, seed: int) -> tuple[float, Path]:
+    """Run RELION's SGD initial model (GUI defaults) on ``star``; wall seconds and the run prefix of its
+    last iteration.  RELION's seed is ``seed + 1``: with 0 it skips shuffling the particle order."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["relion_refine", "--o", str(out / "run"), "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200",
+           "--sgd_fin_iter", "50", "--sgd_write_iter", "20", "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
+           "--sgd_ini_subset", "100", "--sgd_fin_subset", "500", "--sgd", "--denovo_3dref", "--i", str(star),
+           "--ctf", "--K", str(k), "--sym", "C1", "--flatten_solvent", "--zero_mask",
+           "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "1", "--skip_gridding",
+           "--particle_diameter", f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1",
+           "--offset_range", "6", "--offset_step", "2", "--random_seed", str(seed + 1), "--j", "2"]
+    print(" ".join(cmd), flush=True)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=star.parent)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(f"relion_refine failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
+    last = max(out.glob("run_it[0-9][0-9][0-9]_data.star"), key=lambda f: int(f.name[6:9]))
+    return wall, out / last.name[: -len("_data.star")]
+
+
+def relion_result(prefix: Path, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pose matrices, 0-based classes (input order; -1: never in a minibatch) and class maps of a
+    RELION run's iteration ``prefix``."""
+    import mrcfile
+
+    from cryoframe.geometry.rotations import euler_to_pose, pose_matrix
+    from cryoframe.storage.formats.star import read_particles_star
+
+    part = read_particles_star(prefix.parent / f"{prefix.name}_data.star").particles
+    order = np.array([int(str(v).split("@")[0]) - 1 for v in part["rlnImageName"]])
+    if len(order) != n or len(np.unique(order)) != n:
+        raise RuntimeError(f"{prefix}_data.star: {len(order)} rows for {n} particles")
+    rot = np.empty((n, 3, 3))
+    rot[order] = pose_matrix(euler_to_pose(part[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(float)))
+    lab = np.empty(n, dtype=int)
+    lab[order] = np.asarray(part["rlnClassNumber"], dtype=int) - 1
+    vols = []
+    for c in range(k):
+        with mrcfile.open(prefix.parent / f"{prefix.name}_class{c + 1:03d}.mrc", permissive=True) as m:
+            vols.append(np.asarray(m.data, dtype=np.float32))
+    return rot, lab, np.stack(vols)
+
+
+def score(est_rot: np.ndarray, labels: np.ndarray, est_vols: np.ndarray, true_rot: np.ndarray,
+          true_cls: np.ndarray, true_vols: np.ndarray, box: int, psize: float) -> dict:
+    """Pose error (best global rotation and hand, per class), FSC0.5 vs truth per class, ARI."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from cryoframe.algorithms.abinitio.evaluate import pose_errors
+    from cryoframe.geometry.fsc import resolution_at
+
+    k_est = est_vols.shape[0]
+    per_class, med, w10 = [], [], []
+    for k in range(k_est):
+        sel = labels == k
+        if sel.sum() < 10:
+            continue
+        tk = np.bincount(true_cls[sel], minlength=true_vols.shape[0]).argmax()
+        both = sel & (true_cls == tk)
+        e = pose_errors(est_rot[both], true_rot[both])
+        curve = aligned_fsc(est_vols[k], true_vols[tk], e["rotation"], e["hand"])
+        per_class.append({"class": k, "true_class": int(tk), "n": int(both.sum()), "median_deg": e["median_deg"],
+                          "within_10": e["within_10_deg"], "hand": e["hand"],
+                          "fsc05_A": resolution_at(curve, box, psize, 0.5)})
+        med.append(e["median_deg"] * both.sum())
+        w10.append(e["within_10_deg"] * both.sum())
+    n_eval = sum(c["n"] for c in per_class) or 1
+    ari = adjusted_rand_score(true_cls, labels) if true_vols.shape[0] > 1 else None
+    return {"median_deg": sum(med) / n_eval, "within_10": sum(w10) / n_eval, "ari": ari, "classes": per_class}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--particles", type=int, default=4000)
@@ -57,19 +135,17 @@ def main() -> int:
     ap.add_argument("--args", default="{}", help="JSON dict of extra api.abinitio keyword arguments")
     ap.add_argument("--workdir")
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--relion", action="store_true", help="also run RELION 3.1's SGD initial model on the same particles")
     a = ap.parse_args()
 
     from scipy.spatial.transform import Rotation
-    from sklearn.metrics import adjusted_rand_score
 
     from cryoframe import api
-    from cryoframe.algorithms.abinitio.evaluate import pose_errors
-    from cryoframe.geometry.fsc import resolution_at
     from cryoframe.query.expr import filter_store
     from cryoframe.storage.store import ParticleStore
     from cryoframe.testing.synth import make_volumes, synth_store
 
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_abinitio_"))
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_abinitio_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     psize = 2.0 * 64 / a.box
     src = work / "synth.cf"
@@ -90,45 +166,46 @@ def main() -> int:
 
     t = s.table(["alignments3D/pose"])
     true_rot = Rotation.from_rotvec(np.stack(t.column(0).to_numpy(zero_copy_only=False)).astype(np.float64)).as_matrix()
-    truth = np.load(src / "extras" / "truth.npz")
+    true_cls = np.load(src / "extras" / "truth.npz")["class"].astype(int)
+    true_vols = make_volumes(a.classes, a.box, a.seed)
     r = res.table(["alignments3D/pose", "alignments3D/class"])
     est_rot = Rotation.from_rotvec(np.stack(r.column(0).to_numpy(zero_copy_only=False)).astype(np.float64)).as_matrix()
-    labels = r.column(1).to_numpy()
-    true_cls = truth["class"].astype(int)
-    true_vols = make_volumes(a.classes, a.box, a.seed)
     est_vols = np.asarray(__import__("zarr").open_array(str(res.extras_dir() / "volumes.zarr"), mode="r")[:])
-    per_class = []
-    med, w10 = [], []
-    for k in range(a.classes):
-        sel = labels == k
-        if sel.sum() < 10:
-            continue
-        tk = np.bincount(true_cls[sel], minlength=a.classes).argmax()
-        both = sel & (true_cls == tk)
-        e = pose_errors(est_rot[both], true_rot[both])
-        curve = aligned_fsc(est_vols[k], true_vols[tk], e["rotation"], e["hand"])
-        per_class.append({"class": k, "true_class": int(tk), "n": int(both.sum()), "median_deg": e["median_deg"],
-                          "within_10": e["within_10_deg"], "hand": e["hand"],
-                          "fsc05_A": resolution_at(curve, a.box, psize, 0.5)})
-        med.append(e["median_deg"] * both.sum())
-        w10.append(e["within_10_deg"] * both.sum())
-    n_eval = sum(c["n"] for c in per_class) or 1
-    ari = adjusted_rand_score(true_cls, labels) if a.classes > 1 else None
-    summary = {"wall_s": wall, "median_deg": sum(med) / n_eval, "within_10": sum(w10) / n_eval, "ari": ari,
-               "classes": per_class}
+    summary = {"wall_s": wall, **score(est_rot, r.column(1).to_numpy(), est_vols, true_rot, true_cls, true_vols,
+                                       a.box, psize)}
+    peer = None
+    if a.relion:
+        star = work / "clean.star"
+        if not star.exists():
+            api.export(clean, star, format="star", images=True)
+        rdir = work / f"relion_k{a.classes}"
+        if rdir.exists():
+            shutil.rmtree(rdir)
+        rwall, prefix = relion(star, rdir, a.classes, 0.8 * a.box * psize, a.seed)
+        rrot, rlab, rvols = relion_result(prefix, a.particles, a.classes)
+        peer = {"wall_s": rwall, **score(rrot, rlab, rvols, true_rot, true_cls, true_vols, a.box, psize)}
+        summary["relion"] = peer
     print(json.dumps(summary, indent=1, default=float))
     if not a.no_record:
         cmd = (f"python bench/bench_abinitio.py --particles {a.particles} --box {a.box} --snr {a.snr} "
-               f"--classes {a.classes} --args '{a.args}'")
-        fsc = ", ".join(f"{c['fsc05_A']:.1f}" for c in per_class)
-        record(["", f"## ab-initio ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
-                f"`{cmd}`  ", f"machine: {machine()} (shared with other jobs; wall times are upper bounds)", "",
-                "| particles | box | SNR | K | wall (s) | median pose error (deg) | within 10 deg | FSC0.5 vs truth (Å) | ARI |",
-                "|---|---|---|---|---|---|---|---|---|",
-                f"| {a.particles} | {a.box} | {a.snr} | {a.classes} | {wall:.0f} | {summary['median_deg']:.1f} | "
-                f"{summary['within_10']:.2f} | {fsc} | {'-' if ari is None else f'{ari:.3f}'} |",
-                "", "RELION 3.1 `--denovo_3dref --sgd` anchor (from issue 17, not rerun here): K=1 1340 s, median "
-                "12.2 deg, 40% within 10 deg, FSC0.5 12.8 Å; K=4 1238 s, ARI 0.52."])
+               f"--classes {a.classes} --args '{a.args}'" + (" --relion" if a.relion else ""))
+
+        def row(who: str, r: dict) -> str:
+            fsc = ", ".join(f"{c['fsc05_A']:.1f}" for c in r["classes"])
+            ari = "-" if r["ari"] is None else f"{r['ari']:.3f}"
+            return (f"| {who} | {a.particles} | {a.box} | {a.snr} | {a.classes} | {r['wall_s']:.0f} | "
+                    f"{r['median_deg']:.1f} | {r['within_10']:.2f} | {fsc} | {ari} |")
+
+        lines = ["", f"## ab-initio ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
+                 f"`{cmd}`  ", f"machine: {machine()}", "",
+                 "| program | particles | box | SNR | K | wall (s) | median pose error (deg) | within 10 deg | "
+                 "FSC0.5 vs truth (Å) | ARI |", "|---|---|---|---|---|---|---|---|---|---|", row("cryoframe", summary)]
+        if peer is not None:
+            lines.append(row("RELION 3.1 `--denovo_3dref --sgd` (GUI defaults, same particles)", peer))
+        else:
+            lines += ["", "RELION not run (no `--relion`); the issue's anchor on its own data: K=1 1340 s, median "
+                      "12.2 deg, 40% within 10 deg, FSC0.5 12.8 Å; K=4 1238 s, ARI 0.52."]
+        record(lines)
     return 0
 
 
