@@ -46,6 +46,52 @@ def test_initial_resolution_default_resolves_the_particle_in_small_boxes() -> No
         AbInitio(psize_A=2.0, initial_resolution_A=10.0)._validate(100, 64)
 
 
+def test_defaults_agree_across_model_job_api_and_cli() -> None:
+    # the defaults are written out in the estimator, the job, the API and the CLI: they must not drift
+    import inspect
+
+    from cryoframe import api
+    from cryoframe.cli import build_parser
+    from cryoframe.jobs import abinitio as job
+
+    renamed = {"classes": "n_classes", "seed": "random_state", "starts": "n_starts"}
+    model = {k: v.default for k, v in inspect.signature(AbInitio.__init__).parameters.items()}
+    checked = 0
+    for fn in (job.abinitio, api.abinitio):
+        for name, par in inspect.signature(fn).parameters.items():
+            key = renamed.get(name, name)
+            if key in model and par.default is not inspect.Parameter.empty:
+                assert par.default == model[key], f"{fn.__module__}.{fn.__name__}({name}={par.default!r}) vs model {model[key]!r}"
+                checked += 1
+    assert checked == 2 * 27
+    cli_args = build_parser("abinitio").parse_args(["abinitio", "s.cf", "--out", "o.cf"])
+    apid = {k: v.default for k, v in inspect.signature(api.abinitio).parameters.items()}
+    flags = {"max_resolution": "max_resolution_A", "initial_resolution": "initial_resolution_A",
+             "coarse_step": "coarse_step_deg", "final_coarse_step": "final_coarse_step_deg",
+             "fine_step": "fine_step_deg", "shift_range": "shift_range_px", "shift_step": "shift_step_px",
+             "candidates": "n_candidates"}
+    n_cli = 0
+    for name, value in vars(cli_args).items():
+        key = flags.get(name, name)
+        if key in apid and key not in ("store", "out", "resume", "overwrite", "device", "scheduler"):
+            assert value == apid[key], f"--{name.replace('_', '-')} default {value!r} vs api {apid[key]!r}"
+            n_cli += 1
+    assert n_cli >= 25
+
+
+def test_class_maps_are_chosen_across_starts_to_explain_the_particles_together() -> None:
+    from cryoframe.algorithms.abinitio.starts import pick_classes as _pick_classes
+
+    # 100 particles of structure A, 100 of B; candidate maps: a blend fitting both moderately,
+    # an A map, a duplicate of it, a B map
+    a = np.r_[np.zeros(100), np.full(100, -50.0)]
+    b = a[::-1]
+    ev = np.stack([np.full(200, -10.0), a, a + 1e-3, b], 1)
+    assert sorted(_pick_classes(ev, 2)) == [1, 3] or sorted(_pick_classes(ev, 2)) == [2, 3]  # not the blend
+    assert _pick_classes(ev, 1) == [0]  # alone, the blend explains most
+    assert len(set(_pick_classes(ev, 3))) == 3
+
+
 def test_pose_errors_remove_global_rotation_and_hand() -> None:
     true = Rotation.random(200, random_state=0).as_matrix()
     g = Rotation.from_rotvec([0.3, -1.2, 0.7]).as_matrix()
@@ -176,8 +222,13 @@ def test_three_classes_with_similarity_and_symmetry_option(noposes: Path) -> Non
     assert post.shape == (120, 3) and np.allclose(post.sum(1), 1, atol=1e-4)
     sizes = [ParticleStore(s.extras_dir() / "sets" / f"class_{k:03d}.cf").n for k in range(3)]
     assert sum(sizes) == 120
-    hist = json.loads((s.extras_dir() / "model.json").read_text())["history"]
+    model = json.loads((s.extras_dir() / "model.json").read_text())
+    hist = model["history"]
     assert hist[0]["class_similarity"] == pytest.approx(0.1) and hist[5]["class_similarity"] == 0.0
+    # the 3 class maps were chosen among the 4 default starts' 12, each at most once
+    (starts,) = [e for e in model["empty_class_events"] if e["event"] == "starts"]
+    picks = [tuple(p) for p in starts["classes_from"]]
+    assert len(picks) == 3 == len(set(picks)) and all(0 <= a < 4 and 0 <= b < 3 for a, b in picks)
 
 
 @pytest.mark.parametrize("args, msg", [
