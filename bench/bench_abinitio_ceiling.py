@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, record  # noqa: E402
 
 SEARCHES = [(4, True, 15.0), (4, True, 12.0), (8, False, 7.5)]  # (n_candidates, bound, coarse step deg)
+
+
+def true_pose_maps(a: argparse.Namespace, classes: int) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """The bench particles (``classes`` structures) and an :class:`AbInitio` set up on them (components,
+    noise model, working box; no SGD) whose class maps are its own Fourier sums of each class's
+    particles at their true poses and shifts; with the true rotations, shifts and classes."""
+    from scipy.spatial.transform import Rotation
+
+    from cryoframe.algorithms.abinitio import AbInitio
+    from cryoframe.geometry.ctf import CTF_PARAMS
+    from cryoframe.synthetic.generators import OPTICS, make_particles
+
+    n, psize = a.particles, 2.0 * 64 / a.box
+    imgs, t = make_particles(n, a.box, classes, a.snr, psize, "3d", a.seed, return_clean=a.clean)
+    if a.clean:
+        imgs = t["clean"]
+    ctf = {k: t[k] if k in t else np.full(n, OPTICS[k]) for k in CTF_PARAMS}
+    true = Rotation.from_rotvec(t["pose"]).as_matrix()
+    shift = -t["shift"]  # the stored shift centres the particle: minus the applied one
+    cls = np.asarray(t["class"], dtype=int)
+    m = AbInitio(classes, psize_A=psize, max_resolution_A=a.resolution, initial_iterations=0,
+                 intermediate_iterations=0, final_iterations=0, final_passes=1, n_starts=1)
+    m._final = lambda *args, **kw: None  # only the set-up of fit()
+    m.fit(imgs, ctf)
+    r, w = m.r_max_, m._noise_weights(None)
+    for k in range(classes):
+        sel = np.flatnonzero(cls == k)
+        m._sums[k] = m._batch_sums(sel, true[sel][:, None], shift[sel][:, None], np.ones((len(sel), 1)), w, r)
+    m._volumes_w = [m._volume(k, r) for k in range(classes)]
+    m._sizes = np.full(classes, 1.0 / classes)
+    return m, true, shift, cls
 
 
 def main() -> int:
@@ -48,28 +80,11 @@ def main() -> int:
     if a.classes > 1:
         return classes_ceiling(a)
 
-    from scipy.spatial.transform import Rotation
-
-    from cryoframe.algorithms.abinitio import AbInitio
     from cryoframe.algorithms.abinitio.evaluate import pose_errors
     from cryoframe.algorithms.posesearch import Projector
-    from cryoframe.geometry.ctf import CTF_PARAMS
-    from cryoframe.synthetic.generators import OPTICS, make_particles
 
-    n, psize = a.particles, 2.0 * 64 / a.box
-    imgs, t = make_particles(n, a.box, 1, a.snr, psize, "3d", a.seed, return_clean=a.clean)
-    if a.clean:
-        imgs = t["clean"]
-    ctf = {k: t[k] if k in t else np.full(n, OPTICS[k]) for k in CTF_PARAMS}
-    true = Rotation.from_rotvec(t["pose"]).as_matrix()
-    shift = -t["shift"]  # the stored shift centres the particle: minus the applied one
-    m = AbInitio(1, psize_A=psize, max_resolution_A=a.resolution, initial_iterations=0, intermediate_iterations=0,
-                 final_iterations=0, final_passes=1, n_starts=1)
-    m.fit(imgs, ctf)  # sets up the components, noise model and working box
-    r = m.r_max_
-    w = m._noise_weights(None)
-    m._sums[0] = m._batch_sums(np.arange(n), true[:, None], shift[:, None], np.ones((n, 1)), w, r)
-    m._volumes_w = [m._volume(0, r)]
+    m, true, shift, _ = true_pose_maps(a, 1)
+    n, r, w = a.particles, m.r_max_, m._noise_weights(None)
     ev = np.arange(min(a.eval, n))
     mm = m._comps.count(r)
     proj = Projector(m._volumes_w[0], m._comps, m.pad)
@@ -101,29 +116,13 @@ def main() -> int:
 
 def classes_ceiling(a: argparse.Namespace) -> int:
     """ARI and pose error of particles searched against the K true-pose class maps."""
-    from scipy.spatial.transform import Rotation
     from sklearn.metrics import adjusted_rand_score
 
-    from cryoframe.algorithms.abinitio import AbInitio
     from cryoframe.algorithms.abinitio.evaluate import pose_errors
-    from cryoframe.geometry.ctf import CTF_PARAMS
-    from cryoframe.synthetic.generators import OPTICS, make_particles
 
-    n, psize, K = a.particles, 2.0 * 64 / a.box, a.classes
-    imgs, t = make_particles(n, a.box, K, a.snr, psize, "3d", a.seed)
-    ctf = {k: t[k] if k in t else np.full(n, OPTICS[k]) for k in CTF_PARAMS}
-    true = Rotation.from_rotvec(t["pose"]).as_matrix()
-    shift, cls = -t["shift"], np.asarray(t["class"], dtype=int)
-    m = AbInitio(K, psize_A=psize, max_resolution_A=a.resolution, initial_iterations=0, intermediate_iterations=0,
-                 final_iterations=0, final_passes=1, n_starts=1)
-    m._final = lambda *args, **kw: None  # only the set-up of fit(): components, noise model, working box
-    m.fit(imgs, ctf)
-    r, w = m.r_max_, m._noise_weights(None)
-    for k in range(K):
-        sel = np.flatnonzero(cls == k)
-        m._sums[k] = m._batch_sums(sel, true[sel][:, None], shift[sel][:, None], np.ones((len(sel), 1)), w, r)
-    m._volumes_w = [m._volume(k, r) for k in range(K)]
-    m._sizes = np.full(K, 1.0 / K)
+    n, K = a.particles, a.classes
+    m, true, _, cls = true_pose_maps(a, K)
+    r = m.r_max_
     ev = np.arange(min(a.eval, n))
     t0 = time.perf_counter()
     res, evidence = m._search_all(ev, None, r, full=False, soft=True)
