@@ -413,7 +413,7 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
              coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
              shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 1, ctf: bool = True,
              seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
-             overwrite: bool = False, scheduler: str | None = None, starts: int = 4, final_coarse_step_deg: float = 12.0) -> ParticleStore:
+             overwrite: bool = False, scheduler: str | None = None, starts: int = 4, final_coarse_step_deg: float = 15.0) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes and 3D poses (see
     :func:`cryoframe.jobs.abinitio.abinitio`; resolutions in Å, shifts in px, steps in degrees)."""
     from cryoframe.jobs.abinitio import abinitio as _abinitio

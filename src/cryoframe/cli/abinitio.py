@@ -36,7 +36,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-similarity-anneal-end", type=int, help="iteration where it reaches 0 "
                    "(default: end of the intermediate iterations)")
     p.add_argument("--coarse-step", type=float, default=15.0, help="angular step of the exhaustive search of the SGD iterations (deg)")
-    p.add_argument("--final-coarse-step", type=float, default=12.0,
+    p.add_argument("--final-coarse-step", type=float, default=15.0,
                    help="coarse angular step of the final branch-and-bound search (deg)")
     p.add_argument("--fine-step", type=float, default=1.875, help="finest angular step (deg)")
     p.add_argument("--shift-range", type=float, default=6.0, help="shift search radius (px)")

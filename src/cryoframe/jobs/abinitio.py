@@ -66,7 +66,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
              coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
              shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 1, ctf: bool = True,
              seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
-             overwrite: bool = False, starts: int = 4, final_coarse_step_deg: float = 12.0) -> ParticleStore:
+             overwrite: bool = False, starts: int = 4, final_coarse_step_deg: float = 15.0) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes from ``store``'s images; returns the output store.
 
     See :class:`cryoframe.algorithms.abinitio.AbInitio` for the parameters (resolutions in Å, shifts

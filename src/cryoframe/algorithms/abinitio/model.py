@@ -21,10 +21,12 @@ One iteration ``t`` (hyperparameters from :class:`Schedule`):
 6. empty classes (running size below ``empty_class_fraction / K``) restart from a perturbed copy of
    the largest class (until the final phase).
 
-After the SGD iterations, ``final_passes`` passes over all particles search poses exhaustively down
-to ``fine_step_deg`` (each pass but the last re-estimates the volumes from all particles), and the
-class maps are reconstructed at the full box with :class:`cryoframe.algorithms.reconstruct.Reconstructor`
-(half maps of a seeded split, FSC resolution), weighted by the class posteriors.
+After the SGD iterations, ``final_passes`` passes over all particles search poses down to
+``fine_step_deg`` at the full resolution (K > 1: under each particle's most probable class;
+each pass but the last re-estimates the volumes from all particles), and the class maps are
+reconstructed at the full box with :class:`cryoframe.algorithms.reconstruct.Reconstructor` (half
+maps of a seeded split, FSC resolution), weighted by the class posteriors
+(:mod:`cryoframe.algorithms.abinitio.final`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.algorithms.abinitio import checkpoint as ckpt
+from cryoframe.algorithms.abinitio import final as fin
 from cryoframe.algorithms.abinitio.data import lowpass_mask, particle_components, shell_power, shell_tau2
 from cryoframe.algorithms.abinitio.schedule import Schedule
 from cryoframe.algorithms.abinitio.starts import pick_classes
@@ -45,7 +48,6 @@ from cryoframe.errors import InputError
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import map_from_sums
 from cryoframe.geometry.masks import soft_sphere
-from cryoframe.geometry.rotations import matrix_to_pose
 from cryoframe.geometry.symmetry import symmetry_matrices
 
 __all__ = ["AbInitio"]
@@ -78,9 +80,12 @@ class AbInitio:
     coarse_step_deg, fine_step_deg, shift_range_px, shift_step_px, n_candidates : the pose search
         (:class:`cryoframe.algorithms.posesearch.PoseSearch`); shifts in px of the images.
         ``coarse_step_deg`` is the exhaustive grid of the SGD iterations before the final phase.
-    final_coarse_step_deg : the coarse grid of the branch-and-bound search of the final phase and
-        the final passes (at full resolution a 15 deg grid misses the best pose's basin more often:
-        measured against the true map, 21 deg median pose error at 15 deg, 18.7 at 12 deg, same time).
+    final_coarse_step_deg : the coarse grid of the search of the final passes.  It is scored at the
+        full search resolution on the shift lattice that resolution needs, not at the radius the step
+        resolves: at SNR 0.05 the low-resolution ranking drops the right basin before the refinement
+        (600 particles searched against the SGD map of the 4000-particle bench: 28.7 deg median pose
+        error with a 12 deg grid scored at 16.8 Å on a 2 px lattice, 22.1 deg scored at 12 Å on a 1 px
+        lattice, 21.3 deg with a 15 deg grid at 12 Å, in 0.8x the time of the 12 deg grid).
     window_inner_radius, window_outer_radius : the soft spherical window (fractions of half the box).
     final_passes : passes over all particles after SGD (>= 1).
     soft_candidates : grid poses per particle averaged over (posterior weights) before the final phase.
@@ -123,7 +128,7 @@ class AbInitio:
                  window_outer_radius: float = 0.99, final_passes: int = 1, soft_candidates: int = 24, tau2_fudge: float = 4.0, pad: int = 2,
                  random_state: int = 0, device: str = "cpu", checkpoint_dir: str | os.PathLike[str] | None = None,
                  checkpoint_every: int = 10, scale_prior_sd: float | None = 0.3, n_starts: int = 4,
-                 final_coarse_step_deg: float = 12.0) -> None:
+                 final_coarse_step_deg: float = 15.0) -> None:
         self.n_classes = n_classes
         self.psize_A = psize_A
         self.symmetry = symmetry
@@ -237,9 +242,14 @@ class AbInitio:
         self._sym = symmetry_matrices(self.symmetry)
         X, C = particle_components(images, np.arange(n), comps, box, self.psize_A, ctf_params)
         self._X, self._C = xp.asarray(X), xp.asarray(C)
+        # the final search scores its coarse grid at the full search radius (and so on the shift
+        # lattice that radius needs, 1 px at 12 Å in a 64 px box of 2 Å/px) rather than at the radius the
+        # grid step resolves: at low SNR the low-resolution ranking loses the right basin before the
+        # refinement sees it (bench_abinitio.py K = 1: 29.1 -> see RESULTS.md)
         self._search = PoseSearch(coarse_step_deg=self.final_coarse_step_deg, fine_step_deg=self.fine_step_deg,
                                   shift_range_px=self.shift_range_px, shift_step_px=self.shift_step_px,
-                                  n_candidates=self.n_candidates, scale_prior_sd=self.scale_prior_sd)
+                                  n_candidates=self.n_candidates, scale_prior_sd=self.scale_prior_sd,
+                                  coarse_radius=r_max)
         # before the final phase: soft assignment over the best poses of the exhaustive grid (no
         # branching), so early gradients average over the plausible poses.  The grid is scored up to
         # the radius its step resolves (PoseSearch's level-0 radius, 1.6 / step) and the candidates
@@ -422,16 +432,17 @@ class AbInitio:
         return (vol * self._window).astype(np.float32)
 
     def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool, soft: bool = False,
-                    w: np.ndarray | None = None) -> tuple[list[SearchResult], np.ndarray]:
-        """Pose search of particles ``idx`` against every class under the noise weights ``w``
-        (default: iteration ``t``'s); returns the results and the log evidences (b, K)."""
+                    w: np.ndarray | None = None, classes: list[int] | None = None
+                    ) -> tuple[list[SearchResult], np.ndarray]:
+        """Pose search of particles ``idx`` against every class (or ``classes``) under the noise
+        weights ``w`` (default: iteration ``t``'s); returns the results and the log evidences (b, K)."""
         xp = self._xp
         m = self._comps.count(r)
         w = self._noise_weights(t) if w is None else w
         x = self._X[xp.asarray(idx), :m]
         c = self._C[xp.asarray(idx), :m]
         res = []
-        for k in range(self.n_classes):
+        for k in range(self.n_classes) if classes is None else classes:
             proj = Projector(self._volumes_w[k], self._comps, self.pad, xp)
             search = self._soft if soft else self._search
             res.append(search.search(proj, x, c, xp.asarray(w[:m]), self.box_, r, full=full))
@@ -512,82 +523,9 @@ class AbInitio:
             self._sizes[k] = self._sizes[big] = self._sizes[big] / 2
             self.events_.append({"iteration": t + 1, "class": int(k), "from_class": big})
 
-    # -- final passes and maps -------------------------------------------------------------------------
+    # -- final passes and maps: see :mod:`cryoframe.algorithms.abinitio.final` ------------------------
     def _final(self, images: Any, ctf_params: dict[str, np.ndarray] | None, n: int, t_start: float) -> None:
-        r = self.r_max_
-        K = self.n_classes
-        for p in range(self.final_passes):
-            t0 = time.perf_counter()
-            rot = np.empty((n, K, 3, 3))
-            shifts = np.empty((n, K, 2))
-            ev = np.empty((n, K))
-            results: list[list[SearchResult]] = []
-            for s in range(0, n, 1024):
-                idx = np.arange(s, min(n, s + 1024))
-                res, e = self._search_all(idx, None, r, full=True)
-                ev[idx] = e
-                for k in range(K):
-                    rot[idx, k] = res[k].rot[:, 0]
-                    shifts[idx, k] = res[k].shift[:, 0]
-                results.append(res)
-            post = self._posteriors(ev, 0.0)
-            self._sizes = post.mean(0)
-            if p + 1 < self.final_passes:
-                w = self._noise_weights(None)
-                for k in range(K):
-                    acc: np.ndarray | None = None
-                    for s, res in zip(range(0, n, 1024), results, strict=True):
-                        idx = np.arange(s, min(n, s + 1024))
-                        bs = self._batch_sums(idx, res[k].rot, res[k].shift, post[idx, k:k + 1] * res[k].weight, w, r)
-                        acc = bs if acc is None else acc + bs
-                    if acc is not None:
-                        self._sums[k] = acc
-                self._volumes_w = [self._volume(k, r) for k in range(K)]
-            self.history_.append({"iteration": len(self.history_) + 1, "phase": f"final pass {p + 1}",
-                                  "resolution_A": self.box_ * self.psize_A / r, "learning_rate": 1.0,
-                                  "minibatch": n, "class_similarity": 0.0, "class_sizes": self._sizes.tolist(),
-                                  "noise_anneal": 1.0, "time_s": time.perf_counter() - t0,
-                                  "elapsed_s": time.perf_counter() - t_start})
-        labels = post.argmax(1)
-        self.labels_ = labels
-        self.posteriors_ = post.astype(np.float32)
-        self.class_sizes_ = np.bincount(labels, minlength=K)
-        self.rot_ = rot[np.arange(n), labels]
-        self.poses_ = matrix_to_pose(self.rot_)
-        self.shifts_px_ = shifts[np.arange(n), labels]
-        self.slices_.append({"iteration": len(self.history_), "slices": [v[self.working_box_ // 2].copy()
-                                                                         for v in self._volumes_w]})
-        self._maps(images, ctf_params, post)
-
-    def _maps(self, images: Any, ctf_params: dict[str, np.ndarray] | None, post: np.ndarray) -> None:
-        from cryoframe.algorithms.reconstruct import Reconstructor
-
-        n = len(post)
-        half = np.zeros(n, dtype=np.int64)
-        half[self._rng(4).permutation(n)[(n + 1) // 2:]] = 1
-        vols, halves, fscs, res = [], [], [], []
-        for k in range(self.n_classes):
-            wk = post[:, k].astype(np.float64)
-            sel = np.flatnonzero(wk > 1e-3)
-            rec = Reconstructor(self.box_, self.psize_A, pad=self.pad, symmetry=self.symmetry,
-                                max_resolution_A=self.max_resolution_A, regulariser="fsc", device=self.device)
-            if len(sel) < 2 or half[sel].min() == half[sel].max():
-                vols.append(np.zeros((self.box_,) * 3, np.float32))
-                halves.append(np.zeros((2,) + (self.box_,) * 3, np.float32))
-                fscs.append(np.zeros(self.box_ // 2 + 1))
-                res.append(float("inf"))
-                continue
-            imgs = images[np.asarray(sel)] if not hasattr(images, "compute") else images[sel]
-            rec.fit(imgs, self.rot_[sel], self.shifts_px_[sel], half[sel],
-                    ctf=None if ctf_params is None else {a: v[sel] for a, v in ctf_params.items()}, weights=wk[sel])
-            vols.append(rec.map_)
-            halves.append(rec.half_maps_)
-            fscs.append(rec.fsc_)
-            res.append(rec.resolution_["0.143"])
-        self.volumes_ = np.stack(vols)
-        self.half_maps_ = np.stack(halves)
-        self.fsc_ = np.stack(fscs)
-        self.resolution_A_ = np.asarray(res)
+        fin.final_passes(self, images, ctf_params, n, t_start)
 
     # -- checkpoints: see :mod:`cryoframe.algorithms.abinitio.checkpoint` ---------------------------
     def _params(self) -> dict[str, Any]:
@@ -604,3 +542,4 @@ def to_np(a: Any) -> np.ndarray:
     from cryoframe.backend import to_host
 
     return to_host(a)
+

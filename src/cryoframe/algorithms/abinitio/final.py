@@ -1,0 +1,132 @@
+"""The end of an :class:`~cryoframe.algorithms.abinitio.AbInitio` fit: the final passes over all
+particles (poses, shifts and class posteriors at the full search resolution) and the class maps at
+the full box.
+
+Final search (:func:`final_search`): K = 1 the branch-and-bound search of ``final_coarse_step_deg``
+down to ``fine_step_deg``.  K > 1: the class evidences come from the soft search of the SGD
+iterations against every class (its grid's best poses rescored at the full resolution), and the
+full search runs only under each particle's most probable class; the other classes keep the soft
+search's best ``n_candidates`` poses.  Every pass but the last re-estimates the volumes from all
+particles at the poses found.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from cryoframe.algorithms.posesearch import SearchResult
+from cryoframe.geometry.rotations import matrix_to_pose
+
+__all__ = ["class_maps", "final_passes", "final_search", "first"]
+
+
+def final_passes(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, n: int, t_start: float) -> None:
+    """``m.final_passes`` passes over all ``n`` particles, then the learned attributes (labels,
+    posteriors, poses, shifts) and the class maps (:func:`class_maps`)."""
+    r = m.r_max_
+    K = m.n_classes
+    for p in range(m.final_passes):
+        t0 = time.perf_counter()
+        rot = np.empty((n, K, 3, 3))
+        shifts = np.empty((n, K, 2))
+        ev = np.empty((n, K))
+        results: list[list[SearchResult]] = []
+        for s in range(0, n, 1024):
+            idx = np.arange(s, min(n, s + 1024))
+            res, e = final_search(m, idx, r)
+            ev[idx] = e
+            for k in range(K):
+                rot[idx, k] = res[k].rot[:, 0]
+                shifts[idx, k] = res[k].shift[:, 0]
+            results.append(res)
+        post = m._posteriors(ev, 0.0)
+        m._sizes = post.mean(0)
+        if p + 1 < m.final_passes:
+            w = m._noise_weights(None)
+            for k in range(K):
+                acc: np.ndarray | None = None
+                for s, res in zip(range(0, n, 1024), results, strict=True):
+                    idx = np.arange(s, min(n, s + 1024))
+                    bs = m._batch_sums(idx, res[k].rot, res[k].shift, post[idx, k:k + 1] * res[k].weight, w, r)
+                    acc = bs if acc is None else acc + bs
+                if acc is not None:
+                    m._sums[k] = acc
+            m._volumes_w = [m._volume(k, r) for k in range(K)]
+        m.history_.append({"iteration": len(m.history_) + 1, "phase": f"final pass {p + 1}",
+                           "resolution_A": m.box_ * m.psize_A / r, "learning_rate": 1.0,
+                           "minibatch": n, "class_similarity": 0.0, "class_sizes": m._sizes.tolist(),
+                           "noise_anneal": 1.0, "time_s": time.perf_counter() - t0,
+                           "elapsed_s": time.perf_counter() - t_start})
+    labels = post.argmax(1)
+    m.labels_ = labels
+    m.posteriors_ = post.astype(np.float32)
+    m.class_sizes_ = np.bincount(labels, minlength=K)
+    m.rot_ = rot[np.arange(n), labels]
+    m.poses_ = matrix_to_pose(m.rot_)
+    m.shifts_px_ = shifts[np.arange(n), labels]
+    m.slices_.append({"iteration": len(m.history_), "slices": [v[m.working_box_ // 2].copy() for v in m._volumes_w]})
+    class_maps(m, images, ctf_params, post)
+
+
+def final_search(m: Any, idx: np.ndarray, r: float) -> tuple[list[SearchResult], np.ndarray]:
+    """The final search of particles ``idx`` at radius ``r`` (see the module docstring): per class
+    results of ``n_candidates`` poses and the log evidences (b, K).  K full searches would cost K
+    times as much for poses that are dropped or weigh almost nothing."""
+    if m.n_classes == 1:
+        return m._search_all(idx, None, r, full=True)
+    soft, ev = m._search_all(idx, None, r, full=False, soft=True)
+    best = m._posteriors(ev, 0.0).argmax(1)
+    out = []
+    for k, sr in enumerate(soft):
+        res = first(sr, m._search.n_candidates)
+        sel = np.flatnonzero(best == k)
+        if len(sel):
+            fr = first(m._search_all(idx[sel], None, r, full=True, classes=[k])[0][0], res.rot.shape[1])
+            res.rot[sel], res.shift[sel], res.error[sel], res.weight[sel] = fr.rot, fr.shift, fr.error, fr.weight
+        out.append(res)
+    return out, ev
+
+
+def first(res: SearchResult, T: int) -> SearchResult:
+    """The ``T`` best candidates of ``res`` (copies; posterior weights renormalised over them)."""
+    T = min(T, res.rot.shape[1])
+    err = res.error[:, :T].copy()
+    wts = np.exp(-(err - err[:, :1]))
+    return SearchResult(res.rot[:, :T].copy(), res.shift[:, :T].copy(), err, wts / wts.sum(1, keepdims=True),
+                        dict(res.stats))
+
+
+def class_maps(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, post: np.ndarray) -> None:
+    """Each class's map at the full box from all particles weighted by their posteriors (half maps of a
+    seeded split, FSC resolution): ``volumes_``, ``half_maps_``, ``fsc_``, ``resolution_A_``."""
+    from cryoframe.algorithms.reconstruct import Reconstructor
+
+    n = len(post)
+    half = np.zeros(n, dtype=np.int64)
+    half[m._rng(4).permutation(n)[(n + 1) // 2:]] = 1
+    vols, halves, fscs, res = [], [], [], []
+    for k in range(m.n_classes):
+        wk = post[:, k].astype(np.float64)
+        sel = np.flatnonzero(wk > 1e-3)
+        if len(sel) < 2 or half[sel].min() == half[sel].max():
+            vols.append(np.zeros((m.box_,) * 3, np.float32))
+            halves.append(np.zeros((2,) + (m.box_,) * 3, np.float32))
+            fscs.append(np.zeros(m.box_ // 2 + 1))
+            res.append(float("inf"))
+            continue
+        rec = Reconstructor(m.box_, m.psize_A, pad=m.pad, symmetry=m.symmetry,
+                            max_resolution_A=m.max_resolution_A, regulariser="fsc", device=m.device)
+        imgs = images[np.asarray(sel)] if not hasattr(images, "compute") else images[sel]
+        rec.fit(imgs, m.rot_[sel], m.shifts_px_[sel], half[sel],
+                ctf=None if ctf_params is None else {a: v[sel] for a, v in ctf_params.items()}, weights=wk[sel])
+        vols.append(rec.map_)
+        halves.append(rec.half_maps_)
+        fscs.append(rec.fsc_)
+        res.append(rec.resolution_["0.143"])
+    m.volumes_ = np.stack(vols)
+    m.half_maps_ = np.stack(halves)
+    m.fsc_ = np.stack(fscs)
+    m.resolution_A_ = np.asarray(res)
