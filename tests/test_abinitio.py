@@ -46,6 +46,14 @@ def test_initial_resolution_default_resolves_the_particle_in_small_boxes() -> No
         AbInitio(psize_A=2.0, initial_resolution_A=10.0)._validate(100, 64)
 
 
+def test_intermediate_iterations_default_depends_on_the_number_of_classes() -> None:
+    one, four = AbInitio(1, psize_A=2.0), AbInitio(4, psize_A=2.0)
+    assert (one.n_intermediate(), four.n_intermediate()) == (40, 80)
+    assert one.schedule(64).n_iter == 80 and four.schedule(64).n_iter == 120
+    assert four.schedule(64).phase(119) == "intermediate" and four.schedule(64).resolution_A(119) == pytest.approx(12.0)
+    assert AbInitio(4, psize_A=2.0, intermediate_iterations=10).schedule(64).n_iter == 50
+
+
 def test_defaults_agree_across_model_job_api_and_cli() -> None:
     # the defaults are written out in the estimator, the job, the API and the CLI: they must not drift
     import inspect

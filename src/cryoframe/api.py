@@ -405,7 +405,7 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
 
 def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: int | None = None,
              symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float | None = None,
-             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 0,
+             initial_iterations: int = 40, intermediate_iterations: int | None = None, final_iterations: int = 0,
              initial_minibatch: int = 300, final_minibatch: int = 600, initial_learning_rate: float = 0.3,
              final_learning_rate: float = 0.2, noise_model: str = "coloured", noise_init_sigmascale: float = 1.0,
              noise_priorw: float = 50.0, class_similarity: float = 0.1,

@@ -19,7 +19,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-resolution", type=float, default=12.0, help="resolution of the final iterations (Å)")
     p.add_argument("--initial-resolution", type=float, help="resolution of the initial iterations (Å; default 35, or box size in Å / 6.4 when that is finer, never finer than --max-resolution)")
     p.add_argument("--initial-iterations", type=int, default=40, help="iterations with fixed hyperparameters")
-    p.add_argument("--intermediate-iterations", type=int, default=40, help="iterations annealing them")
+    p.add_argument("--intermediate-iterations", type=int, default=None,
+                   help="iterations annealing them (default: 40 for one class, 80 for several)")
     p.add_argument("--final-iterations", type=int, default=0, help="iterations at the data-determined values")
     p.add_argument("--initial-minibatch", type=int, default=300, help="particles per initial iteration")
     p.add_argument("--final-minibatch", type=int, default=600, help="particles per final iteration")

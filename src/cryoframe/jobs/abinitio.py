@@ -58,7 +58,7 @@ def _ctf(store: ParticleStore, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int = 1, particles: int | None = None,
              symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float | None = None,
-             initial_iterations: int = 40, intermediate_iterations: int = 40, final_iterations: int = 0,
+             initial_iterations: int = 40, intermediate_iterations: int | None = None, final_iterations: int = 0,
              initial_minibatch: int = 300, final_minibatch: int = 600, initial_learning_rate: float = 0.3,
              final_learning_rate: float = 0.2, noise_model: str = "coloured", noise_init_sigmascale: float = 1.0,
              noise_priorw: float = 50.0, class_similarity: float = 0.1,
@@ -117,6 +117,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
                      n_candidates=n_candidates, final_passes=final_passes, random_state=seed, device=device,
                      n_starts=starts, final_coarse_step_deg=final_coarse_step_deg)
     model._validate(len(used), int(store.box or 0))  # bad parameters fail before anything is written
+    params["intermediate_iterations"] = model.n_intermediate()  # the count used (default: by K)
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="abinitio", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
         ckpt = w.extras_dir() / CKPT

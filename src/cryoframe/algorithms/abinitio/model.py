@@ -69,6 +69,7 @@ class AbInitio:
         SGD starts (at 35 Å a 128 Å box carries no pose information per particle), and never finer
         than ``max_resolution_A`` (:meth:`initial_resolution`).
     initial_iterations, intermediate_iterations, final_iterations : the three phases (:class:`Schedule`).
+        ``intermediate_iterations`` None: 40 for one class, 80 for several (:meth:`n_intermediate`).
     initial_minibatch, final_minibatch : particles per iteration in the initial / final phase.
     initial_learning_rate, final_learning_rate : SGD step (fraction of the sums replaced per iteration).
     noise_model : ``coloured`` (per shell) or ``white`` (flat) noise power.
@@ -118,7 +119,7 @@ class AbInitio:
 
     def __init__(self, n_classes: int = 1, *, psize_A: float, symmetry: str = "C1", max_resolution_A: float = 12.0,
                  initial_resolution_A: float | None = None, initial_iterations: int = 40,
-                 intermediate_iterations: int = 40, final_iterations: int = 0, initial_minibatch: int = 300,
+                 intermediate_iterations: int | None = None, final_iterations: int = 0, initial_minibatch: int = 300,
                  final_minibatch: int = 600, initial_learning_rate: float = 0.3, final_learning_rate: float = 0.2,
                  noise_model: str = "coloured", noise_init_sigmascale: float = 1.0, noise_priorw: float = 50.0,
                  class_similarity: float = 0.1, class_similarity_anneal_start: int | None = None,
@@ -177,13 +178,22 @@ class AbInitio:
         auto = 35.0 if not box else min(35.0, box * self.psize_A / 6.4)
         return max(float(self.max_resolution_A), auto)
 
+    def n_intermediate(self) -> int:
+        """The intermediate iterations: ``intermediate_iterations``, or by default 40 for K = 1 and 80
+        for K > 1.  Classes keep separating while the resolution anneals (``bench_abinitio.py
+        --classes 4``: ARI 0.51 with 40, 0.58 with 80), one class does not gain from it (median pose
+        error 22.6 deg with 40, 22.8 with 80, ad hoc, at 1.4x the time)."""
+        if self.intermediate_iterations is not None:
+            return int(self.intermediate_iterations)
+        return 40 if self.n_classes == 1 else 80
+
     def schedule(self, box: int | None = None) -> Schedule:
         """The iteration plan of these parameters (for images of ``box`` px)."""
         s = self.initial_iterations
-        e = self.initial_iterations + self.intermediate_iterations
+        e = self.initial_iterations + self.n_intermediate()
         a0 = s if self.class_similarity_anneal_start is None else self.class_similarity_anneal_start
         a1 = e if self.class_similarity_anneal_end is None else self.class_similarity_anneal_end
-        return Schedule(self.initial_iterations, self.intermediate_iterations, self.final_iterations,
+        return Schedule(self.initial_iterations, self.n_intermediate(), self.final_iterations,
                         self.initial_minibatch, self.final_minibatch, self.initial_resolution(box),
                         self.max_resolution_A, self.initial_learning_rate, self.final_learning_rate,
                         self.class_similarity, a0, max(a0, a1))
@@ -212,7 +222,7 @@ class AbInitio:
         for name in ("initial_learning_rate", "final_learning_rate"):
             if not 0 < getattr(self, name) <= 1:
                 raise InputError(f"--{name.replace('_', '-')} must be in (0, 1]")
-        if min(self.initial_iterations, self.intermediate_iterations, self.final_iterations) < 0:
+        if min(self.initial_iterations, self.n_intermediate(), self.final_iterations) < 0:
             raise InputError("iteration counts must be >= 0")
         if self.final_passes < 1:
             raise InputError("--final-passes must be >= 1")
