@@ -126,3 +126,25 @@ def test_scale_marginalisation_recovers_poses_of_particles_of_other_contrast(vol
     sc = PoseSearch(scale_prior_sd=0.3)._score(a, b, d)
     q = 1 / (2 * 0.3 ** 2)
     assert sc == pytest.approx(a + q - (b + q) ** 2 / (d + q) + 0.5 * np.log1p(d / q)) and sc < a - 2 * b + d
+
+
+def test_level0_top_poses_and_in_place_score_match_the_plain_computation() -> None:
+    """The level-0 selection partitions only the rotations that can hold the lowest poses: it must
+    return exactly the lowest poses of the whole (shift x rotation) array, lowest first; the in-place
+    scale-marginalised score must equal the formula."""
+    from cryoframe.algorithms.posesearch import _lowest
+
+    g = np.random.default_rng(3)
+    for S, R, top in [(29, 500, 24), (1, 50, 5), (3, 10, 10), (4, 6, 24), (2, 9, 1)]:
+        e = g.standard_normal((8, S, R)).astype(np.float32)
+        np.testing.assert_array_equal(_lowest(e, top), np.argsort(e.reshape(8, -1), 1)[:, :top])
+    ps = PoseSearch(scale_prior_sd=0.3)
+    q = 1 / (2 * 0.3 ** 2)
+    a = g.uniform(50, 60, (4, 1, 1)).astype(np.float32)
+    b = g.uniform(-5, 5, (4, 3, 7)).astype(np.float32)
+    d = g.uniform(1, 9, (4, 1, 7)).astype(np.float32)
+    want = a + q - (b + q) ** 2 / (d + q) + 0.5 * np.log1p(d / q)
+    np.testing.assert_allclose(ps._score(a, b.copy(), d), want, rtol=1e-5)
+    b1 = b[:, :1, :1].copy()  # smaller than the result: scored out of place, left unchanged
+    np.testing.assert_allclose(ps._score(a, b1, d), a + q - (b1 + q) ** 2 / (d + q) + 0.5 * np.log1p(d / q), rtol=1e-5)
+    np.testing.assert_array_equal(b1, b[:, :1, :1])

@@ -202,11 +202,19 @@ class PoseSearch:
         self._grid: dict[float, np.ndarray] = {}
 
     def _score(self, a: Any, b: Any, d: Any, xp: ModuleType = np) -> Any:
-        """The pose score from ``A``, ``B``, ``D`` (see the class docstring), broadcast."""
+        """The pose score from ``A``, ``B``, ``D`` (see the class docstring), broadcast; ``b`` is
+        overwritten when it has the result's shape (the big level-0 array: no temporaries)."""
         if self.scale_prior_sd is None:
             return a - 2.0 * b + d
         q = 1.0 / (2.0 * float(self.scale_prior_sd) ** 2)
-        return a + q - (b + q) ** 2 / (d + q) + 0.5 * xp.log1p(d / q)
+        shapes, dtypes = [np.shape(v) for v in (a, b, d)], [getattr(v, "dtype", np.float64) for v in (a, b, d)]
+        if (not hasattr(b, "dtype") or np.shape(b) != np.broadcast_shapes(*shapes)
+                or b.dtype != np.result_type(*dtypes)):
+            return a + q - (b + q) ** 2 / (d + q) + 0.5 * xp.log1p(d / q)
+        b += q
+        xp.square(b, out=b)
+        b /= d + q
+        return xp.subtract(a + q + 0.5 * xp.log1p(d / q), b, out=b)
 
     def grid(self, step_deg: float) -> np.ndarray:
         """The level-0 rotation grid (cached)."""
@@ -274,11 +282,10 @@ class PoseSearch:
             t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
             t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
             const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
-            e0 = to_host(self._score(const[:, None, None], t1.reshape(nb, S, -1), t2[:, None, :], xp)).reshape(nb, -1)
+            e3 = to_host(self._score(const[:, None, None], t1.reshape(nb, S, -1), t2[:, None, :], xp))
+            e0 = e3.reshape(nb, -1)
             stats["scored"] += e0.size
-            top = min(T, e0.shape[1])
-            order = np.argpartition(e0, top - 1, axis=1)[:, :top]
-            order = np.take_along_axis(order, np.argsort(np.take_along_axis(e0, order, 1), 1), 1)
+            order = _lowest(e3, min(T, e0.shape[1]))
             keep = order
             if pmax is not None:
                 keep = self._prune(proj, x, c, wf, e0, order, shifts, grid, box, ms[0], ms[1], pmax, stats)
@@ -365,6 +372,24 @@ class PoseSearch:
         e[~np.isfinite(np.repeat(err, len(ds), axis=1))] = np.inf
         stats["scored"] += float(np.isfinite(e).sum())
         return _best(cand, csh, e, T)
+
+
+def _lowest(e: np.ndarray, top: int) -> np.ndarray:
+    """Flat indices ``s * R + r`` (nb, top) of the ``top`` lowest errors of ``e`` (nb, S, R), lowest
+    first.  The ``top`` lowest poses lie on the ``top`` rotations of lowest best-shift error (each of
+    those poses is at most the ``top``-th of them), so only those rotations' S x top errors are
+    partitioned: the same poses as partitioning all S x R, without its cost (a third of the soft
+    search's time at 29 shifts)."""
+    nb, S, R = e.shape
+    if S > 1 and top < R:
+        rsel = np.argpartition(e.min(1), top - 1, axis=1)[:, :top]  # (nb, top)
+        sub = np.take_along_axis(e, rsel[:, None, :], 2).reshape(nb, -1)  # (nb, S * top)
+        o = np.argpartition(sub, top - 1, axis=1)[:, :top]
+        order = (o // top) * R + np.take_along_axis(rsel, o % top, 1)
+    else:
+        order = np.argpartition(e.reshape(nb, -1), top - 1, axis=1)[:, :top]
+    flat = e.reshape(nb, -1)
+    return np.take_along_axis(order, np.argsort(np.take_along_axis(flat, order, 1), 1), 1)
 
 
 def _best(rot: np.ndarray, sh: np.ndarray, e: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
