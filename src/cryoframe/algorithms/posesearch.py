@@ -201,15 +201,14 @@ class PoseSearch:
         self.scale_prior_sd = scale_prior_sd
         self._grid: dict[float, np.ndarray] = {}
 
-    def _score(self, a: Any, b: Any, d: Any, xp: ModuleType = np) -> Any:
-        """The pose score from ``A``, ``B``, ``D`` (see the class docstring), broadcast; ``b`` is
-        overwritten when it has the result's shape (the big level-0 array: no temporaries)."""
+    def _score(self, a: Any, b: Any, d: Any, xp: ModuleType = np, inplace: bool = False) -> Any:
+        """The pose score from ``A``, ``B``, ``D`` (see the class docstring), broadcast.  ``inplace``:
+        ``b`` has the result's shape and dtype and is overwritten with it (the big level-0 array,
+        scored without temporaries)."""
         if self.scale_prior_sd is None:
             return a - 2.0 * b + d
         q = 1.0 / (2.0 * float(self.scale_prior_sd) ** 2)
-        shapes, dtypes = [np.shape(v) for v in (a, b, d)], [getattr(v, "dtype", np.float64) for v in (a, b, d)]
-        if (not hasattr(b, "dtype") or np.shape(b) != np.broadcast_shapes(*shapes)
-                or b.dtype != np.result_type(*dtypes)):
+        if not inplace:
             return a + q - (b + q) ** 2 / (d + q) + 0.5 * xp.log1p(d / q)
         b += q
         xp.square(b, out=b)
@@ -282,7 +281,7 @@ class PoseSearch:
             t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
             t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
             const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
-            e3 = to_host(self._score(const[:, None, None], t1.reshape(nb, S, -1), t2[:, None, :], xp))
+            e3 = to_host(self._score(const[:, None, None], t1.reshape(nb, S, -1), t2[:, None, :], xp, inplace=True))
             e0 = e3.reshape(nb, -1)
             stats["scored"] += e0.size
             order = _lowest(e3, min(T, e0.shape[1]))
