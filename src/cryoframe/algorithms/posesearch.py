@@ -268,6 +268,7 @@ class PoseSearch:
         out_err = np.empty((n, T))
         pmax = xp.asarray(proj.pmax()) if self.bound and len(ms) > 1 and self.scale_prior_sd is None else None
         wf = xp.asarray(w, dtype=xp.float32)
+        ph_grid = comps.phases(sgrid, box, m0, xp)[None] if prior_shift is None else None  # the same for every particle
         for s in range(0, n, self.chunk):
             sl = slice(s, min(n, s + self.chunk))
             x, c = X[sl], C[sl]
@@ -275,7 +276,7 @@ class PoseSearch:
             base = np.zeros((nb, 2)) if prior_shift is None else np.asarray(prior_shift[sl], dtype=np.float64)
             shifts = base[:, None, :] + sgrid[None]  # (nb, S, 2)
             S = shifts.shape[1]
-            ph = comps.phases(shifts, box, m0, xp)  # (nb, S, m0)
+            ph = comps.phases(shifts, box, m0, xp) if ph_grid is None else ph_grid  # (nb or 1, S, m0)
             xs = x[:, None, :m0] * ph
             a = (wf[:m0] * c[:, :m0])[:, None, :] * xs  # (nb, S, m0)
             t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
