@@ -189,6 +189,26 @@ def test_final_search_of_classes_refines_under_the_most_probable_class(monkeypat
         np.testing.assert_allclose(res[k].weight.sum(1), 1.0)
 
 
+def test_final_phase_iterations_search_as_the_final_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SGD iterations of the final phase use the final passes' search (full resolution, refined;
+    K > 1 under the most probable class), the earlier ones the soft search."""
+    from cryoframe.algorithms.abinitio import final
+
+    calls: list[int] = []
+    real = final.final_search
+
+    def counted(m: AbInitio, idx: np.ndarray, r: float) -> tuple:
+        calls.append(len(idx))
+        return real(m, idx, r)
+
+    monkeypatch.setattr(final, "final_search", counted)
+    imgs, _, ctf = _tiny(n=120)
+    m = AbInitio(2, psize_A=4.0, initial_iterations=1, intermediate_iterations=1, final_iterations=2,
+                 initial_minibatch=30, final_minibatch=40, n_starts=1, random_state=0).fit(imgs, ctf)
+    assert calls == [40, 40, 120]  # two final-phase minibatches, then the final pass over all particles
+    assert [h["phase"] for h in m.history_] == ["initial", "intermediate", "final", "final", "final pass 1"]
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(reason="known gap: SGD from random volumes does not yet reach the true structure on this data",
                    strict=False)

@@ -7,7 +7,8 @@ down to ``fine_step_deg``.  K > 1: the class evidences come from the soft search
 iterations against every class (its grid's best poses rescored at the full resolution), and the
 full search runs only under each particle's most probable class; the other classes keep the soft
 search's best ``n_candidates`` poses.  Every pass but the last re-estimates the volumes from all
-particles at the poses found.
+particles at the poses found.  The SGD iterations of the final phase (``final_iterations``) search
+their minibatches the same way.
 """
 
 from __future__ import annotations

@@ -473,7 +473,10 @@ class AbInitio:
         r = self._r_at(t)
         bsz = min(n, sched.minibatch(t))
         idx = np.sort(self._rng(2, t).choice(n, size=bsz, replace=False))
-        res, ev = self._search_all(idx, t, r, full=False, soft=sched.phase(t) != "final")
+        if sched.phase(t) == "final":  # at the full resolution: the final passes' search
+            res, ev = fin.final_search(self, idx, r)
+        else:
+            res, ev = self._search_all(idx, t, r, full=False, soft=True)
         sim = sched.similarity(t) if self.n_classes > 1 else 0.0
         post = self._posteriors(ev, sim)
         lr = sched.learning_rate(t)
