@@ -157,6 +157,12 @@ class SearchResult:
     weight: np.ndarray
     stats: dict[str, float]
 
+    def top(self, T: int) -> SearchResult:
+        """The ``T`` best candidates (copies), their posterior weights renormalised over them."""
+        T = min(T, self.rot.shape[1])
+        err = self.error[:, :T].copy()
+        return SearchResult(self.rot[:, :T].copy(), self.shift[:, :T].copy(), err, _posterior(err), dict(self.stats))
+
     @property
     def log_evidence(self) -> np.ndarray:
         """``log sum_T exp(-E)`` per particle (n,): the class evidence over the candidates."""
@@ -304,10 +310,7 @@ class PoseSearch:
         out_rot = np.take_along_axis(out_rot, o[..., None, None], 1)
         out_sh = np.take_along_axis(out_sh, o[..., None], 1)
         out_err = np.take_along_axis(out_err, o, 1)
-        e = -(out_err - out_err[:, :1])
-        wts = np.exp(e)
-        wts /= wts.sum(1, keepdims=True)
-        return SearchResult(out_rot, out_sh, out_err, wts, stats)
+        return SearchResult(out_rot, out_sh, out_err, _posterior(out_err), stats)
 
     def _errors(self, proj: Projector, x: Any, c: Any, wf: Any, rot: np.ndarray, sh: np.ndarray, box: int,
                 m: int) -> np.ndarray:
@@ -372,6 +375,12 @@ class PoseSearch:
         e[~np.isfinite(np.repeat(err, len(ds), axis=1))] = np.inf
         stats["scored"] += float(np.isfinite(e).sum())
         return _best(cand, csh, e, T)
+
+
+def _posterior(err: np.ndarray) -> np.ndarray:
+    """Posterior weights ``softmax(-E)`` (n, T) of candidate errors ``err`` sorted lowest first."""
+    wts = np.exp(-(err - err[:, :1]))
+    return wts / wts.sum(1, keepdims=True)
 
 
 def _lowest(e: np.ndarray, top: int) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 from cryoframe.algorithms.posesearch import SearchResult
 from cryoframe.geometry.rotations import matrix_to_pose
 
-__all__ = ["class_maps", "final_passes", "final_search", "first"]
+__all__ = ["class_maps", "final_passes", "final_search"]
 
 
 def final_passes(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, n: int, t_start: float) -> None:
@@ -82,22 +82,13 @@ def final_search(m: Any, idx: np.ndarray, r: float) -> tuple[list[SearchResult],
     best = m._posteriors(ev, 0.0).argmax(1)
     out = []
     for k, sr in enumerate(soft):
-        res = first(sr, m._search.n_candidates)
+        res = sr.top(m._search.n_candidates)
         sel = np.flatnonzero(best == k)
         if len(sel):
-            fr = first(m._search_all(idx[sel], None, r, full=True, classes=[k])[0][0], res.rot.shape[1])
+            fr = m._search_all(idx[sel], None, r, full=True, classes=[k])[0][0].top(res.rot.shape[1])
             res.rot[sel], res.shift[sel], res.error[sel], res.weight[sel] = fr.rot, fr.shift, fr.error, fr.weight
         out.append(res)
     return out, ev
-
-
-def first(res: SearchResult, T: int) -> SearchResult:
-    """The ``T`` best candidates of ``res`` (copies; posterior weights renormalised over them)."""
-    T = min(T, res.rot.shape[1])
-    err = res.error[:, :T].copy()
-    wts = np.exp(-(err - err[:, :1]))
-    return SearchResult(res.rot[:, :T].copy(), res.shift[:, :T].copy(), err, wts / wts.sum(1, keepdims=True),
-                        dict(res.stats))
 
 
 def class_maps(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, post: np.ndarray) -> None:
