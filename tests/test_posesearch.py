@@ -129,15 +129,25 @@ def test_scale_marginalisation_recovers_poses_of_particles_of_other_contrast(vol
 
 
 def test_level0_top_poses_and_in_place_score_match_the_plain_computation() -> None:
-    """The level-0 selection partitions only the rotations that can hold the lowest poses: it must
-    return exactly the lowest poses of the whole (shift x rotation) array, lowest first; the in-place
-    scale-marginalised score must equal the formula."""
-    from cryoframe.algorithms.posesearch import _lowest
+    """The level-0 selection scores and partitions only the rotations that can hold the lowest poses
+    (found from each rotation's largest and smallest correlation over the shifts): it must return
+    exactly the lowest poses of the whole (shift x rotation) array and their errors, lowest first,
+    with and without the scale marginal (whose error is not monotone in the correlation); the
+    in-place scale-marginalised score must equal the formula."""
+    from cryoframe.algorithms.posesearch import _level0_top
 
     g = np.random.default_rng(3)
-    for S, R, top in [(29, 500, 24), (1, 50, 5), (3, 10, 10), (4, 6, 24), (2, 9, 1)]:
-        e = g.standard_normal((8, S, R)).astype(np.float32)
-        np.testing.assert_array_equal(_lowest(e, top), np.argsort(e.reshape(8, -1), 1)[:, :top])
+    for sd in (None, 0.3):
+        ps = PoseSearch(scale_prior_sd=sd)
+        for S, R, top in [(29, 500, 24), (1, 50, 5), (3, 10, 10), (4, 6, 24), (2, 9, 1), (3, 4, 12)]:
+            t1 = g.uniform(-20, 20, (8, S, R)).astype(np.float32)  # B + q < 0 too: the marginal's other branch
+            const = g.uniform(50, 60, 8).astype(np.float32)
+            t2 = g.uniform(1, 9, (8, R)).astype(np.float32)
+            full = ps._score(const[:, None, None], t1, t2[:, None, :]).reshape(8, -1)
+            order, err = _level0_top(t1, const, t2, top, ps._score_inplace(np), np)
+            want = np.argsort(full, 1)[:, :top]
+            np.testing.assert_array_equal(order, want)
+            np.testing.assert_allclose(err, np.take_along_axis(full, want, 1), rtol=1e-5, atol=1e-4)
     ps = PoseSearch(scale_prior_sd=0.3)
     q = 1 / (2 * 0.3 ** 2)
     a = g.uniform(50, 60, (4, 1, 1)).astype(np.float32)

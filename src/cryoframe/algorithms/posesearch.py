@@ -89,7 +89,11 @@ class Components:
         """Factors (..., m) complex64 translating images of ``box`` px by ``shifts`` (..., 2) px (x, y):
         :func:`cryoframe.geometry.fourier.phase_shift` at the components."""
         m = len(self) if m is None else m
-        s = xp.asarray(shifts, dtype=xp.float64)
+        flat = np.asarray(to_host(shifts), dtype=np.float64).reshape(-1, 2)
+        uniq, inv = np.unique(flat, axis=0, return_inverse=True)
+        if 2 * len(uniq) <= len(flat):  # candidates on a lattice: each distinct shift's factors once
+            return self.phases(uniq, box, m, xp)[xp.asarray(inv.ravel())].reshape(*np.shape(shifts)[:-1], m)
+        s = xp.asarray(flat.reshape(np.shape(shifts)))
         kx = xp.asarray(self.kx[:m], dtype=xp.float64)
         ky = xp.asarray(self.ky[:m], dtype=xp.float64)
         ph = (-2.0 * math.pi / box) * (s[..., 0, None] * kx + s[..., 1, None] * ky)
@@ -221,6 +225,10 @@ class PoseSearch:
         b /= d + q
         return xp.subtract(a + q + 0.5 * xp.log1p(d / q), b, out=b)
 
+    def _score_inplace(self, xp: ModuleType) -> Any:
+        """``score(a, b, d)`` of :meth:`_score` that may overwrite ``b`` (a temporary of the caller)."""
+        return lambda a, b, d: self._score(a, b, d, xp, inplace=True)
+
     def grid(self, step_deg: float) -> np.ndarray:
         """The level-0 rotation grid (cached)."""
         if step_deg not in self._grid:
@@ -288,18 +296,17 @@ class PoseSearch:
             t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
             t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
             const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
-            e3 = to_host(self._score(const[:, None, None], t1.reshape(nb, S, -1), t2[:, None, :], xp, inplace=True))
-            e0 = e3.reshape(nb, -1)
-            stats["scored"] += e0.size
-            order = _lowest(e3, min(T, e0.shape[1]))
-            keep = order
+            R = t1.shape[1]
+            t1 = t1.reshape(nb, S, R)
+            stats["scored"] += nb * S * R
+            keep, err = _level0_top(t1, const, t2, min(T, S * R), self._score_inplace(xp), xp)
             if pmax is not None:
-                keep = self._prune(proj, x, c, wf, e0, order, shifts, grid, box, ms[0], ms[1], pmax, stats)
-            R = len(grid)
+                keep = self._prune(proj, x, c, wf, t1, const, t2, keep, err, shifts, grid, box, ms[0], ms[1], pmax,
+                                   stats)
+                err = np.where(keep >= 0, err, np.inf)
             si, ri = keep // R, keep % R
             rot = grid[np.maximum(ri, 0)]
             sh = np.take_along_axis(shifts, np.maximum(si, 0)[..., None], axis=1)
-            err = np.where(keep >= 0, np.take_along_axis(e0, np.maximum(keep, 0), 1), np.inf)
             for lvl in range(1, len(steps)):
                 rot, sh, err = self._refine(proj, x, c, wf, rot, sh, err, box, ms[lvl], steps[lvl],
                                             sstep / 2 ** lvl, T, stats)
@@ -329,10 +336,12 @@ class PoseSearch:
         d = (cw * c[:, None, :m] * (P.real ** 2 + P.imag ** 2)).sum(-1)
         return to_host(self._score(a.astype(xp.float64), b.astype(xp.float64), d.astype(xp.float64), xp)).astype(np.float64)
 
-    def _prune(self, proj: Projector, x: Any, c: Any, wf: Any, e0: np.ndarray, order: np.ndarray,
-               shifts: np.ndarray, grid: np.ndarray, box: int, m0: int, m1: int, pmax: Any,
+    def _prune(self, proj: Projector, x: Any, c: Any, wf: Any, t1: Any, const: Any, t2: Any, order: np.ndarray,
+               e_order: np.ndarray, shifts: np.ndarray, grid: np.ndarray, box: int, m0: int, m1: int, pmax: Any,
                stats: dict[str, float]) -> np.ndarray:
-        """Branch-and-bound at level 0: flat pose indices (nb, T) to branch (-1 = none)."""
+        """Branch-and-bound at level 0: of the lowest poses ``order`` (nb, T) (errors ``e_order``), the flat
+        pose indices to branch (-1 = pruned).  ``t1``, ``const``, ``t2``: the level-0 terms of every
+        pose (for the count of pruned poses)."""
         xp = proj.xp
         nb, S = shifts.shape[:2]
         best = order[:, 0]
@@ -343,15 +352,13 @@ class PoseSearch:
         hi = slice(m0, m1)
         gap = xp.maximum(xp.abs(x[:, hi]) - xp.abs(c[:, hi]) * pmax[None, hi], 0.0)
         bound_hi = to_host((wf[hi] * gap ** 2).sum(1)).astype(np.float64)
-        lower = e0 + bound_hi[:, None]
-        alive = lower <= e_best[:, None] + 1e-6 * np.abs(e_best[:, None])
+        limit = (e_best + 1e-6 * np.abs(e_best) - bound_hi)[:, None]  # a pose whose error exceeds it is pruned
+        e_all = to_host(self._score(const[:, None, None], t1, t2[:, None, :], xp)).reshape(nb, -1)
         stats["bound_checked"] += nb
-        stats["pruned"] += float((~alive).sum())
-        keep = order.copy()
-        ok = np.take_along_axis(alive, keep, 1)
+        stats["pruned"] += float((e_all > limit).sum())
+        ok = e_order <= limit
         ok[:, 0] = True  # the best lower bound always survives
-        keep[~ok] = -1
-        return keep
+        return np.where(ok, order, -1)
 
     def _refine(self, proj: Projector, x: Any, c: Any, wf: Any, rot: np.ndarray, sh: np.ndarray, err: np.ndarray,
                 box: int, m: int, step_deg: float, shift_step: float, T: int,
@@ -383,22 +390,36 @@ def _posterior(err: np.ndarray) -> np.ndarray:
     return wts / wts.sum(1, keepdims=True)
 
 
-def _lowest(e: np.ndarray, top: int) -> np.ndarray:
-    """Flat indices ``s * R + r`` (nb, top) of the ``top`` lowest errors of ``e`` (nb, S, R), lowest
-    first.  The ``top`` lowest poses lie on the ``top`` rotations of lowest best-shift error (each of
-    those poses is at most the ``top``-th of them), so only those rotations' S x top errors are
-    partitioned: the same poses as partitioning all S x R, without its cost (a third of the soft
-    search's time at 29 shifts)."""
-    nb, S, R = e.shape
+def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, xp: ModuleType = np) -> tuple[np.ndarray, np.ndarray]:
+    """The ``top`` lowest level-0 poses of each particle, lowest first: flat indices ``s * R + r``
+    (nb, top) and their errors (nb, top), from the correlation terms ``t1`` (nb, S, R) (``B`` of
+    every shift and rotation), ``const`` (nb,) (``A``) and ``t2`` (nb, R) (``D``) by ``score(a, b, d)``
+    (which may overwrite ``b``).
+
+    A pose's error depends on its shift only through ``B``: linearly (no scale), or as
+    ``-(B + q)^2 / (D + q)`` (the scale marginal), so a rotation's lowest error over the shifts is at
+    its largest or its smallest ``B`` (rounding is monotone too: the same float).  The ``top`` lowest
+    poses lie on the ``top`` rotations of lowest best-shift error, so only those rotations' S x top
+    errors are scored and partitioned: the same poses as scoring and partitioning all S x R, whose
+    element-wise passes over the (nb, S, R) array took a third of the soft search's time at 29
+    shifts."""
+    nb, S, R = t1.shape
+    a = const[:, None]
     if S > 1 and top < R:
-        rsel = np.argpartition(e.min(1), top - 1, axis=1)[:, :top]  # (nb, top)
-        sub = np.take_along_axis(e, rsel[:, None, :], 2).reshape(nb, -1)  # (nb, S * top)
+        er = to_host(xp.minimum(score(a, t1.max(1), t2), score(a, t1.min(1), t2)))
+        rsel = np.argpartition(er, top - 1, axis=1)[:, :top]  # (nb, top) rotations
+        rs = xp.asarray(rsel)
+        sub = to_host(score(a[:, :, None], xp.take_along_axis(t1, rs[:, None, :], 2),
+                            xp.take_along_axis(t2, rs, 1)[:, None, :])).reshape(nb, -1)  # (nb, S * top)
         o = np.argpartition(sub, top - 1, axis=1)[:, :top]
         order = (o // top) * R + np.take_along_axis(rsel, o % top, 1)
     else:
-        order = np.argpartition(e.reshape(nb, -1), top - 1, axis=1)[:, :top]
-    flat = e.reshape(nb, -1)
-    return np.take_along_axis(order, np.argsort(np.take_along_axis(flat, order, 1), 1), 1)
+        sub = to_host(score(a[:, :, None], t1.copy(), t2[:, None, :])).reshape(nb, -1)
+        o = np.argpartition(sub, top - 1, axis=1)[:, :top] if top < sub.shape[1] else np.tile(np.arange(sub.shape[1]), (nb, 1))
+        order = o
+    err = np.take_along_axis(sub, o, 1)
+    srt = np.argsort(err, 1)
+    return np.take_along_axis(order, srt, 1), np.take_along_axis(err, srt, 1)
 
 
 def _best(rot: np.ndarray, sh: np.ndarray, e: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
