@@ -113,19 +113,26 @@ class Projector:
         self.pad = pad
         self.xp = xp
         self.vft = fo.volume_transform(xp.asarray(vol), pad, xp)
-        self._flat = comps.flat(self.box)
+        comps.flat(self.box)  # raises when the box cannot hold the components
         self._pmax: np.ndarray | None = None
 
     def slices(self, rot: np.ndarray, m: int, chunk: int = 8192) -> Any:
-        """Slices (n, m) complex64 at pose matrices ``rot`` (n, 3, 3), components ``0 .. m - 1``."""
+        """Slices (n, m) complex64 at pose matrices ``rot`` (n, 3, 3), components ``0 .. m - 1``.
+        A rotation repeated in ``rot`` is extracted once (the candidates of a search share rotations
+        across their shifts: a level's shift neighbourhood repeats each of them 9 times)."""
+        rows = np.ascontiguousarray(to_host(rot), dtype=np.float64).reshape(-1, 9)
+        _, first, inv = np.unique(rows.view(np.dtype((np.void, 72))).ravel(), return_index=True, return_inverse=True)
+        if 4 * len(first) <= 3 * len(rows):
+            return self._slices(rows[first].reshape(-1, 3, 3), m, chunk)[self.xp.asarray(inv.ravel())]
+        return self._slices(rows.reshape(-1, 3, 3), m, chunk)
+
+    def _slices(self, rot: np.ndarray, m: int, chunk: int) -> Any:
         xp = self.xp
-        r_max = float(self.comps.radius[m - 1]) if m else 0.0
-        idx = xp.asarray(self._flat[:m])
+        kx, ky = self.comps.kx[:m], self.comps.ky[:m]
         out = []
         for s in range(0, len(rot), chunk):
             r = rot[s:s + chunk]
-            f = fo.extract_slices(self.vft, xp.asarray(r) if xp is not np else r, self.box, self.pad, r_max, xp=xp)
-            out.append(f.reshape(len(r), -1)[:, idx])
+            out.append(fo.extract_at(self.vft, xp.asarray(r) if xp is not np else r, kx, ky, self.pad, xp))
         return xp.concatenate(out) if out else xp.zeros((0, m), dtype=xp.complex64)
 
     def pmax(self) -> np.ndarray:
@@ -273,7 +280,7 @@ class PoseSearch:
         sgrid = shift_grid(self.shift_range_px, sstep)
         m0 = ms[0]
         P0 = proj.slices(grid, m0)
-        P0r, P0i = P0.real.T.copy(), P0.imag.T.copy()
+        P0ri = xp.concatenate([P0.real.T, P0.imag.T], 0)  # (2 m0, R): one real product for Re(conj(a) P)
         P0a = (xp.abs(P0) ** 2).T.copy()
         T = max(1, self.n_candidates)
         stats = {"scored": 0.0, "pruned": 0.0, "bound_checked": 0.0}
@@ -293,7 +300,9 @@ class PoseSearch:
             ph = comps.phases(shifts, box, m0, xp) if ph_grid is None else ph_grid  # (nb or 1, S, m0)
             xs = x[:, None, :m0] * ph
             a = (wf[:m0] * c[:, :m0])[:, None, :] * xs  # (nb, S, m0)
-            t1 = a.real.reshape(nb * S, m0) @ P0r + a.imag.reshape(nb * S, m0) @ P0i
+            # one contiguous (nb S, 2 m0) operand: two products of the strided real and imaginary views
+            # and their sum took 3x as long (29 shifts, 4,392 rotations)
+            t1 = xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ P0ri
             t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
             const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
             R = t1.shape[1]

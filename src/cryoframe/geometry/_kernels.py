@@ -9,6 +9,7 @@ cache line), ``extract`` samples a projector grid.  Each kernel is compiled on f
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
@@ -169,7 +170,7 @@ def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc, jx, jy
                         acc[iz, iy, ix, 2] += w * vw
 
 
-def _extract_loop(rot, kx, ky, flat, gre, gim, ore, oim):  # noqa: ANN001, ANN202
+def _extract_loop(rot, kx, ky, gre, gim, out):  # noqa: ANN001, ANN202
     n = rot.shape[0]
     m = kx.shape[0]
     size = gre.shape[0]
@@ -217,9 +218,27 @@ def _extract_loop(rot, kx, ky, flat, gre, gim, ore, oim):  # noqa: ANN001, ANN20
                         ix = min(x0 + dx, hx - 1)
                         ar += w * gre[iz, iy, ix]
                         ai += w * gim[iz, iy, ix]
-            f = flat[j]
-            ore[i, f] = ar
-            oim[i, f] = -ai if conj else ai
+            out[i, j] = complex(ar, -ai if conj else ai)
+
+
+def _row_blocks(n: int, min_rows: int = 256) -> list[slice]:
+    """Row blocks of ``n`` rotations for the threads of :func:`_pool` (one block below ``2 min_rows``)."""
+    k = max(1, min(_threads(), n // min_rows))
+    edges = np.linspace(0, n, k + 1).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _threads() -> int:
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _pool() -> Any:
+    """A thread pool shared by the kernels that split rows across cores (made on first use)."""
+    if "pool" not in _jit:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _jit["pool"] = ThreadPoolExecutor(_threads(), thread_name_prefix="cryoframe-kernels")
+    return _jit["pool"]
 
 
 def _get(name: str, fn: Any) -> Any:
@@ -247,15 +266,21 @@ def insert(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
                                  np.ascontiguousarray(wts, dtype=np.float64), acc)
 
 
-def extract(gre: np.ndarray, gim: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray, flat: np.ndarray,
-            box: int) -> np.ndarray:
-    """Trilinear slices (n, box, box // 2 + 1) complex64 of the projector grid (real and imaginary
-    parts ``gre``/``gim``); ``rot`` already multiplied by the padding factor."""
+def extract(gre: np.ndarray, gim: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
+    """Trilinear samples (n, m) complex64 of the projector grid (real and imaginary parts
+    ``gre``/``gim``) at the frequencies ``kx``/``ky`` (m,) of the slices at ``rot`` (n, 3, 3),
+    already multiplied by the padding factor.  Rows are split over the CPU's cores."""
     n = rot.shape[0]
-    ore = np.zeros((n, box * (box // 2 + 1)), np.float32)
-    oim = np.zeros_like(ore)
-    _get("extract", _extract_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, flat, gre, gim, ore, oim)
-    return (ore + 1j * oim).astype(np.complex64).reshape(n, box, box // 2 + 1)
+    out = np.empty((n, len(kx)), np.complex64)
+    fn = _get("extract", _extract_loop)
+    r = np.ascontiguousarray(rot, dtype=np.float64)
+    kx, ky = np.ascontiguousarray(kx, dtype=np.float64), np.ascontiguousarray(ky, dtype=np.float64)
+    blocks = _row_blocks(n)
+    if len(blocks) == 1:
+        fn(r, kx, ky, gre, gim, out)
+    else:  # the compiled loop releases the GIL: disjoint rows on the CPU's cores
+        list(_pool().map(lambda b: fn(r[b], kx, ky, gre, gim, out[b]), blocks))
+    return out
 
 
 def insert_ctf(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,

@@ -168,25 +168,31 @@ def extract_slices(vft: Any, rot: Any, box: int, pad: int = 2, r_max: float | No
 
     ``method``: ``"numba"`` (compiled CPU loop), ``"xp"`` (vectorised NumPy/CuPy) or ``"auto"``.
     """
-    size = vft.shape[0]
     kx, ky, flat = image_freqs(box, r_max)
+    acc = extract_at(vft, rot, kx, ky, pad, xp, method)
+    out = xp.zeros((acc.shape[0], box * (box // 2 + 1)), dtype=xp.complex64)
+    out[:, xp.asarray(flat)] = acc
+    return out.reshape(-1, box, box // 2 + 1)
+
+
+def extract_at(vft: Any, rot: Any, kx: np.ndarray, ky: np.ndarray, pad: int = 2, xp: ModuleType = np,
+               method: str = "auto") -> Any:
+    """The central slices of :func:`extract_slices` at the half-plane frequencies ``kx``, ``ky`` (m,)
+    (cycles per box, ``kx >= 0``) only: (n, m) complex64, without the full transforms."""
+    kx, ky = np.asarray(kx, dtype=np.float64), np.asarray(ky, dtype=np.float64)
     if _use_numba(xp, method):
         from cryoframe.geometry import _kernels
 
         return _kernels.extract(np.ascontiguousarray(vft.real, dtype=np.float32),
                                 np.ascontiguousarray(vft.imag, dtype=np.float32),
-                                np.asarray(rot, dtype=np.float64) * pad, kx, ky, flat, box)
-    corners, neg = _corners(rot, xp.asarray(kx), xp.asarray(ky), pad, size, xp)
+                                np.asarray(rot, dtype=np.float64) * pad, kx, ky)
+    corners, neg = _corners(rot, xp.asarray(kx), xp.asarray(ky), pad, vft.shape[0], xp)
     g = vft.ravel()
     acc = None
     for idx, w in corners:
         v = g[idx] * w
         acc = v if acc is None else acc + v
-    acc = xp.where(neg, xp.conj(acc), acc)
-    n = acc.shape[0]
-    out = xp.zeros((n, box * (box // 2 + 1)), dtype=xp.complex64)
-    out[:, xp.asarray(flat)] = acc
-    return out.reshape(n, box, box // 2 + 1)
+    return xp.where(neg, xp.conj(acc), acc).astype(xp.complex64)
 
 
 def insert_images(acc: np.ndarray, rots: np.ndarray, kx: np.ndarray, ky: np.ndarray, flat: np.ndarray,
