@@ -135,6 +135,7 @@ def test_level0_top_poses_and_in_place_score_match_the_plain_computation() -> No
     with and without the scale marginal (whose error is not monotone in the correlation); the
     in-place scale-marginalised score must equal the formula."""
     from cryoframe.algorithms.posesearch import _level0_top
+    from cryoframe.geometry import _kernels
 
     g = np.random.default_rng(3)
     for sd in (None, 0.3):
@@ -148,6 +149,10 @@ def test_level0_top_poses_and_in_place_score_match_the_plain_computation() -> No
             want = np.argsort(full, 1)[:, :top]
             np.testing.assert_array_equal(order, want)
             np.testing.assert_allclose(err, np.take_along_axis(full, want, 1), rtol=1e-5, atol=1e-4)
+            if _kernels.HAVE_NUMBA:  # the compiled one-pass extremes over the shifts
+                hi, lo = _kernels.extremes(t1)
+                np.testing.assert_array_equal(hi, t1.max(1))
+                np.testing.assert_array_equal(lo, t1.min(1))
     ps = PoseSearch(scale_prior_sd=0.3)
     q = 1 / (2 * 0.3 ** 2)
     a = g.uniform(50, 60, (4, 1, 1)).astype(np.float32)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.backend import to_host
+from cryoframe.geometry import _kernels
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
 
@@ -415,7 +416,11 @@ def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, xp: ModuleTy
     nb, S, R = t1.shape
     a = const[:, None]
     if S > 1 and top < R:
-        er = to_host(xp.minimum(score(a, t1.max(1), t2), score(a, t1.min(1), t2)))
+        if xp is np and _kernels.HAVE_NUMBA:
+            hi, lo = _kernels.extremes(t1)
+        else:
+            hi, lo = t1.max(1), t1.min(1)
+        er = to_host(xp.minimum(score(a, hi, t2), score(a, lo, t2)))
         rsel = np.argpartition(er, top - 1, axis=1)[:, :top]  # (nb, top) rotations
         rs = xp.asarray(rsel)
         sub = to_host(score(a[:, :, None], xp.take_along_axis(t1, rs[:, None, :], 2),

@@ -2,7 +2,7 @@
 
 One loop over (image, frequency), no temporaries: ``insert`` adds ``w CTF F`` and ``w CTF^2`` to the
 padded half-grid sums (one interleaved (P, P, P // 2 + 1, 3) array, so a trilinear corner touches one
-cache line), ``extract`` samples a projector grid.  Each kernel is compiled on first use
+cache line), ``extract`` samples a projector grid; ``extremes`` serves the pose search's level 0.  Each kernel is compiled on first use
 (cached on disk by numba) and is tested against the vectorised NumPy version, which CuPy also runs.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "extract", "insert", "insert_ctf", "insert_ctf_params", "preload", "run_insert_ctf", "warm"]
+__all__ = ["HAVE_NUMBA", "extract", "extremes", "insert", "insert_ctf", "insert_ctf_params", "preload", "run_insert_ctf", "warm"]
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _jit: dict[str, Any] = {}
@@ -219,6 +219,32 @@ def _extract_loop(rot, kx, ky, gre, gim, out):  # noqa: ANN001, ANN202
                         ar += w * gre[iz, iy, ix]
                         ai += w * gim[iz, iy, ix]
             out[i, j] = complex(ar, -ai if conj else ai)
+
+
+def _extremes_loop(t, mx, mn):  # noqa: ANN001, ANN202
+    nb, S, R = t.shape
+    for i in range(nb):
+        for r in range(R):
+            mx[i, r] = t[i, 0, r]
+            mn[i, r] = t[i, 0, r]
+        for s in range(1, S):
+            for r in range(R):
+                v = t[i, s, r]
+                if v > mx[i, r]:
+                    mx[i, r] = v
+                if v < mn[i, r]:
+                    mn[i, r] = v
+
+
+def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest and the smallest of ``t`` (nb, S, R) float32 over its middle axis, (nb, R) each:
+    one pass over ``t`` (NumPy's ``max`` and ``min`` read it twice, 3x the time at the pose search's
+    (64, 29, 4392))."""
+    t = np.ascontiguousarray(t)
+    mx = np.empty((t.shape[0], t.shape[2]), t.dtype)
+    mn = np.empty_like(mx)
+    _get("extremes", _extremes_loop)(t, mx, mn)
+    return mx, mn
 
 
 def _row_blocks(n: int, min_rows: int = 256) -> list[slice]:
