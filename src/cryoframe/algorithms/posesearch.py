@@ -91,9 +91,9 @@ class Components:
         :func:`cryoframe.geometry.fourier.phase_shift` at the components."""
         m = len(self) if m is None else m
         flat = np.asarray(to_host(shifts), dtype=np.float64).reshape(-1, 2)
-        uniq, inv = np.unique(flat, axis=0, return_inverse=True)
-        if 2 * len(uniq) <= len(flat):  # candidates on a lattice: each distinct shift's factors once
-            return self.phases(uniq, box, m, xp)[xp.asarray(inv.ravel())].reshape(*np.shape(shifts)[:-1], m)
+        first, inv = _distinct(flat[:, 0] + 1j * flat[:, 1], flat)
+        if 2 * len(first) <= len(flat):  # candidates on a lattice: each distinct shift's factors once
+            return self.phases(flat[first], box, m, xp)[xp.asarray(inv)].reshape(*np.shape(shifts)[:-1], m)
         s = xp.asarray(flat.reshape(np.shape(shifts)))
         kx = xp.asarray(self.kx[:m], dtype=xp.float64)
         ky = xp.asarray(self.ky[:m], dtype=xp.float64)
@@ -122,9 +122,9 @@ class Projector:
         A rotation repeated in ``rot`` is extracted once (the candidates of a search share rotations
         across their shifts: a level's shift neighbourhood repeats each of them 9 times)."""
         rows = np.ascontiguousarray(to_host(rot), dtype=np.float64).reshape(-1, 9)
-        _, first, inv = np.unique(rows.view(np.dtype((np.void, 72))).ravel(), return_index=True, return_inverse=True)
+        first, inv = _distinct(rows @ _KEY9, rows)
         if 4 * len(first) <= 3 * len(rows):
-            return self._slices(rows[first].reshape(-1, 3, 3), m, chunk)[self.xp.asarray(inv.ravel())]
+            return self._slices(rows[first].reshape(-1, 3, 3), m, chunk)[self.xp.asarray(inv)]
         return self._slices(rows.reshape(-1, 3, 3), m, chunk)
 
     def _slices(self, rot: np.ndarray, m: int, chunk: int) -> Any:
@@ -392,6 +392,21 @@ class PoseSearch:
         e[~np.isfinite(np.repeat(err, len(ds), axis=1))] = np.inf
         stats["scored"] += float(np.isfinite(e).sum())
         return _best(cand, csh, e, T)
+
+
+_KEY9 = np.sqrt(np.array([2.0, 3.0, 5.0, 7.0, 11.0, 13.0, 17.0, 19.0, 23.0]))
+
+
+def _distinct(key: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of ``rows`` (n, d) found through a 1-D ``key`` (n,) (a sort of n numbers instead
+    of a sort of rows): the index of each distinct row's first occurrence and each row's index among
+    them (``rows[first][inv] == rows``).  Rows of equal key that differ (a collision) fall back to
+    every row distinct."""
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    if not np.array_equal(rows[first][inv], rows):
+        return np.arange(len(rows)), np.arange(len(rows))
+    return first, inv
 
 
 def _posterior(err: np.ndarray) -> np.ndarray:
