@@ -9,7 +9,6 @@ cache line), ``extract`` samples a projector grid; ``extremes`` serves the pose 
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any
 
 import numpy as np
@@ -247,26 +246,6 @@ def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mx, mn
 
 
-def _row_blocks(n: int, min_rows: int = 256) -> list[slice]:
-    """Row blocks of ``n`` rotations for the threads of :func:`_pool` (one block below ``2 min_rows``)."""
-    k = max(1, min(_threads(), n // min_rows))
-    edges = np.linspace(0, n, k + 1).astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
-def _threads() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def _pool() -> Any:
-    """A thread pool shared by the kernels that split rows across cores (made on first use)."""
-    if "pool" not in _jit:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _jit["pool"] = ThreadPoolExecutor(_threads(), thread_name_prefix="cryoframe-kernels")
-    return _jit["pool"]
-
-
 def _get(name: str, fn: Any) -> Any:
     if name not in _jit:
         import numba
@@ -295,17 +274,11 @@ def insert(acc: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray,
 def extract(gre: np.ndarray, gim: np.ndarray, rot: np.ndarray, kx: np.ndarray, ky: np.ndarray) -> np.ndarray:
     """Trilinear samples (n, m) complex64 of the projector grid (real and imaginary parts
     ``gre``/``gim``) at the frequencies ``kx``/``ky`` (m,) of the slices at ``rot`` (n, 3, 3),
-    already multiplied by the padding factor.  Rows are split over the CPU's cores."""
+    already multiplied by the padding factor."""
     n = rot.shape[0]
     out = np.empty((n, len(kx)), np.complex64)
-    fn = _get("extract", _extract_loop)
-    r = np.ascontiguousarray(rot, dtype=np.float64)
     kx, ky = np.ascontiguousarray(kx, dtype=np.float64), np.ascontiguousarray(ky, dtype=np.float64)
-    blocks = _row_blocks(n)
-    if len(blocks) == 1:
-        fn(r, kx, ky, gre, gim, out)
-    else:  # the compiled loop releases the GIL: disjoint rows on the CPU's cores
-        list(_pool().map(lambda b: fn(r[b], kx, ky, gre, gim, out[b]), blocks))
+    _get("extract", _extract_loop)(np.ascontiguousarray(rot, dtype=np.float64), kx, ky, gre, gim, out)
     return out
 
 
