@@ -444,8 +444,7 @@ def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, xp: ModuleTy
         order = (o // top) * R + np.take_along_axis(rsel, o % top, 1)
     else:
         sub = to_host(score(a[:, :, None], t1.copy(), t2[:, None, :])).reshape(nb, -1)
-        o = np.argpartition(sub, top - 1, axis=1)[:, :top] if top < sub.shape[1] else np.tile(np.arange(sub.shape[1]), (nb, 1))
-        order = o
+        o = order = np.argpartition(sub, top - 1, axis=1)[:, :top]
     err = np.take_along_axis(sub, o, 1)
     srt = np.argsort(err, 1)
     return np.take_along_axis(order, srt, 1), np.take_along_axis(err, srt, 1)
