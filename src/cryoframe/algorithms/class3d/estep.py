@@ -49,7 +49,7 @@ def fourier_crop(images: np.ndarray, box_out: int) -> np.ndarray:
 
 def freq_layout(box: int, r_max: float) -> dict[str, np.ndarray]:
     """Frequencies of the likelihood: ``flat`` indices in a raveled (box, box // 2 + 1) half plane of
-    shells 1 .. r_max, their ``shell`` (rounded radius) and the 0/1 matrix ``onehot`` (m, nshell)."""
+    shells 1 .. r_max, their ``kx``, ``ky``, ``shell`` (rounded radius) and the 0/1 matrix ``onehot`` (m, nshell)."""
     kx, ky, flat = fo.image_freqs(box, r_max)
     shell = np.rint(np.hypot(kx, ky)).astype(np.int64)
     keep = shell >= 1
@@ -57,7 +57,7 @@ def freq_layout(box: int, r_max: float) -> dict[str, np.ndarray]:
     nsh = box // 2 + 1
     onehot = np.zeros((len(flat), nsh), dtype=np.float32)
     onehot[np.arange(len(flat)), shell] = 1.0
-    return {"flat": flat, "shell": shell, "onehot": onehot}
+    return {"flat": flat, "shell": shell, "onehot": onehot, "kx": kx[keep], "ky": ky[keep]}
 
 
 def prepare_partition(images: Any, geom: dict[str, Any], *, box: int, psize_A: float, device: str = "cpu",
@@ -99,10 +99,10 @@ def scale_partition(data: Any, geom: dict[str, Any], consensus_ft: Any, *, box: 
         idx = np.arange(s, min(n, s + batch))
         f, c = prep["f"][s:s + len(idx)], prep["c"][s:s + len(idx)]
         rot = xp.asarray(geom["rot"][idx]) if xp is not np else geom["rot"][idx]
-        p = fo.extract_slices(vft, rot, box, pad, r_max, xp=xp)
+        p = fo.extract_at(vft, rot, lay["kx"], lay["ky"], pad, xp)
         m = len(idx)
         fj = f.reshape(m, -1)[:, fl]
-        cp = c.reshape(m, -1)[:, fl] * p.reshape(m, -1)[:, fl]
+        cp = c.reshape(m, -1)[:, fl] * p
         terms = xp.stack([(fj.real ** 2 + fj.imag ** 2), (fj.conj() * cp).real, (cp.real ** 2 + cp.imag ** 2)], 1)
         out[idx] = to_host(terms.astype(xp.float64) @ oh)
     return out
@@ -174,7 +174,7 @@ def estep_partition(data: Any, geom: dict[str, Any], grids: Any | None, state: d
             rot_d = xp.asarray(rot_h) if xp is not np else rot_h
             for k in range(K):
                 if same:
-                    pj = fo.extract_slices(g_dev[0, k], rot_d, box, pad, r_cur, xp=xp).reshape(m, -1)[:, fl]
+                    pj = fo.extract_at(g_dev[0, k], rot_d, lay["kx"], lay["ky"], pad, xp)
                 else:  # a particle of half h meets the maps of the other half: no self-reinforcement
                     pj = xp.zeros(fj.shape, dtype=xp.complex64)
                     for h in (0, 1):
@@ -182,8 +182,7 @@ def estep_partition(data: Any, geom: dict[str, Any], grids: Any | None, state: d
                         if len(sel):
                             sd = xp.asarray(sel) if xp is not np else sel
                             r_sel = xp.asarray(rot_h[sel]) if xp is not np else rot_h[sel]
-                            pj[sd] = fo.extract_slices(g_dev[1 - h, k], r_sel, box, pad, r_cur,
-                                                       xp=xp).reshape(len(sel), -1)[:, fl]
+                            pj[sd] = fo.extract_at(g_dev[1 - h, k], r_sel, lay["kx"], lay["ky"], pad, xp)
                 pj = pj * cj
                 cross = xp.sum(w * (fj.conj() * pj).real, axis=1)
                 pw = xp.sum(w * (pj.real ** 2 + pj.imag ** 2), axis=1)
