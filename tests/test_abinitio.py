@@ -54,6 +54,20 @@ def test_intermediate_iterations_default_depends_on_the_number_of_classes() -> N
     assert AbInitio(4, psize_A=2.0, intermediate_iterations=10).schedule(64).n_iter == 50
 
 
+def test_class_similarity_default_anneals_over_the_first_tenth_of_the_intermediate_phase() -> None:
+    # blurring the class assignments only while classes form: 0.1 through the initial iterations, to 0
+    # over the first 8 of K = 4's 80 intermediate ones; explicit anneal iterations still win
+    s = AbInitio(4, psize_A=2.0).schedule(64)
+    assert s.class_similarity_anneal_start == 40 and s.class_similarity_anneal_end == 48
+    assert s.similarity(39) == pytest.approx(0.1) and s.similarity(44) == pytest.approx(0.05)
+    assert s.similarity(48) == 0.0 and s.similarity(100) == 0.0
+    assert AbInitio(4, psize_A=2.0, intermediate_iterations=3).schedule(64).class_similarity_anneal_end == 41
+    assert AbInitio(4, psize_A=2.0, intermediate_iterations=0).schedule(64).class_similarity_anneal_end == 40
+    own = AbInitio(4, psize_A=2.0, class_similarity_anneal_start=50, class_similarity_anneal_end=100).schedule(64)
+    assert (own.class_similarity_anneal_start, own.class_similarity_anneal_end) == (50, 100)
+    assert AbInitio(4, psize_A=2.0, class_similarity_anneal_start=60).schedule(64).class_similarity_anneal_end == 68
+
+
 def test_defaults_agree_across_model_job_api_and_cli() -> None:
     # the defaults are written out in the estimator, the job, the API and the CLI: they must not drift
     import inspect

@@ -35,7 +35,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-similarity-anneal-start", type=int, help="iteration where the similarity starts "
                    "falling to 0 (default: end of the initial iterations)")
     p.add_argument("--class-similarity-anneal-end", type=int, help="iteration where it reaches 0 "
-                   "(default: end of the intermediate iterations)")
+                   "(default: a tenth of the intermediate iterations after the start)")
     p.add_argument("--coarse-step", type=float, default=15.0, help="angular step of the exhaustive search of the SGD iterations (deg)")
     p.add_argument("--final-coarse-step", type=float, default=15.0,
                    help="coarse angular step of the final branch-and-bound search (deg)")
