@@ -45,7 +45,9 @@ def save(m: Any, t: int) -> None:
     """Write the state after iteration ``t`` to ``m.checkpoint_dir`` (temporary file + rename)."""
     d = Path(m.checkpoint_dir)
     d.mkdir(parents=True, exist_ok=True)
-    arrays = {f"sums_{k}": s.astype(np.float32) for k, s in enumerate(m._sums)}
+    # float64 as in memory: float32 sums change the continued run at rounding level, enough to move a
+    # near-tied particle to another fine pose on some CPUs (the continuation must reproduce the run)
+    arrays = {f"sums_{k}": np.asarray(s, dtype=np.float64) for k, s in enumerate(m._sums)}
     meta = {"t": t, "params": params(m), "n": int(m._X.shape[0]), "sigma2_n": m._sigma2_n, "start": m._start,
             "history": m.history_, "events": m.events_}
     tmp = d / f".{CKPT_NAME}"
