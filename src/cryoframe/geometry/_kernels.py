@@ -223,34 +223,37 @@ def _extract_loop(rot, kx, ky, gre, gim, out):  # noqa: ANN001, ANN202
 def _extremes_loop(t, mx, mn):  # noqa: ANN001, ANN202
     nb, S, R = t.shape
     for i in range(nb):
-        for r in range(R):
-            mx[i, r] = t[i, 0, r]
-            mn[i, r] = t[i, 0, r]
+        hi = mx[i]
+        lo = mn[i]
+        hi[:] = t[i, 0]
+        lo[:] = t[i, 0]
         for s in range(1, S):
-            for r in range(R):
-                v = t[i, s, r]
-                if v > mx[i, r]:
-                    mx[i, r] = v
-                if v < mn[i, r]:
-                    mn[i, r] = v
+            row = t[i, s]
+            for r in range(R):  # selects on 1-D rows: LLVM vectorises this loop (not the 3-D if-form)
+                v = row[r]
+                h = hi[r]
+                lo_r = lo[r]
+                hi[r] = v if v > h else h
+                lo[r] = v if v < lo_r else lo_r
 
 
 def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The largest and the smallest of ``t`` (nb, S, R) float32 over its middle axis, (nb, R) each:
     one pass over ``t`` (NumPy's ``max`` and ``min`` read it twice, 3x the time at the pose search's
-    (64, 29, 4392))."""
+    (64, 29, 4392) on an Intel Xeon; on an AMD EPYC 4.8 ms against NumPy's 6.8 ms and 9.9 ms for the
+    element-wise ``if`` loop this replaced, which LLVM did not vectorise)."""
     t = np.ascontiguousarray(t)
     mx = np.empty((t.shape[0], t.shape[2]), t.dtype)
     mn = np.empty_like(mx)
-    _get("extremes", _extremes_loop)(t, mx, mn)
+    _get("extremes", _extremes_loop, fastmath=True)(t, mx, mn)  # compares only: exact either way
     return mx, mn
 
 
-def _get(name: str, fn: Any) -> Any:
+def _get(name: str, fn: Any, fastmath: bool = False) -> Any:
     if name not in _jit:
         import numba
 
-        _jit[name] = numba.njit(cache=True, nogil=True, fastmath=False)(fn)
+        _jit[name] = numba.njit(cache=True, nogil=True, fastmath=fastmath)(fn)
     return _jit[name]
 
 
