@@ -245,7 +245,7 @@ def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = np.ascontiguousarray(t)
     mx = np.empty((t.shape[0], t.shape[2]), t.dtype)
     mn = np.empty_like(mx)
-    _get("extremes", _extremes_loop, fastmath=True)(t, mx, mn)  # compares only: exact either way
+    _get("extremes", _extremes_loop, fastmath=True)(t, mx, mn)  # compares only: exact for finite t
     return mx, mn
 
 
