@@ -339,8 +339,8 @@ class PoseSearch:
             R = t1.shape[1]
             t1 = t1.reshape(nb, S, R)
             stats["scored"] += nb * S * R
-            keep, err = _level0_top(t1, const, t2, min(T, S * R), self._score_inplace(xp), xp,
-                                    self._score_extremes(xp))
+            keep, err = _level0_top(t1, const, t2, min(T, S * R), self._score_inplace(xp),
+                                    self._score_extremes(xp), xp)
             if pmax is not None:
                 keep = self._prune(proj, x, c, wf, t1, const, t2, keep, err, shifts, grid, box, ms[0], ms[1], pmax,
                                    stats)
@@ -446,13 +446,13 @@ def _posterior(err: np.ndarray) -> np.ndarray:
     return wts / wts.sum(1, keepdims=True)
 
 
-def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, xp: ModuleType = np,
-                score_extremes: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, score_extremes: Any,
+                xp: ModuleType = np) -> tuple[np.ndarray, np.ndarray]:
     """The ``top`` lowest level-0 poses of each particle, lowest first: flat indices ``s * R + r``
     (nb, top) and their errors (nb, top), from the correlation terms ``t1`` (nb, S, R) (``B`` of
     every shift and rotation), ``const`` (nb,) (``A``) and ``t2`` (nb, R) (``D``) by ``score(a, b, d)``
-    (which may overwrite ``b``); ``score_extremes(a, hi, lo, d)`` (optional): the lower of ``score``
-    at ``hi`` and at ``lo``.
+    (which may overwrite ``b``); ``score_extremes(a, hi, lo, d)``: the lower of ``score`` at ``hi`` and
+    at ``lo`` (:meth:`PoseSearch._score_extremes`).
 
     A pose's error depends on its shift only through ``B``: linearly (no scale), or as
     ``-(B + q)^2 / (D + q)`` (the scale marginal), so a rotation's lowest error over the shifts is at
@@ -468,10 +468,7 @@ def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, xp: ModuleTy
             hi, lo = _kernels.extremes(t1)
         else:
             hi, lo = t1.max(1), t1.min(1)
-        if score_extremes is None:
-            er = to_host(xp.minimum(score(a, hi, t2), score(a, lo, t2)))
-        else:  # the same floats in one score's passes
-            er = to_host(score_extremes(a, hi, lo, t2))
+        er = to_host(score_extremes(a, hi, lo, t2))
         rsel = np.argpartition(er, top - 1, axis=1)[:, :top]  # (nb, top) rotations
         rs = xp.asarray(rsel)
         sub = to_host(score(a[:, :, None], xp.take_along_axis(t1, rs[:, None, :], 2),
