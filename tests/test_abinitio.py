@@ -323,6 +323,18 @@ def test_three_classes_with_similarity_and_symmetry_option(noposes: Path) -> Non
     (["--symmetry", "Q7"], "unknown symmetry"),
     (["--max-resolution", "4"], "beyond Nyquist"),
     (["--particles", "1000"], "--particles"),
+    # a zero step built an endless rotation grid until the process was killed (leaving its temporary output)
+    (["--coarse-step", "0"], "--coarse-step must be in (0, 180] degrees"),
+    (["--final-coarse-step", "200"], "--final-coarse-step must be in (0, 180] degrees"),
+    (["--fine-step", "30"], "--fine-step must be in (0, 15.0] degrees"),
+    (["--fine-step", "0"], "--fine-step must be in (0, 15.0] degrees"),
+    (["--shift-step", "0"], "--shift-step must be > 0 px"),
+    (["--shift-range", "-2"], "--shift-range must be >= 0 px"),
+    (["--candidates", "0"], "--candidates must be >= 1"),
+    (["--noise-init-sigmascale", "0"], "--noise-init-sigmascale must be > 0"),
+    (["--noise-priorw", "-1"], "--noise-priorw must be >= 0"),
+    (["--class-similarity-anneal-start", "5", "--class-similarity-anneal-end", "3"], "is before"),
+    (["--starts", "0"], "--starts must be an integer >= 1"),
 ])
 def test_bad_input_one_error_nothing_written(noposes: Path, args: list[str], msg: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:

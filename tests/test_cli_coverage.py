@@ -205,3 +205,41 @@ def test_class2d_flags_reach_the_algorithm(tmp_path: Path, run_cli, monkeypatch)
     assert lab.min() >= 0 and lab.max() <= 2 and c.n == s.n
     post = c.table(["alignments2D/class_posterior"]).column(0).to_numpy()
     assert np.all(np.isfinite(post)) and np.all((post >= 0) & (post <= 1))
+
+
+# --- --seed -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("verb", ["abinitio", "class2d", "class3d", "demo", "project", "reconstruct", "subset", "synth"])
+@pytest.mark.parametrize("seed, msg", [("-1", "must be between 0 and 4294967295, got -1"),
+                                       ("4294967296", "must be between 0 and 4294967295, got 4294967296"), ("x", "expected an integer, got 'x'")])
+def test_seed_outside_the_generators_range_is_one_argument_error(verb: str, seed: str, msg: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A negative seed was a NumPy ValueError traceback from inside the job (exit 1); now argparse's
+    one error line names the option, exit 2, before anything runs."""
+    from cryoframe.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--seed", seed])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"cryoframe {verb}: error: argument --seed: {msg}"
+    assert not list(tmp_path.iterdir())
+
+
+def test_seed_type_accepts_the_generators_range() -> None:
+    from cryoframe.cli import seed_type
+
+    assert seed_type("0") == 0 and seed_type("4294967295") == 2**32 - 1
+
+
+@pytest.mark.parametrize("verb", ["class3d", "reconstruct"])
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_partition_size_below_one_is_one_argument_error(verb: str, size: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--partition-size 0`` divided by zero inside class3d; reconstruct ran on it silently."""
+    from cryoframe.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([verb, "store.cf", "--out", "o.cf", "--partition-size", size])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"cryoframe {verb}: error: argument --partition-size: must be >= 1, got {size}")

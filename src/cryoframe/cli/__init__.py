@@ -34,6 +34,30 @@ VERBS = {
 }
 
 
+def seed_type(text: str) -> int:
+    """``--seed``: an integer in 0 .. 2**32 - 1, what NumPy's and scikit-learn's generators take (a
+    negative seed was a ``ValueError`` traceback from deep inside the job)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {v}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    """An integer option that counts something (``--partition-size``): >= 1 (0 divided by zero
+    inside class3d, and reconstruct silently ran on it)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def add_scheduler_args(p: argparse.ArgumentParser) -> None:
     """``--scheduler``/``--dashboard`` for verbs that run Dask graphs."""
     p.add_argument("--scheduler", default=None, metavar="SPEC",

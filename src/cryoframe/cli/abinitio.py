@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli import add_iterative_job_args, add_scheduler_args
+from cryoframe.cli import add_iterative_job_args, add_scheduler_args, seed_type
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--starts", type=int, default=4,
                    help="random starts run through the initial phase; the best-fitting one is continued")
     p.add_argument("--no-ctf", dest="ctf", action="store_false", help="ignore the CTF")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     add_iterative_job_args(p, "resume from the store's checkpoint")
 
 

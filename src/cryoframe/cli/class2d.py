@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli import add_iterative_job_args, add_scheduler_args
+from cryoframe.cli import add_iterative_job_args, add_scheduler_args, seed_type
 from cryoframe.types import Class2DAlgorithm, Class2DInit, Class2DScale, CtfMode, choices
 
 
@@ -31,7 +31,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algorithm", choices=choices(Class2DAlgorithm), help="default em")
     p.add_argument("--init", choices=choices(Class2DInit), help="default random")
     p.add_argument("--nbasis", type=int, help="MSA: PCA basis size (default 10)")
-    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--seed", type=seed_type, help="default 0")
     p.add_argument("--scale", choices=choices(Class2DScale),
                    help="per-particle contrast scale: sample (default; per class/angle/shift under a N(1, 0.3^2) "
                         "prior, so junk gathers in flat classes), none (as RELION), particle (one per particle)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli import add_iterative_job_args, add_scheduler_args
+from cryoframe.cli import add_iterative_job_args, add_scheduler_args, positive_int, seed_type
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="score each half set's particles against the other half's class maps")
     p.add_argument("--starts", type=int, help="initialisations scored by likelihood (default 1)")
     p.add_argument("--no-ctf", dest="ctf", action="store_const", const=False)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--partition-size", type=int, help="particles per Dask task (default 2000)")
+    p.add_argument("--seed", type=seed_type)
+    p.add_argument("--partition-size", type=positive_int, help="particles per Dask task (default 2000)")
     add_iterative_job_args(p, "resume from the store's checkpoint")
 
 

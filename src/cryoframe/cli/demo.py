@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
+from cryoframe.cli import seed_type
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="where to write (default: ./cryoframe-demo)")
     p.add_argument("--particles", type=int, default=2000)
     p.add_argument("--box", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
-from cryoframe.cli import add_scheduler_args
+from cryoframe.cli import add_scheduler_args, seed_type
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defocus", type=float, nargs=2, default=(10000.0, 25000.0), metavar=("MIN", "MAX"),
                    help="--n --ctf: random defocus range (Å)")
     p.add_argument("--psize", type=float, help="pixel size (Å) when the map header has none")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
     p.add_argument("--overwrite", action="store_true")
 

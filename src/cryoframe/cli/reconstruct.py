@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from cryoframe.cli import add_scheduler_args
+from cryoframe.cli import add_scheduler_args, positive_int, seed_type
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -22,9 +22,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--regulariser", default="fsc",
                    help="fsc (RELION's tau2 from the half-map FSC), none (as relion_reconstruct) or a constant")
     p.add_argument("--tau2-fudge", type=float, default=1.0, help="T of the fsc regulariser")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random half split when the store has none")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the random half split when the store has none")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
-    p.add_argument("--partition-size", type=int, default=2000, help="particles per Dask task")
+    p.add_argument("--partition-size", type=positive_int, default=2000, help="particles per Dask task")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--overwrite", action="store_true")
 

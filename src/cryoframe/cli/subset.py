@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from cryoframe.cli import add_scheduler_args
+from cryoframe.cli import add_scheduler_args, seed_type
 from cryoframe.errors import InputError
 from cryoframe.types import ClassAgg, Device, ExportFormat, OnMissing, SubsetMode, choices
 
@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="particles without a finite value: fail (default), drop, or put in missing.cf")
     p.add_argument("--format", choices=choices(ExportFormat), help="also export each set")
     p.add_argument("--project-dir", help="base directory of motion trajectory files")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--tol", type=float, default=1e-3, help="GMM convergence tolerance (mean log-likelihood)")
     p.add_argument("--max-iter", type=int, default=100)
     p.add_argument("--no-plots", action="store_true")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cryoframe import api
+from cryoframe.cli import seed_type
 from cryoframe.types import SynthKind, choices
 
 
@@ -15,7 +16,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=int, default=8, help="number of distinct templates / volumes")
     p.add_argument("--snr", type=float, default=0.05, help="signal-to-noise ratio (variance ratio)")
     p.add_argument("--kind", choices=choices(SynthKind), default="2d", help="2D templates or projections of 3D volumes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--junk", type=float, default=0.0,
                    help="fraction of junk images: empty picks, one-off debris, ice/carbon edges (truth view -1)")
     p.add_argument("--metadata-only", action="store_true", help="no images (fast; 1e8 rows in bounded memory)")

@@ -43,8 +43,8 @@ from cryoframe.algorithms.abinitio import final as fin
 from cryoframe.algorithms.abinitio.data import lowpass_mask, particle_components, shell_power, shell_tau2
 from cryoframe.algorithms.abinitio.schedule import Schedule
 from cryoframe.algorithms.abinitio.starts import pick_classes
+from cryoframe.algorithms.abinitio.validate import validate
 from cryoframe.algorithms.posesearch import Components, PoseSearch, Projector, SearchResult
-from cryoframe.errors import InputError
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import map_from_sums
 from cryoframe.geometry.masks import soft_sphere
@@ -213,34 +213,9 @@ class AbInitio:
                         self.class_similarity, a0, max(a0, a1))
 
     def _validate(self, n: int, box: int) -> None:
-        nyq = 2 * self.psize_A
-        if self.n_classes < 1:
-            raise InputError(f"--classes must be >= 1 (got {self.n_classes})")
-        if self.n_classes > n:
-            raise InputError(f"--classes {self.n_classes} is larger than the number of particles ({n})")
-        if not (isinstance(self.n_starts, int | np.integer) and self.n_starts >= 1):
-            raise InputError(f"n_starts must be an integer >= 1 (got {self.n_starts!r})")
-        if not self.max_resolution_A >= nyq - 1e-9:
-            raise InputError(f"--max-resolution {self.max_resolution_A} Å is beyond Nyquist ({nyq:.3f} Å at "
-                             f"{self.psize_A:.4f} Å/px)")
-        if self.initial_resolution_A is not None and not self.initial_resolution_A >= self.max_resolution_A:
-            raise InputError(f"--initial-resolution {self.initial_resolution_A} Å must be >= --max-resolution "
-                             f"{self.max_resolution_A} Å")
-        if self.noise_model not in ("coloured", "white"):
-            raise InputError(f"--noise-model {self.noise_model!r}: expected coloured or white")
-        if not 0 <= self.class_similarity <= 1:
-            raise InputError(f"--class-similarity must be in [0, 1] (got {self.class_similarity})")
-        for name in ("initial_minibatch", "final_minibatch"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("initial_learning_rate", "final_learning_rate"):
-            if not 0 < getattr(self, name) <= 1:
-                raise InputError(f"--{name.replace('_', '-')} must be in (0, 1]")
-        if min(self.initial_iterations, self.n_intermediate(), self.final_iterations) < 0:
-            raise InputError("iteration counts must be >= 0")
-        if self.final_passes < 1:
-            raise InputError("--final-passes must be >= 1")
-        symmetry_matrices(self.symmetry)
+        """Raise :class:`~cryoframe.errors.InputError` for parameters that cannot run on ``n`` particles
+        of ``box`` px (:func:`~cryoframe.algorithms.abinitio.validate.validate`)."""
+        validate(self, n, box)
 
     # -- fit ----------------------------------------------------------------------------------------
     def fit(self, images: Any, ctf_params: dict[str, np.ndarray] | None = None, *, resume: bool = False,
