@@ -243,3 +243,31 @@ def test_partition_size_below_one_is_one_argument_error(verb: str, size: str,
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"cryoframe {verb}: error: argument --partition-size: must be >= 1, got {size}")
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: api.synth(d / "s.cf", 10, seed=-1),
+    lambda d: api.demo(d, seed=-1),
+    lambda d: api.subset(d / "in.cf", d / "o", by="defocus", seed=-1),
+    lambda d: api.class2d(d / "in.cf", d / "o.cf", seed=2**32),
+    lambda d: api.reconstruct(d / "in.cf", d / "o.cf", seed=-1),
+    lambda d: api.project(d / "map.mrc", d / "o.cf", n=5, seed=-1),
+    lambda d: api.class3d(d / "in.cf", d / "o.cf", seed=-1),
+    lambda d: api.abinitio(d / "in.cf", d / "o.cf", seed=-1),
+    lambda d: api.class3d(d / "in.cf", d / "o.cf", partition_size=0),
+    lambda d: api.reconstruct(d / "in.cf", d / "o.cf", partition_size=-5),
+])
+def test_api_checks_seed_and_partition_size_first(call, tmp_path: Path) -> None:  # noqa: ANN001
+    """The API raises the same clear InputError as the CLI, before it opens anything (the inputs here
+    do not even exist) and writes nothing."""
+    from cryoframe.errors import InputError
+
+    with pytest.raises(InputError, match=r"(seed must be an integer in 0 \.\. 4294967295|partition_size must be an "
+                                         r"integer >= 1) \(got"):
+        call(tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_api_seed_accepts_numpy_integers(tmp_path: Path) -> None:
+    s = api.synth(tmp_path / "s.cf", 10, box=16, seed=np.int64(3), metadata_only=True)
+    assert s.n == 10

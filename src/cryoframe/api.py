@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
@@ -70,6 +71,25 @@ def _scheduler(spec: str | None) -> contextlib.AbstractContextManager[Any]:
     from cryoframe.distributed import scheduler
 
     return scheduler(spec)
+
+
+@overload
+def _check_seed(seed: int) -> int: ...
+@overload
+def _check_seed(seed: None) -> None: ...
+def _check_seed(seed: int | None) -> int | None:
+    """A seed NumPy's and scikit-learn's generators take (0 .. 2**32 - 1; None: the default), checked before
+    anything runs (a negative one was a ValueError from deep inside the job), as a Python int (a NumPy
+    integer could not be written to the output's JSON parameters)."""
+    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed < 2**32):
+        raise InputError(f"seed must be an integer in 0 .. {2**32 - 1} (got {seed!r})")
+    return None if seed is None else int(seed)
+
+
+def _check_partition_size(size: int | None) -> None:
+    """Particles per Dask task: >= 1 (None: the default)."""
+    if size is not None and not (isinstance(size, numbers.Integral) and size >= 1):
+        raise InputError(f"partition_size must be an integer >= 1 (got {size!r})")
 
 
 def open_store(store: StoreLike) -> ParticleStore:
@@ -223,6 +243,7 @@ def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0
     ``batch_size`` rows are generated at a time; ``junk``: fraction of junk images (empty picks,
     debris, ice/carbon edges) with truth.
     """
+    seed = _check_seed(seed)
     from cryoframe.synthetic import synth_store
 
     return synth_store(out, n, box=box, classes=classes, snr=snr, seed=seed, kind=kind,
@@ -232,6 +253,7 @@ def synth(out: PathLike, n: int, box: int = 64, classes: int = 8, snr: float = 0
 
 def demo(workdir: PathLike | None = None, *, n: int = 2000, box: int = 64, seed: int = 0) -> dict[str, Any]:
     """Run the end-to-end tour on synthetic data; returns what was done and where the files are."""
+    seed = _check_seed(seed)
     from cryoframe.jobs.demo import run_demo
 
     return run_demo(workdir, n=n, box=box, seed=seed)
@@ -271,6 +293,7 @@ def subset(store: StoreLike, out: PathLike, *, by: str, mode: SubsetMode = "gmm"
            overwrite: bool = False, scheduler: str | None = None) -> SubsetResult:
     """Subset particles by statistic (GMM or thresholds); returns a :class:`cryoframe.jobs.SubsetResult`
     with ``sets`` (stores, low to high mean), ``dropped``, ``summary`` and the fitted ``model``."""
+    seed = _check_seed(seed)
     from cryoframe.jobs.subset import subset as _subset
 
     with _scheduler(scheduler):
@@ -306,6 +329,7 @@ def class2d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
     EM, random init, seed 0, scale sample) or, with ``resume``, the values of the run being continued; an option given
     explicitly that differs from the checkpoint is refused.  See :func:`cryoframe.jobs.class2d.class2d`.
     """
+    seed = _check_seed(seed)
     from cryoframe.jobs.class2d import class2d as _class2d
 
     with _scheduler(scheduler):
@@ -344,6 +368,8 @@ def reconstruct(store: StoreLike, out: PathLike, *, symmetry: str = "C1", max_re
     """3D reconstruction of ``store``'s posed particles into directory ``out`` (map, half maps, FSC, plots);
     see :func:`cryoframe.jobs.reconstruct.reconstruct`.  ``max_resolution_A`` in Å; ``mask`` an MRC of the
     same box and pixel size; ``weights`` a per-particle weight field."""
+    seed = _check_seed(seed)
+    _check_partition_size(partition_size)
     from cryoframe.jobs.reconstruct import reconstruct as _reconstruct
 
     with _scheduler(scheduler):
@@ -359,6 +385,7 @@ def project(map_path: PathLike, out: PathLike, *, poses: StoreLike | None = None
             device: Device = "cpu", overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
     """Project a map (MRC) at the poses of ``poses`` (or ``n`` random poses) into a new store ``out``
     (as relion_project); see :func:`cryoframe.jobs.project.project`.  Shifts in px, defocus in Å."""
+    seed = _check_seed(seed)
     from cryoframe.jobs.project import project as _project
 
     with _scheduler(scheduler):
@@ -390,6 +417,8 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
             plots: bool = True, overwrite: bool = False, scheduler: str | None = None) -> ParticleStore:
     """3D classification without alignment (see :func:`cryoframe.jobs.class3d.class3d`); None takes the
     default, or with ``resume`` the checkpoint's value."""
+    seed = _check_seed(seed)
+    _check_partition_size(partition_size)
     from cryoframe.jobs.class3d import class3d as _class3d
 
     with _scheduler(scheduler):
@@ -416,6 +445,7 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
              overwrite: bool = False, scheduler: str | None = None, starts: int = 4, final_coarse_step_deg: float = 15.0) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes and 3D poses (see
     :func:`cryoframe.jobs.abinitio.abinitio`; resolutions in Å, shifts in px, steps in degrees)."""
+    seed = _check_seed(seed)
     from cryoframe.jobs.abinitio import abinitio as _abinitio
 
     with _scheduler(scheduler):
