@@ -231,6 +231,19 @@ def test_bad_project_and_mask_inputs(data, tmp_path: Path, run_cli) -> None:  # 
     _fails(run_cli, tmp_path, tmp_path / "missing.mrc", "--n", "3", expect=["missing.mrc", "not found"], verb="project")
     _fails(run_cli, tmp_path, data["truth"], expect=["--poses", "--n"], verb="project")
     _fails(run_cli, tmp_path, data["truth"], "--threshold", "1e9", expect=["--threshold", "no voxels"], verb="mask")
+    # a negative --max-shift was NumPy's ValueError traceback; --psize 0 fell back to the header silently,
+    # --defocus with MIN > MAX drew from the reversed range
+    _fails(run_cli, tmp_path, data["truth"], "--n", "3", "--max-shift", "-2", expect=["--max-shift must be >= 0"],
+           verb="project")
+    _fails(run_cli, tmp_path, data["truth"], "--n", "3", "--psize", "0", expect=["--psize must be > 0"], verb="project")
+    _fails(run_cli, tmp_path, data["truth"], "--n", "3", "--defocus", "30000", "10000",
+           expect=["--defocus MIN MAX", "0 < MIN <= MAX"], verb="project")
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_bad_regulariser_constant(data, tmp_path: Path, run_cli, value: str) -> None:  # noqa: ANN001
+    """A negative constant ran and reported an FSC at inf Å."""
+    _fails(run_cli, tmp_path, data["p"], "--regulariser", value, expect=["--regulariser", "finite and >= 0"])
 
 
 def test_project_copies_the_pose_rows_it_used(data, tmp_path: Path) -> None:  # noqa: ANN001

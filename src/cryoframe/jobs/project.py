@@ -73,6 +73,13 @@ def project(map_path: str | os.PathLike[str], out: str | os.PathLike[str], *, po
     """Project ``map_path`` at the poses of ``poses`` (or ``n`` random ones) into a new store ``out``."""
     import dask
 
+    if psize_A is not None and not psize_A > 0:
+        raise InputError(f"--psize must be > 0 Å (got {psize_A})")
+    if not max_shift_px >= 0:
+        raise InputError(f"--max-shift must be >= 0 px (got {max_shift_px})")
+    lo_df, hi_df = defocus_A
+    if not 0 < lo_df <= hi_df:
+        raise InputError(f"--defocus MIN MAX must satisfy 0 < MIN <= MAX Å (got {lo_df} {hi_df})")
     vol, vs = read_map(map_path)
     psize = float(psize_A or vs)
     if not psize > 0:

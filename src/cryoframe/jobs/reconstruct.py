@@ -80,6 +80,8 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
             regulariser = float(regulariser)
         except ValueError:
             raise InputError(f"--regulariser {regulariser!r}: expected fsc, none or a number") from None
+    if not isinstance(regulariser, str) and not (np.isfinite(regulariser) and regulariser >= 0):
+        raise InputError(f"--regulariser {regulariser}: a constant must be finite and >= 0")
     w = None
     if weights is not None:
         if weights not in store.fields:
