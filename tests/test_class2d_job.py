@@ -121,6 +121,11 @@ def test_select_with_regroup_writes_groups_of_similar_defocus(toy, tmp_path: Pat
     model = json.loads((c.extras_dir() / "model.json").read_text())
     assert model["noise"]["groups"] == 6 and len(model["noise"]["spectrum"]) == 12
     assert {"ctf_mode": "flip", "zero_mask": False}.items() <= c.lineage[-1]["params"].items()
+    # --regroup 0 silently meant "no regrouping" while -3 was an error: both are errors now, nothing written
+    for bad in (0, -3):
+        with pytest.raises(InputError, match=f"--regroup must be at least 1, not {bad}"):
+            api.select2d(s, tmp_path / "bad.cf", classes=[0], regroup=bad)
+        assert not (tmp_path / "bad.cf").exists()
 
 
 def test_class2d_on_a_process_cluster_equals_threads(toy, tmp_path: Path) -> None:  # noqa: ANN001

@@ -175,6 +175,8 @@ def test_subset_errors_name_the_problem_and_write_nothing(tmp_path: Path, run_cl
         (["--by", "defocus", "--initial", ini.path], ["--initial applies only"]),
         (["--by", "pose3d_diff"], ["difference statistic", "--initial"]),
         (["--by", "defocus", "--mode", "thresholds", "--thresholds", "5,2"], ["strictly increasing"]),
+        (["--by", "defocus", "--mode", "thresholds", "--thresholds", "nan"], ["must be finite numbers"]),
+        (["--by", "defocus", "--mode", "thresholds", "--thresholds", "1,inf"], ["must be finite numbers"]),
         (["--by", "defocus", "--mode", "thresholds"], ["--thresholds"]),
     ]
     for args, expect in cases:

@@ -311,9 +311,9 @@ def select2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: list
     where = f"`alignments2D/class` in {chosen}" if chosen else "`alignments2D/class` < 0"
     for field, op, value in limits:
         where += f" and not (`{field}` {op} {value!r})"  # (NaN compares false: no value passes)
-    if not regroup:
+    if regroup is None:
         return filter_store(store, out, where, overwrite=overwrite)
-    if regroup < 1:
+    if regroup < 1:  # 0 too: it silently meant "no regrouping" while -3 was an error
         raise InputError(f"--regroup must be at least 1, not {regroup}")
     from cryoframe.storage.view import write_view
 

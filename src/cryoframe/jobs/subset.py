@@ -134,6 +134,8 @@ def _labels_thresholds(v: np.ndarray, thresholds: Sequence[float]) -> np.ndarray
     t = np.asarray(list(thresholds), dtype=np.float64)
     if t.size == 0:
         raise InputError("--mode thresholds needs --thresholds T1[,T2,...]")
+    if not np.all(np.isfinite(t)):  # NaN compares false: every particle fell into the first set
+        raise InputError(f"--thresholds must be finite numbers, got {t.tolist()}")
     if np.any(np.diff(t) <= 0):
         raise InputError(f"--thresholds must be strictly increasing, got {t.tolist()}")
     return np.searchsorted(t, v, side="right").astype(np.int16)
