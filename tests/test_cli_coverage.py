@@ -209,8 +209,9 @@ def test_class2d_flags_reach_the_algorithm(tmp_path: Path, run_cli, monkeypatch)
 
 # --- --seed -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("verb", ["abinitio", "class2d", "class3d", "demo", "project", "reconstruct", "subset", "synth"])
-@pytest.mark.parametrize("seed, msg", [("-1", "must be between 0 and 4294967295, got -1"),
-                                       ("4294967296", "must be between 0 and 4294967295, got 4294967296"), ("x", "expected an integer, got 'x'")])
+@pytest.mark.parametrize("seed, msg", [("-1", "the seed must be an integer in 0 .. 4294967295 (got -1)"),
+                                       ("4294967296", "the seed must be an integer in 0 .. 4294967295 (got 4294967296)"),
+                                       ("x", "expected an integer, got 'x'")])
 def test_seed_outside_the_generators_range_is_one_argument_error(verb: str, seed: str, msg: str, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     """A negative seed was a NumPy ValueError traceback from inside the job (exit 1); now argparse's
@@ -227,8 +228,14 @@ def test_seed_outside_the_generators_range_is_one_argument_error(verb: str, seed
 
 def test_seed_type_accepts_the_generators_range() -> None:
     from cryoframe.cli import seed_type
+    from cryoframe.errors import InputError
+    from cryoframe.types import check_seed
 
     assert seed_type("0") == 0 and seed_type("4294967295") == 2**32 - 1
+    assert check_seed(np.int64(7)) == 7 and type(check_seed(np.uint32(7))) is int
+    for bad in (-1, 2**32, 1.5, "3", True, None):
+        with pytest.raises(InputError, match="seed must be an integer in 0 .. 4294967295"):
+            check_seed(bad)
 
 
 @pytest.mark.parametrize("verb", ["class3d", "reconstruct"])
@@ -271,3 +278,12 @@ def test_api_checks_seed_and_partition_size_first(call, tmp_path: Path) -> None:
 def test_api_seed_accepts_numpy_integers(tmp_path: Path) -> None:
     s = api.synth(tmp_path / "s.cf", 10, box=16, seed=np.int64(3), metadata_only=True)
     assert s.n == 10
+
+
+def test_abinitio_estimator_checks_its_seed() -> None:
+    from cryoframe.algorithms.abinitio import AbInitio
+    from cryoframe.errors import InputError
+
+    with pytest.raises(InputError, match=r"--seed must be an integer in 0 \.\. 4294967295 \(got -1\)"):
+        AbInitio(1, psize_A=2.0, random_state=-1)._validate(100, 32)
+    AbInitio(1, psize_A=2.0, random_state=np.int64(3))._validate(100, 32)

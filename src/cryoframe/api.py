@@ -30,6 +30,7 @@ from cryoframe.types import (
     PathLike,
     SubsetMode,
     SynthKind,
+    check_seed,
 )
 
 if TYPE_CHECKING:
@@ -78,12 +79,8 @@ def _check_seed(seed: int) -> int: ...
 @overload
 def _check_seed(seed: None) -> None: ...
 def _check_seed(seed: int | None) -> int | None:
-    """A seed NumPy's and scikit-learn's generators take (0 .. 2**32 - 1; None: the default), checked before
-    anything runs (a negative one was a ValueError from deep inside the job), as a Python int (a NumPy
-    integer could not be written to the output's JSON parameters)."""
-    if seed is not None and not (isinstance(seed, numbers.Integral) and 0 <= seed < 2**32):
-        raise InputError(f"seed must be an integer in 0 .. {2**32 - 1} (got {seed!r})")
-    return None if seed is None else int(seed)
+    """:func:`cryoframe.types.check_seed` before anything runs (None: the job's default)."""
+    return None if seed is None else check_seed(seed)
 
 
 def _check_partition_size(size: int | None) -> None:

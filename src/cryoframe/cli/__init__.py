@@ -35,15 +35,14 @@ VERBS = {
 
 
 def seed_type(text: str) -> int:
-    """``--seed``: an integer in 0 .. 2**32 - 1, what NumPy's and scikit-learn's generators take (a
-    negative seed was a ``ValueError`` traceback from deep inside the job)."""
+    """``--seed``: :func:`cryoframe.types.check_seed` as an argparse type (one error line, exit 2)."""
+    from cryoframe.errors import InputError
+    from cryoframe.types import check_seed
+
     try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {2**32 - 1}, got {v}")
-    return v
+        return check_seed(int(text), "the seed")
+    except ValueError as e:  # int() of a non-number, or InputError (a ValueError)
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, InputError) else f"expected an integer, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:

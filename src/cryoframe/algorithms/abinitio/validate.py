@@ -9,6 +9,7 @@ import numpy as np
 
 from cryoframe.errors import InputError
 from cryoframe.geometry.symmetry import symmetry_matrices
+from cryoframe.types import check_seed
 
 __all__ = ["validate"]
 
@@ -46,6 +47,7 @@ def validate(m: Any, n: int, box: int) -> None:
     _validate_search(m)
     symmetry_matrices(m.symmetry)
 
+
 def _validate_search(m: Any) -> None:
     """The pose-search, noise and seed parameters (a zero step built an endless grid until the
     process was killed, leaving its temporary output; others failed deep in NumPy or ran on
@@ -71,5 +73,4 @@ def _validate_search(m: Any) -> None:
         raise InputError("--class-similarity-anneal-start and --class-similarity-anneal-end must be >= 0")
     if a0 is not None and a1 is not None and a1 < a0:
         raise InputError(f"--class-similarity-anneal-end {a1} is before --class-similarity-anneal-start {a0}")
-    if not (isinstance(m.random_state, int | np.integer) and 0 <= m.random_state < 2**32):
-        raise InputError(f"--seed must be an integer in 0 .. {2**32 - 1} (got {m.random_state!r})")
+    check_seed(m.random_state, "--seed")
