@@ -15,6 +15,7 @@ from scipy.spatial.transform import Rotation
 from cryoframe.algorithms.abinitio import AbInitio, Schedule
 from cryoframe.algorithms.abinitio.evaluate import pose_errors
 from cryoframe.cli import main as cli
+from cryoframe.errors import InputError
 from cryoframe.storage.store import ParticleStore
 from cryoframe.testing.synth import make_particles, write_star_dataset
 
@@ -376,7 +377,7 @@ def test_several_starts_keep_the_best_initial_phase_and_single_start_is_unchange
     # the checkpoint carries the chosen start: continuing reproduces the run
     cont = AbInitio(1, **kw, n_starts=3, checkpoint_dir=tmp_path / "ck").fit(imgs, ctf, resume=True)
     np.testing.assert_allclose(cont.rot_, three.rot_)
-    with pytest.raises(Exception, match="n_starts"):
+    with pytest.raises(InputError, match="--starts must be an integer >= 1"):
         AbInitio(1, **kw, n_starts=0).fit(imgs, ctf)
 
 
