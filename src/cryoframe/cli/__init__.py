@@ -40,9 +40,13 @@ def seed_type(text: str) -> int:
     from cryoframe.types import check_seed
 
     try:
-        return check_seed(int(text), "the seed")
-    except ValueError as e:  # int() of a non-number, or InputError (a ValueError)
-        raise argparse.ArgumentTypeError(str(e) if isinstance(e, InputError) else f"expected an integer, got {text!r}") from None
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    try:
+        return check_seed(v, "the seed")
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def positive_int(text: str) -> int:

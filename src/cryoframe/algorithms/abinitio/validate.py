@@ -62,8 +62,10 @@ def _validate_search(m: Any) -> None:
         raise InputError(f"--shift-range must be >= 0 px (got {m.shift_range_px})")
     if not m.shift_step_px > 0:
         raise InputError(f"--shift-step must be > 0 px (got {m.shift_step_px})")
-    if m.n_candidates < 1 or m.soft_candidates < 1:
-        raise InputError(f"--candidates must be >= 1 (got {min(m.n_candidates, m.soft_candidates)})")
+    if m.n_candidates < 1:
+        raise InputError(f"--candidates must be >= 1 (got {m.n_candidates})")
+    if m.soft_candidates < 1:
+        raise InputError(f"soft_candidates must be >= 1 (got {m.soft_candidates})")
     if not m.noise_init_sigmascale > 0:
         raise InputError(f"--noise-init-sigmascale must be > 0 (got {m.noise_init_sigmascale})")
     if not m.noise_priorw >= 0:
