@@ -191,3 +191,37 @@ def test_projector_slices_at_components_with_repeated_rotations() -> None:
         full = fo.extract_slices(proj.vft, rot, 20, 2, float(comps.radius[m - 1]), method=method)
         np.testing.assert_allclose(got, full.reshape(2000, -1)[:, idx], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(proj.slices(base, m), proj.slices(base[::-1], m)[::-1])  # no repeats
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_threaded_search_is_the_serial_search(volume: np.ndarray, scale: float | None) -> None:
+    """Blocks searched in threads (BLAS at one thread each) give the serial search's poses, shifts,
+    errors and counts exactly, with and without the bound (the scale marginal turns it off)."""
+    comps = Components(8)
+    proj = Projector(volume, comps)
+    rot = Rotation.random(45, random_state=5).as_matrix()
+    rng = np.random.default_rng(1)
+    f = fo.cfft2(fo.project_volume(volume, rot) + rng.normal(0, 2.0, (45, BOX, BOX)))
+    X = comps.take(f, BOX).astype(np.complex64)
+    C = np.ones(X.shape, np.float32)
+    w = (comps.mult / 2).astype(np.float32)
+    out = []
+    for threads in (1, 2, 3):
+        ps = PoseSearch(coarse_step_deg=15.0, fine_step_deg=7.5, shift_range_px=2, shift_step_px=2, n_candidates=3,
+                        chunk=8, n_threads=threads, scale_prior_sd=scale)
+        out.append(ps.search(proj, X, C, w, BOX, 8))
+    for res in out[1:]:
+        assert np.array_equal(res.rot, out[0].rot) and np.array_equal(res.shift, out[0].shift)
+        assert np.array_equal(res.error, out[0].error) and res.stats == out[0].stats
+    assert out[0].stats["scored"] > 0 and (scale is not None or out[0].stats["pruned"] > 0)
+
+
+@pytest.mark.parametrize(("n", "chunk", "threads", "sizes"),
+                         [(300, 64, 2, [50] * 6), (300, 64, 1, [60] * 5), (10, 64, 2, [10]), (129, 64, 3, [43] * 3),
+                          (1, 8, 2, [1])])
+def test_search_blocks_split_evenly_over_the_threads(n: int, chunk: int, threads: int, sizes: list[int]) -> None:
+    ps = PoseSearch(chunk=chunk, n_threads=threads)
+    blocks = ps._chunks(n, np)
+    assert [b.stop - b.start for b in blocks] == sizes
+    assert blocks[0].start == 0 and blocks[-1].stop == n
+    assert all(a.stop == b.start for a, b in zip(blocks[:-1], blocks[1:], strict=True))

@@ -2,13 +2,18 @@
 
 ``get_array_module("cpu"|"gpu"|"auto")`` returns numpy or cupy; ``to_device``/``to_host`` move
 arrays.  Without a GPU or without the ``[gpu]`` extra, ``"auto"`` falls back to numpy and
-``"gpu"`` raises a clear error.
+``"gpu"`` raises a clear error.  On the CPU: ``available_cores()`` and ``blas_threads(n)`` for
+code that runs its own threads.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -16,7 +21,7 @@ import numpy as np
 
 from cryoframe.errors import CryoframeError
 
-__all__ = ["get_array_module", "gpu_available", "to_device", "to_host"]
+__all__ = ["available_cores", "blas_threads", "get_array_module", "gpu_available", "to_device", "to_host"]
 
 log = logging.getLogger(__name__)
 
@@ -74,3 +79,36 @@ def to_host(x: Any) -> np.ndarray:
     if hasattr(x, "get") and not isinstance(x, np.ndarray):
         return x.get()
     return np.asarray(x)
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_blas_lock = threading.Lock()
+_blas_state: dict[str, Any] = {"limit": None}
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Limit the BLAS libraries (OpenBLAS, MKL, ...) to ``n`` threads each inside the block, for
+    code that runs matrix products in its own threads (so ``t`` threads do not start ``t x cores``
+    BLAS threads).  The limit is process-wide.  The block that sets it restores the libraries' own
+    setting when it leaves, from its own thread (OpenBLAS 0.3.31 ignores a setting made from another
+    thread after its main thread changed it); a block entered while another is active, nested or in
+    another thread, changes nothing and runs under that limit while it lasts."""
+    with _blas_lock:
+        owner = _blas_state["limit"] is None
+        if owner:
+            from threadpoolctl import ThreadpoolController
+
+            # a fresh look at the loaded libraries (about 1 ms): one loaded since the last block is limited too
+            _blas_state["limit"] = ThreadpoolController().limit(limits=n, user_api="blas")
+    try:
+        yield
+    finally:
+        if owner:
+            with _blas_lock:
+                _blas_state["limit"].restore_original_limits()
+                _blas_state["limit"] = None

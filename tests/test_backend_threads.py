@@ -1,0 +1,57 @@
+"""``backend.blas_threads``: the BLAS limit holds inside the block, a block overlapping it (nested or
+in another thread) runs under it, and the libraries' own setting comes back when the first leaves."""
+
+from __future__ import annotations
+
+import threading
+
+from threadpoolctl import threadpool_info
+
+from cryoframe.backend import available_cores, blas_threads
+
+
+def _blas_threads() -> list[int]:
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_blas_limit_inside_and_restored_after() -> None:
+    before = _blas_threads()
+    assert before, "numpy links a BLAS that threadpoolctl sees"
+    with blas_threads(1):
+        assert set(_blas_threads()) == {1}
+        with blas_threads(1):  # nested: still limited, and the outer block still restores
+            assert set(_blas_threads()) == {1}
+        assert set(_blas_threads()) == {1}
+    assert _blas_threads() == before
+
+
+def test_a_block_overlapping_in_another_thread_leaves_the_setting_to_the_first() -> None:
+    """The first block sets the limit and restores it when it leaves, in its own thread; a block
+    entered meanwhile in another thread runs under it and changes nothing when it leaves."""
+    before = _blas_threads()
+    inside = threading.Event()
+    release = threading.Event()
+    seen: list[list[int]] = []
+
+    def worker() -> None:
+        with blas_threads(1):
+            seen.append(_blas_threads())
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=worker)
+    with blas_threads(1):
+        t.start()
+        assert inside.wait(10)
+    assert _blas_threads() == before  # restored by the block that set it
+    release.set()
+    t.join(10)
+    assert seen and set(seen[0]) == {1}
+    assert _blas_threads() == before
+    with blas_threads(1):  # and the next block sets it again
+        assert set(_blas_threads()) == {1}
+    assert _blas_threads() == before
+
+
+def test_available_cores_is_positive() -> None:
+    assert 1 <= available_cores() <= (__import__("os").cpu_count() or 1)
