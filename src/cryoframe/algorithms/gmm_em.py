@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cryoframe.algorithms import _gmm_kernels as kern
+from cryoframe.backend import available_cores
 from cryoframe.errors import InputError
 
 __all__ = ["GMMInputError", "MixtureFit", "check_random_state", "fit_mixture", "is_dask_array", "is_dask_frame"]
@@ -171,7 +171,7 @@ class _Source:
             self.lazy, self.parts = True, list(X.to_delayed())
         else:
             x = host(X)
-            ncpu = os.cpu_count() or 1
+            ncpu = available_cores()
             rows = _GPU_CHUNK if device == "gpu" else max(1 << 16, min(_MAX_CHUNK, -(-x.shape[0] // (4 * ncpu))))
             self.lazy, self.parts = False, [x[s : s + rows] for s in range(0, max(x.shape[0], 1), rows)]
             if device == "cpu" and len(self.parts) > 1 and ncpu > 1:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoframe.backend import get_array_module, to_host
+from cryoframe.backend import available_cores, get_array_module, to_host
 from cryoframe.distributed.mapreduce import compute, sum_reduce, tree_reduce
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
@@ -217,7 +216,7 @@ class Reconstructor:
                 return [one(j) for j in jobs]
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(min(len(jobs), available_cores())) as pool:
                 return list(pool.map(one, jobs))
 
         if isinstance(self.regulariser, str) and self.regulariser == "fsc":

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryoframe.backend import available_cores
 from cryoframe.distributed.progress import current_client
 from cryoframe.errors import CryoframeError
 
@@ -167,7 +168,7 @@ def _third_party_logs(level: int) -> Iterator[None]:
 
 def _local_pool_size() -> int:
     if "dask" not in sys.modules:  # the CPUs this process may run on (what dask's CPU_COUNT starts from)
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return available_cores()
     import dask
     from dask.system import CPU_COUNT
 
