@@ -55,7 +55,7 @@ def final_passes(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, 
                     acc = bs if acc is None else acc + bs
                 if acc is not None:
                     m._sums[k] = acc
-            m._volumes_w = [m._volume(k, r) for k in range(K)]
+            m._volumes_w = m._volumes(r)
         m.history_.append({"iteration": len(m.history_) + 1, "phase": f"final pass {p + 1}",
                            "resolution_A": m.box_ * m.psize_A / r, "learning_rate": 1.0,
                            "minibatch": n, "class_similarity": 0.0, "class_sizes": m._sizes.tolist(),

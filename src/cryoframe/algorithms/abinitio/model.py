@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,7 @@ from cryoframe.algorithms.abinitio.schedule import Schedule
 from cryoframe.algorithms.abinitio.starts import pick_classes
 from cryoframe.algorithms.abinitio.validate import validate
 from cryoframe.algorithms.posesearch import Components, PoseSearch, Projector, SearchResult
+from cryoframe.backend import available_cores
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import map_from_sums
 from cryoframe.geometry.masks import soft_sphere
@@ -259,7 +261,6 @@ class AbInitio:
                                 n_candidates=self.soft_candidates, bound=False, scale_prior_sd=self.scale_prior_sd)
         self._window = soft_sphere(wb, self.window_inner_radius * wb / 2,
                                    max(0.0, (self.window_outer_radius - self.window_inner_radius) * wb / 2))
-        K = self.n_classes
         self.history_: list[dict[str, Any]] = []
         self.slices_: list[dict[str, Any]] = []
         self.events_: list[dict[str, Any]] = []
@@ -276,7 +277,7 @@ class AbInitio:
             if self.n_starts > 1:
                 start = self._best_start(flat, n, t_start)
         r_now = self.r_max_ if start >= sched.n_iter else self._r_at(start)
-        self._volumes_w = [self._volume(k, r_now) for k in range(K)]
+        self._volumes_w = self._volumes(r_now)
         for t in range(start, sched.n_iter):
             self._iteration(t, n, t_start)
             if progress is not None:
@@ -309,7 +310,7 @@ class AbInitio:
             self._start = st
             if st > 0:  # start 0 is the state fit() just built
                 self._fresh_state(flat, n)
-            self._volumes_w = [self._volume(k, self._r_at(0)) for k in range(K)]
+            self._volumes_w = self._volumes(self._r_at(0))
             for t in range(trial):
                 self._iteration(t, n, t_start)
             score, ev = self._start_score(flat, n, trial - 1)
@@ -430,6 +431,21 @@ class AbInitio:
         vol = to_np(map_from_sums(sums, wb, self.pad, reg, r, xp))
         return (vol * self._window).astype(np.float32)
 
+    def _volumes(self, r: float) -> list[np.ndarray]:
+        """Every class's working-box volume (:meth:`_volume`)."""
+        return self._per_class(lambda k: self._volume(k, r))
+
+    def _per_class(self, fn: Callable[[int], Any]) -> list[Any]:
+        """``fn(k)`` for every class ``k``, in threads on the CPU: each class's Fourier sums and volume
+        are its own (the same arithmetic in any order), and the compiled insertion and the FFTs
+        release the GIL."""
+        if self._xp is not np or self.n_classes < 2:
+            return [fn(k) for k in range(self.n_classes)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(self.n_classes, available_cores())) as ex:
+            return list(ex.map(fn, range(self.n_classes)))
+
     def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool, soft: bool = False,
                     w: np.ndarray | None = None, classes: list[int] | None = None
                     ) -> tuple[list[SearchResult], np.ndarray]:
@@ -471,14 +487,15 @@ class AbInitio:
         lr = sched.learning_rate(t)
         self._update_noise(idx, res, post, r)
         w = self._noise_weights(t)
-        for k in range(self.n_classes):
-            bs = self._batch_sums(idx, res[k].rot, res[k].shift, post[:, k:k + 1] * res[k].weight, w, r)
+        batch = self._per_class(lambda k: self._batch_sums(idx, res[k].rot, res[k].shift,
+                                                           post[:, k:k + 1] * res[k].weight, w, r))
+        for k, bs in enumerate(batch):
             self._sums[k] = (1 - lr) * self._sums[k] + bs
         frac = post.mean(0)
         self._sizes = (1 - lr) * self._sizes + lr * frac
         if self.n_classes > 1 and sched.phase(t) != "final":
             self._reinit_empty(t)
-        self._volumes_w = [self._volume(k, r) for k in range(self.n_classes)]
+        self._volumes_w = self._volumes(r)
         stats = res[0].stats
         self.history_.append({
             "iteration": t + 1, "phase": sched.phase(t), "resolution_A": self.box_ * self.psize_A / r,
