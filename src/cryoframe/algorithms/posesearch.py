@@ -196,9 +196,11 @@ class PoseSearch:
         capped by the search radius.  Level ``l`` uses twice the radius of level ``l - 1``.
     bound : apply the branch-and-bound pruning at level 0 (else keep the best ``n_candidates``).
     chunk : particles per vectorised block.
-    n_threads : on the CPU, blocks searched side by side in threads with the BLAS at one thread each
+    n_threads : on the CPU, blocks searched side by side in threads with the BLAS at one thread
         (None: every available core).  The matrix products scale either way, the element-wise
-        scoring, the selections and the compiled slice extraction run in one thread per block.
+        scoring, the selections and the compiled slice extraction run in one thread per block.  The
+        BLAS stays at one thread with ``n_threads=1`` too: OpenBLAS rounds a product differently
+        with more threads, and the result must not depend on the machine's cores.
     scale_prior_sd : None scores ``E`` as above (the reference at the particle's contrast).  A
         number ``sd`` marginalises a per-particle contrast scale ``s ~ N(1, sd^2)`` out of each
         pose's score: with ``A = sum w |X T|^2``, ``B = sum w C Re(conj(X T) P)``, ``D = sum w C^2 |P|^2``
@@ -353,14 +355,19 @@ class PoseSearch:
 
     def _map_chunks(self, xp: ModuleType, chunks: list[slice], ctx: tuple[Any, ...]) -> Any:
         """:meth:`_search_chunk` of every chunk, in order: on the CPU in ``n_threads`` threads with
-        the BLAS at one thread each, on the GPU one after the other."""
-        threads = min(len(chunks), self._threads(xp))
-        if threads < 2:
+        the BLAS at one thread (with ``n_threads=1`` too), on the GPU one after the other."""
+        if xp is not np:
             return [self._search_chunk(sl, ctx) for sl in chunks]
-        from concurrent.futures import ThreadPoolExecutor
+        threads = min(len(chunks), self._threads(xp))
+        # one BLAS thread also when the blocks run one after the other: a product's rounding depends on
+        # the BLAS's thread count (OpenBLAS), and a fit must not depend on the cores of the machine
+        with blas_threads(1):
+            if threads < 2:
+                return [self._search_chunk(sl, ctx) for sl in chunks]
+            from concurrent.futures import ThreadPoolExecutor
 
-        with blas_threads(1), ThreadPoolExecutor(threads) as ex:
-            return list(ex.map(lambda sl: self._search_chunk(sl, ctx), chunks))
+            with ThreadPoolExecutor(threads) as ex:
+                return list(ex.map(lambda sl: self._search_chunk(sl, ctx), chunks))
 
     def _search_chunk(self, sl: slice, ctx: tuple[Any, ...]
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
