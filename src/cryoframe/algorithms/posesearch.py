@@ -155,6 +155,30 @@ class Projector:
         return self._pmax
 
 
+@dataclass(frozen=True)
+class _Level0:
+    """What every block of one :meth:`PoseSearch.search` shares: the reference, the particles' data and
+    weights, the level-0 grid, shift lattice and slice products, and the levels' steps and radii."""
+
+    proj: Projector
+    X: Any
+    C: Any
+    wf: Any
+    prior_shift: np.ndarray | None
+    sgrid: np.ndarray
+    ph_grid: Any
+    P0ri: Any
+    P0a: Any
+    grid: np.ndarray
+    pmax: Any
+    steps: list[float]
+    ms: list[int]
+    sstep: float
+    box: int
+    T: int
+    m_full: int
+
+
 @dataclass
 class SearchResult:
     """Result of :meth:`PoseSearch.search` for n particles and T candidates each.
@@ -327,8 +351,8 @@ class PoseSearch:
         pmax = xp.asarray(proj.pmax()) if self.bound and len(ms) > 1 and self.scale_prior_sd is None else None
         wf = xp.asarray(w, dtype=xp.float32)
         ph_grid = comps.phases(sgrid, box, m0, xp)[None] if prior_shift is None else None  # the same for every particle
-        ctx = (proj, X, C, wf, prior_shift, sgrid, ph_grid, P0ri, P0a, grid, pmax, steps, ms, sstep, box, T,
-               comps.count(r_max))
+        ctx = _Level0(proj, X, C, wf, prior_shift, sgrid, ph_grid, P0ri, P0a, grid, pmax, steps, ms, sstep, box, T,
+                      comps.count(r_max))
         chunks = self._chunks(n, xp)
         stats = {"scored": 0.0, "pruned": 0.0, "bound_checked": 0.0}
         for sl, (rot, sh, err, st) in zip(chunks, self._map_chunks(xp, chunks, ctx), strict=True):
@@ -342,6 +366,7 @@ class PoseSearch:
         return SearchResult(out_rot, out_sh, out_err, _posterior(out_err), stats)
 
     def _threads(self, xp: ModuleType) -> int:
+        """Threads the blocks run in: ``n_threads`` or every available core on the CPU, 1 on the GPU."""
         return 1 if xp is not np else max(1, self.n_threads or available_cores())
 
     def _chunks(self, n: int, xp: ModuleType) -> list[slice]:
@@ -353,7 +378,7 @@ class PoseSearch:
         edges = np.linspace(0, n, k + 1).round().astype(int)
         return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
-    def _map_chunks(self, xp: ModuleType, chunks: list[slice], ctx: tuple[Any, ...]) -> Any:
+    def _map_chunks(self, xp: ModuleType, chunks: list[slice], ctx: _Level0) -> Any:
         """:meth:`_search_chunk` of every chunk, in order: on the CPU in ``n_threads`` threads with
         the BLAS at one thread (with ``n_threads=1`` too), on the GPU one after the other."""
         if xp is not np:
@@ -369,27 +394,26 @@ class PoseSearch:
             with ThreadPoolExecutor(threads) as ex:
                 return list(ex.map(lambda sl: self._search_chunk(sl, ctx), chunks))
 
-    def _search_chunk(self, sl: slice, ctx: tuple[Any, ...]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    def _search_chunk(self, sl: slice, ctx: _Level0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
         """Level 0, the pruning and the refinement levels of the particles ``sl``: their candidate
         rotations, shifts, errors and the counts of scored and pruned poses."""
-        (proj, X, C, wf, prior_shift, sgrid, ph_grid, P0ri, P0a, grid, pmax, steps, ms, sstep, box, T,
-         m_full) = ctx
+        proj, wf, sgrid, grid, pmax, steps, ms, sstep, box, T = (ctx.proj, ctx.wf, ctx.sgrid, ctx.grid, ctx.pmax,
+                                                                 ctx.steps, ctx.ms, ctx.sstep, ctx.box, ctx.T)
         xp, comps = proj.xp, proj.comps
         stats = {"scored": 0.0, "pruned": 0.0, "bound_checked": 0.0}
         m0 = ms[0]
-        x, c = X[sl], C[sl]
+        x, c = ctx.X[sl], ctx.C[sl]
         nb = x.shape[0]
-        base = np.zeros((nb, 2)) if prior_shift is None else np.asarray(prior_shift[sl], dtype=np.float64)
+        base = np.zeros((nb, 2)) if ctx.prior_shift is None else np.asarray(ctx.prior_shift[sl], dtype=np.float64)
         shifts = base[:, None, :] + sgrid[None]  # (nb, S, 2)
         S = shifts.shape[1]
-        ph = comps.phases(shifts, box, m0, xp) if ph_grid is None else ph_grid  # (nb or 1, S, m0)
+        ph = comps.phases(shifts, box, m0, xp) if ctx.ph_grid is None else ctx.ph_grid  # (nb or 1, S, m0)
         xs = x[:, None, :m0] * ph
         a = (wf[:m0] * c[:, :m0])[:, None, :] * xs  # (nb, S, m0)
         # one contiguous (nb S, 2 m0) operand: two products of the strided real and imaginary views
         # and their sum took 3x as long (29 shifts, 4,392 rotations)
-        t1 = xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ P0ri
-        t2 = (wf[:m0] * c[:, :m0] ** 2) @ P0a  # (nb, R)
+        t1 = xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ ctx.P0ri
+        t2 = (wf[:m0] * c[:, :m0] ** 2) @ ctx.P0a  # (nb, R)
         const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
         R = t1.shape[1]
         t1 = t1.reshape(nb, S, R)
@@ -404,8 +428,8 @@ class PoseSearch:
         for lvl in range(1, len(steps)):
             rot, sh, err = self._refine(proj, x, c, wf, rot, sh, err, box, ms[lvl], steps[lvl], sstep / 2 ** lvl, T,
                                         stats)
-        if len(steps) == 1 and m0 < m_full:
-            err = self._errors(proj, x, c, wf, rot, sh, box, m_full)
+        if len(steps) == 1 and m0 < ctx.m_full:
+            err = self._errors(proj, x, c, wf, rot, sh, box, ctx.m_full)
         return rot, sh, err, stats
 
     def _errors(self, proj: Projector, x: Any, c: Any, wf: Any, rot: np.ndarray, sh: np.ndarray, box: int,
