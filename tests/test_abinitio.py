@@ -384,15 +384,15 @@ def test_several_starts_keep_the_best_initial_phase_and_single_start_is_unchange
 def test_threads_leave_a_fit_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pose search's blocks and the classes' sums and volumes run in threads on the CPU; the
     same K = 2 fit in one thread gives the same poses, classes and maps to the last bit."""
-    import cryoframe.algorithms.abinitio.model as model_mod
     import cryoframe.algorithms.posesearch as ps_mod
+    import cryoframe.backend as backend_mod
 
     imgs, _, ctf = _tiny(n=120, box=24)
     kw = dict(psize_A=4.0, initial_resolution_A=30.0, max_resolution_A=16.0, initial_iterations=2,
               intermediate_iterations=2, final_iterations=1, initial_minibatch=40, final_minibatch=70,
               n_starts=2, random_state=1)
     threaded = AbInitio(2, **kw).fit(imgs, ctf)
-    monkeypatch.setattr(model_mod, "available_cores", lambda: 1)
+    monkeypatch.setattr(backend_mod, "available_cores", lambda: 1)  # thread_map's default
     monkeypatch.setattr(ps_mod, "available_cores", lambda: 1)
     serial = AbInitio(2, **kw).fit(imgs, ctf)
     np.testing.assert_array_equal(threaded.rot_, serial.rot_)

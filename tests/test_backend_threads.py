@@ -7,7 +7,7 @@ import threading
 
 from threadpoolctl import threadpool_info
 
-from cryoframe.backend import available_cores, blas_threads
+from cryoframe.backend import available_cores, blas_threads, thread_map
 
 
 def _blas_threads() -> list[int]:
@@ -55,3 +55,18 @@ def test_a_block_overlapping_in_another_thread_leaves_the_setting_to_the_first()
 
 def test_available_cores_is_positive() -> None:
     assert 1 <= available_cores() <= (__import__("os").cpu_count() or 1)
+
+
+def test_thread_map_keeps_the_order_and_uses_the_threads_it_is_given() -> None:
+    barrier = threading.Barrier(2, timeout=10)
+
+    def both(x: int) -> tuple[int, int]:
+        barrier.wait()  # returns only when two calls run at the same time
+        return x * x, threading.get_ident()
+
+    out = thread_map(both, [3, 1, 2, 5], threads=2)
+    assert [v for v, _ in out] == [9, 1, 4, 25]
+    assert len({t for _, t in out}) == 2
+    here = threading.get_ident()
+    assert thread_map(lambda x: (x + 1, threading.get_ident()), range(3), threads=1) == [(1, here), (2, here), (3, here)]
+    assert thread_map(str, []) == []

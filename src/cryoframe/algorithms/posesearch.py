@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoframe.backend import available_cores, blas_threads, to_host
+from cryoframe.backend import available_cores, blas_threads, thread_map, to_host
 from cryoframe.geometry import _kernels
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
@@ -383,16 +383,10 @@ class PoseSearch:
         the BLAS at one thread (with ``n_threads=1`` too), on the GPU one after the other."""
         if xp is not np:
             return [self._search_chunk(sl, ctx) for sl in chunks]
-        threads = min(len(chunks), self._threads(xp))
         # one BLAS thread also when the blocks run one after the other: a product's rounding depends on
         # the BLAS's thread count (OpenBLAS), and a fit must not depend on the cores of the machine
         with blas_threads(1):
-            if threads < 2:
-                return [self._search_chunk(sl, ctx) for sl in chunks]
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as ex:
-                return list(ex.map(lambda sl: self._search_chunk(sl, ctx), chunks))
+            return thread_map(lambda sl: self._search_chunk(sl, ctx), chunks, self._threads(xp))
 
     def _search_chunk(self, sl: slice, ctx: _Level0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
         """Level 0, the pruning and the refinement levels of the particles ``sl``: their candidate

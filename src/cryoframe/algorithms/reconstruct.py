@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoframe.backend import available_cores, get_array_module, to_host
+from cryoframe.backend import get_array_module, thread_map, to_host
 from cryoframe.distributed.mapreduce import compute, sum_reduce, tree_reduce
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
@@ -212,12 +212,7 @@ class Reconstructor:
             def one(job: tuple[Any, Any]) -> np.ndarray:
                 return to_host(map_from_sums(job[0], b, pad, job[1], rm, xp))
 
-            if xp is not np or len(jobs) < 2:
-                return [one(j) for j in jobs]
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(min(len(jobs), available_cores())) as pool:
-                return list(pool.map(one, jobs))
+            return thread_map(one, jobs, 1 if xp is not np else None)
 
         if isinstance(self.regulariser, str) and self.regulariser == "fsc":
             raw = maps([(s, None) for s in halves])

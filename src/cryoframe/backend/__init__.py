@@ -2,8 +2,8 @@
 
 ``get_array_module("cpu"|"gpu"|"auto")`` returns numpy or cupy; ``to_device``/``to_host`` move
 arrays.  Without a GPU or without the ``[gpu]`` extra, ``"auto"`` falls back to numpy and
-``"gpu"`` raises a clear error.  On the CPU: ``available_cores()`` and ``blas_threads(n)`` for
-code that runs its own threads.
+``"gpu"`` raises a clear error.  On the CPU: ``available_cores()``, ``thread_map`` and
+``blas_threads(n)`` for code that runs its own threads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
@@ -21,7 +21,8 @@ import numpy as np
 
 from cryoframe.errors import CryoframeError
 
-__all__ = ["available_cores", "blas_threads", "get_array_module", "gpu_available", "to_device", "to_host"]
+__all__ = ["available_cores", "blas_threads", "get_array_module", "gpu_available", "thread_map", "to_device",
+           "to_host"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,20 @@ def to_host(x: Any) -> np.ndarray:
 def available_cores() -> int:
     """The CPUs this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int | None = None) -> list[Any]:
+    """``[fn(x) for x in items]``, in ``threads`` threads (default: every available core, at most one
+    per item), in order; in this thread when that is one.  For work that releases the GIL (NumPy on
+    large arrays, FFTs, compiled ``nogil`` kernels)."""
+    items = list(items)
+    n = min(len(items), threads or available_cores())
+    if n < 2:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fn, items))
 
 
 _blas_lock = threading.Lock()

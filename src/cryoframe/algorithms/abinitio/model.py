@@ -46,7 +46,7 @@ from cryoframe.algorithms.abinitio.schedule import Schedule
 from cryoframe.algorithms.abinitio.starts import pick_classes
 from cryoframe.algorithms.abinitio.validate import validate
 from cryoframe.algorithms.posesearch import Components, PoseSearch, Projector, SearchResult
-from cryoframe.backend import available_cores
+from cryoframe.backend import thread_map
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import map_from_sums
 from cryoframe.geometry.masks import soft_sphere
@@ -439,12 +439,7 @@ class AbInitio:
         """``fn(k)`` for every class ``k``, in threads on the CPU: each class's Fourier sums and volume
         are its own (the same arithmetic in any order), and the compiled insertion and the FFTs
         release the GIL."""
-        if self._xp is not np or self.n_classes < 2:
-            return [fn(k) for k in range(self.n_classes)]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(self.n_classes, available_cores())) as ex:
-            return list(ex.map(fn, range(self.n_classes)))
+        return thread_map(fn, range(self.n_classes), 1 if self._xp is not np else None)
 
     def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool, soft: bool = False,
                     w: np.ndarray | None = None, classes: list[int] | None = None
