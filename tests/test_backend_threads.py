@@ -70,3 +70,32 @@ def test_thread_map_keeps_the_order_and_uses_the_threads_it_is_given() -> None:
     here = threading.get_ident()
     assert thread_map(lambda x: (x + 1, threading.get_ident()), range(3), threads=1) == [(1, here), (2, here), (3, here)]
     assert thread_map(str, []) == []
+
+
+def test_a_blas_loaded_by_a_later_import_is_limited_too() -> None:
+    """The view of the loaded libraries is kept between blocks (looking costs ms per pose search), but
+    looked at again after an import: scipy.linalg loads its own OpenBLAS beside numpy's."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from threadpoolctl import threadpool_info
+from cryoframe import backend
+def blas():
+    return {l["filepath"]: l["num_threads"] for l in threadpool_info() if l["user_api"] == "blas"}
+assert "scipy.linalg" not in sys.modules
+with backend.blas_threads(1):
+    first = backend._blas_state["controller"]
+with backend.blas_threads(1):
+    assert backend._blas_state["controller"] is first  # no import between: the same view
+n0 = len(blas())
+import scipy.linalg
+assert len(blas()) == n0 + 1, blas()
+with backend.blas_threads(1):
+    assert backend._blas_state["controller"] is not first
+    assert set(blas().values()) == {1}, blas()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -102,7 +103,19 @@ def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], threads: int | No
 
 
 _blas_lock = threading.Lock()
-_blas_state: dict[str, Any] = {"limit": None}
+_blas_state: dict[str, Any] = {"limit": None, "controller": None, "modules": -1}
+
+
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the loaded BLAS libraries, looked up again only when a module was
+    imported since the last look (a BLAS is loaded by an import): the look walks every shared
+    library of the process, 5 ms here, and a pose search enters :func:`blas_threads` on every call."""
+    if _blas_state["modules"] != len(sys.modules):
+        from threadpoolctl import ThreadpoolController
+
+        _blas_state["controller"] = ThreadpoolController()
+        _blas_state["modules"] = len(sys.modules)
+    return _blas_state["controller"]
 
 
 @contextmanager
@@ -116,10 +129,7 @@ def blas_threads(n: int) -> Iterator[None]:
     with _blas_lock:
         owner = _blas_state["limit"] is None
         if owner:
-            from threadpoolctl import ThreadpoolController
-
-            # a fresh look at the loaded libraries (about 1 ms): one loaded since the last block is limited too
-            _blas_state["limit"] = ThreadpoolController().limit(limits=n, user_api="blas")
+            _blas_state["limit"] = _blas_controller().limit(limits=n, user_api="blas")
     try:
         yield
     finally:
