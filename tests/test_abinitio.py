@@ -16,6 +16,7 @@ from cryoframe.algorithms.abinitio import AbInitio, Schedule
 from cryoframe.algorithms.abinitio.evaluate import pose_errors
 from cryoframe.cli import main as cli
 from cryoframe.errors import InputError
+from cryoframe.geometry import fourier as fo
 from cryoframe.storage.store import ParticleStore
 from cryoframe.testing.synth import make_particles, write_star_dataset
 
@@ -399,6 +400,20 @@ def test_threads_leave_a_fit_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_array_equal(threaded.shifts_px_, serial.shifts_px_)
     np.testing.assert_array_equal(threaded.posteriors_, serial.posteriors_)
     np.testing.assert_array_equal(threaded.volumes_, serial.volumes_)
+
+
+def test_projectors_are_shared_until_the_volumes_change() -> None:
+    """An iteration's search and noise update, and a final pass's blocks, share each class's projector
+    (its padded transform and bound); a new working volume gets a new one."""
+    imgs, _, ctf = _tiny(n=60, box=24)
+    m = AbInitio(2, psize_A=4.0, initial_resolution_A=30.0, max_resolution_A=16.0, initial_iterations=1,
+                 intermediate_iterations=1, final_iterations=1, initial_minibatch=30, final_minibatch=40,
+                 n_starts=1, final_passes=1, random_state=0).fit(imgs, ctf)
+    first = [m._projector(k) for k in range(2)]
+    assert first[0] is not first[1] and all(m._projector(k) is first[k] for k in range(2))
+    np.testing.assert_array_equal(first[1].vft, fo.volume_transform(m._volumes_w[1], m.pad))
+    m._volumes_w = [v.copy() for v in m._volumes_w]
+    assert all(m._projector(k) is not first[k] for k in range(2))
 
 
 def test_cli_starts_option(noposes: Path) -> None:

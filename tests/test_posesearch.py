@@ -191,6 +191,9 @@ def test_projector_slices_at_components_with_repeated_rotations() -> None:
         full = fo.extract_slices(proj.vft, rot, 20, 2, float(comps.radius[m - 1]), method=method)
         np.testing.assert_allclose(got, full.reshape(2000, -1)[:, idx], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(proj.slices(base, m), proj.slices(base[::-1], m)[::-1])  # no repeats
+    for threads in (2, 3):  # parts of the rotations in threads: the same slices, in order
+        np.testing.assert_array_equal(proj.slices(rot, m, threads=threads), got)
+        np.testing.assert_array_equal(proj.slices(base, m, chunk=300, threads=threads), proj.slices(base, m))
 
 
 @pytest.mark.parametrize("scale", [None, 0.3])

@@ -117,23 +117,25 @@ class Projector:
         comps.flat(self.box)  # raises when the box cannot hold the components
         self._pmax: np.ndarray | None = None
 
-    def slices(self, rot: np.ndarray, m: int, chunk: int = 8192) -> Any:
+    def slices(self, rot: np.ndarray, m: int, chunk: int = 8192, threads: int = 1) -> Any:
         """Slices (n, m) complex64 at pose matrices ``rot`` (n, 3, 3), components ``0 .. m - 1``.
         A rotation repeated in ``rot`` is extracted once (the candidates of a search share rotations
-        across their shifts: a level's shift neighbourhood repeats each of them 9 times)."""
+        across their shifts: a level's shift neighbourhood repeats each of them 9 times).  On the CPU
+        ``threads`` threads extract parts of the rotations (the compiled loop releases the GIL)."""
         rows = np.ascontiguousarray(to_host(rot), dtype=np.float64).reshape(-1, 9)
         first, inv = _distinct(rows @ _KEY9, rows)
         if 4 * len(first) <= 3 * len(rows):
-            return self._slices(rows[first].reshape(-1, 3, 3), m, chunk)[self.xp.asarray(inv)]
-        return self._slices(rows.reshape(-1, 3, 3), m, chunk)
+            return self._slices(rows[first].reshape(-1, 3, 3), m, chunk, threads)[self.xp.asarray(inv)]
+        return self._slices(rows.reshape(-1, 3, 3), m, chunk, threads)
 
-    def _slices(self, rot: np.ndarray, m: int, chunk: int) -> Any:
+    def _slices(self, rot: np.ndarray, m: int, chunk: int, threads: int) -> Any:
         xp = self.xp
         kx, ky = self.comps.kx[:m], self.comps.ky[:m]
-        out = []
-        for s in range(0, len(rot), chunk):
-            r = rot[s:s + chunk]
-            out.append(fo.extract_at(self.vft, xp.asarray(r) if xp is not np else r, kx, ky, self.pad, xp))
+        threads = threads if xp is np else 1
+        if threads > 1:  # parts of at least 256 rotations, one or more per thread
+            chunk = max(256, min(chunk, -(-len(rot) // threads)))
+        out = thread_map(lambda r: fo.extract_at(self.vft, xp.asarray(r) if xp is not np else r, kx, ky, self.pad, xp),
+                         [rot[s:s + chunk] for s in range(0, len(rot), chunk)], threads)
         return xp.concatenate(out) if out else xp.zeros((0, m), dtype=xp.complex64)
 
     def pmax(self) -> np.ndarray:
@@ -341,7 +343,7 @@ class PoseSearch:
         sstep = self.shift_step(box, radii[0])
         sgrid = shift_grid(self.shift_range_px, sstep)
         m0 = ms[0]
-        P0 = proj.slices(grid, m0)
+        P0 = proj.slices(grid, m0, threads=self._threads(xp))
         P0ri = xp.concatenate([P0.real.T, P0.imag.T], 0)  # (2 m0, R): one real product for Re(conj(a) P)
         P0a = (xp.abs(P0) ** 2).T.copy()
         T = max(1, self.n_candidates)

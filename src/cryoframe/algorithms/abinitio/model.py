@@ -441,6 +441,15 @@ class AbInitio:
         release the GIL."""
         return thread_map(fn, range(self.n_classes), 1 if self._xp is not np else None)
 
+    def _projector(self, k: int) -> Projector:
+        """Class ``k``'s projector, kept while its working volume is the same array: an iteration's
+        search and noise update, and a final pass's blocks, share it (its transform and bound)."""
+        cache: dict[int, tuple[np.ndarray, Projector]] = self.__dict__.setdefault("_projectors", {})
+        vol = self._volumes_w[k]
+        if k not in cache or cache[k][0] is not vol:
+            cache[k] = (vol, Projector(vol, self._comps, self.pad, self._xp))
+        return cache[k][1]
+
     def _search_all(self, idx: np.ndarray, t: int | None, r: float, full: bool, soft: bool = False,
                     w: np.ndarray | None = None, classes: list[int] | None = None
                     ) -> tuple[list[SearchResult], np.ndarray]:
@@ -453,7 +462,7 @@ class AbInitio:
         c = self._C[xp.asarray(idx), :m]
         res = []
         for k in range(self.n_classes) if classes is None else classes:
-            proj = Projector(self._volumes_w[k], self._comps, self.pad, xp)
+            proj = self._projector(k)
             search = self._soft if soft else self._search
             res.append(search.search(proj, x, c, xp.asarray(w[:m]), self.box_, r, full=full))
         ev = np.stack([rr.log_evidence for rr in res], 1)
@@ -513,8 +522,7 @@ class AbInitio:
             sel = np.flatnonzero(best == k)
             if len(sel) == 0:
                 continue
-            proj = Projector(self._volumes_w[k], self._comps, self.pad, xp)
-            P = proj.slices(res[k].rot[sel, 0], m)
+            P = self._projector(k).slices(res[k].rot[sel, 0], m)
             x = self._X[xp.asarray(idx[sel]), :m] * self._comps.phases(res[k].shift[sel, 0], self.box_, m, xp)
             resid[sel] = to_np(x - self._C[xp.asarray(idx[sel]), :m] * P)
         p = shell_power(resid, self._comps)
