@@ -409,6 +409,7 @@ def test_projectors_are_shared_until_the_volumes_change() -> None:
     m = AbInitio(2, psize_A=4.0, initial_resolution_A=30.0, max_resolution_A=16.0, initial_iterations=1,
                  intermediate_iterations=1, final_iterations=1, initial_minibatch=30, final_minibatch=40,
                  n_starts=1, final_passes=1, random_state=0).fit(imgs, ctf)
+    assert "_projectors" not in m.__dict__  # not kept past the fit
     first = [m._projector(k) for k in range(2)]
     assert first[0] is not first[1] and all(m._projector(k) is first[k] for k in range(2))
     np.testing.assert_array_equal(first[1].vft, fo.volume_transform(m._volumes_w[1], m.pad))

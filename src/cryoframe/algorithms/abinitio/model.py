@@ -285,6 +285,7 @@ class AbInitio:
             if self.checkpoint_dir is not None and ((t + 1) % self.checkpoint_every == 0 or t + 1 == sched.n_iter):
                 self._save_checkpoint(t + 1)
         self._final(images, ctf_params, n, t_start)
+        self.__dict__.pop("_projectors", None)  # the working volumes' transforms: not kept past the fit
         self.n_iter_ = sched.n_iter
         return self
 
