@@ -55,17 +55,18 @@ def aligned_fsc(est: np.ndarray, true: np.ndarray, g: np.ndarray, hand: str) -> 
 
 def relion_build(exe: str = "relion_refine") -> tuple[str, bool]:
     """RELION's version line and whether this build has the accelerated CPU path (``--cpu``, built with
-    ``-DALTCPU=ON``); Debian's package has not, and its original CPU path is ~20x slower."""
+    ``-DALTCPU=ON``; Debian's package has not)."""
     r = subprocess.run([exe, "--version"], capture_output=True, text=True)
     version = " ".join(line.strip() for line in (r.stdout + r.stderr).splitlines() if line.strip())
     h = subprocess.run([exe, "--help"], capture_output=True, text=True)
     return version, " --cpu " in h.stdout + h.stderr
 
 
-def relion(star: Path, out: Path, k: int, diameter: float, seed: int, exe: str = "relion_refine") -> tuple[float, Path]:
+def relion(star: Path, out: Path, k: int, diameter: float, seed: int, exe: str = "relion_refine",
+           cpu: bool = False) -> tuple[float, Path]:
     """Run RELION's SGD initial model (GUI defaults) on ``star``; wall seconds and the run prefix of its
-    last iteration.  RELION's seed is ``seed + 1``: with 0 it skips shuffling the particle order.  The
-    accelerated CPU path (``--cpu``) is used where the build has it, as the GUI offers it then."""
+    last iteration.  RELION's seed is ``seed + 1``: with 0 it skips shuffling the particle order.
+    ``cpu``: the accelerated CPU path (``--cpu``), which the GUI offers where the build has it."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "--o", str(out / "run"), "--sgd_ini_iter", "50", "--sgd_inbetween_iter", "200",
            "--sgd_fin_iter", "50", "--sgd_write_iter", "20", "--sgd_ini_resol", "35", "--sgd_fin_resol", "15",
@@ -74,7 +75,7 @@ def relion(star: Path, out: Path, k: int, diameter: float, seed: int, exe: str =
            "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "1", "--skip_gridding",
            "--particle_diameter", f"{diameter:.0f}", "--oversampling", "1", "--healpix_order", "1",
            "--offset_range", "6", "--offset_step", "2", "--random_seed", str(seed + 1), "--j", "2"]
-    if relion_build(exe)[1]:
+    if cpu:
         cmd.append("--cpu")
     print(" ".join(cmd), flush=True)
     t = time.perf_counter()
@@ -194,7 +195,8 @@ def main() -> int:
         rdir = work / f"relion_k{a.classes}"
         if rdir.exists():
             shutil.rmtree(rdir)
-        rwall, prefix = relion(star, rdir, a.classes, 0.8 * a.box * psize, a.seed, a.relion_exe)
+        build = relion_build(a.relion_exe)
+        rwall, prefix = relion(star, rdir, a.classes, 0.8 * a.box * psize, a.seed, a.relion_exe, build[1])
         rrot, rlab, rvols = relion_result(prefix, a.particles, a.classes)
         peer = {"wall_s": rwall, **score(rrot, rlab, rvols, true_rot, true_cls, true_vols, a.box, psize)}
         summary["relion"] = peer
@@ -215,7 +217,7 @@ def main() -> int:
                  "| program | particles | box | SNR | K | wall (s) | median pose error (deg) | within 10 deg | "
                  "FSC0.5 vs truth (Å) | ARI |", "|---|---|---|---|---|---|---|---|---|---|", row("cryoframe", summary)]
         if peer is not None:
-            version, cpu = relion_build(a.relion_exe)
+            version, cpu = build
             lines.append(row("RELION 3.1 `--denovo_3dref --sgd` (GUI defaults, same particles)", peer))
             lines += ["", f"RELION: `{shutil.which(a.relion_exe) or a.relion_exe}`, {version}; "
                       + ("accelerated CPU path (`--cpu`)." if cpu else "original CPU path (this build has no `--cpu`).")]
