@@ -324,6 +324,9 @@ def test_three_classes_with_similarity_and_symmetry_option(noposes: Path) -> Non
     (["--classes", "500"], "larger than the number of particles"),
     (["--symmetry", "Q7"], "unknown symmetry"),
     (["--max-resolution", "4"], "beyond Nyquist"),
+    (["--max-resolution", "-3"], "--max-resolution must be a positive number of Å"),
+    (["--max-resolution", "nan"], "--max-resolution must be a positive number of Å"),
+    (["--initial-resolution", "0"], "--initial-resolution must be a positive number of Å"),
     (["--particles", "1000"], "--particles"),
     # a zero step built an endless rotation grid until the process was killed (leaving its temporary output)
     (["--coarse-step", "0"], "--coarse-step must be in (0, 180] degrees"),

@@ -24,6 +24,9 @@ def validate(m: Any, n: int, box: int) -> None:
         raise InputError(f"--classes {m.n_classes} is larger than the number of particles ({n})")
     if not (isinstance(m.n_starts, int | np.integer) and m.n_starts >= 1):
         raise InputError(f"--starts must be an integer >= 1 (got {m.n_starts!r})")
+    for flag, v in (("--max-resolution", m.max_resolution_A), ("--initial-resolution", m.initial_resolution_A)):
+        if v is not None and not (np.isfinite(v) and v > 0):
+            raise InputError(f"{flag} must be a positive number of Å (got {v})")
     if not m.max_resolution_A >= nyq - 1e-9:
         raise InputError(f"--max-resolution {m.max_resolution_A} Å is beyond Nyquist ({nyq:.3f} Å at "
                          f"{m.psize_A:.4f} Å/px)")
