@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,8 @@ def main() -> int:
 
     from cryoframe.algorithms.abinitio.evaluate import pose_errors
 
+    if shutil.which(a.relion_exe) is None:
+        ap.error(f"{a.relion_exe} not found: this benchmark runs RELION 3.1 beside cryoframe (apt-get install relion)")
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_search_relion_")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     K, psize = a.classes, 2.0 * 64 / a.box

@@ -19,9 +19,12 @@ SCRIPTS = {
     "scale": "bench_scale.py",
     "class2d": "bench_class2d.py",
     "reconstruct": "bench_reconstruct.py",
+    "abinitio": "bench_abinitio.py",
+    "search3d": "bench_search_relion.py",
 }
 ROW_SCRIPTS = {"import", "gmm", "query", "subset", "scale"}
-"""Benchmarks sized by ``--rows``; ``reconstruct`` runs its own default (box 64, 4000 particles)."""
+"""Benchmarks sized by ``--rows``; ``reconstruct``, ``abinitio`` and ``search3d`` (the pose search beside
+RELION's expectation step, which needs ``relion_refine``) run their own defaults (box 64, 4000 particles)."""
 DEFAULT = ["import", "gmm", "query", "subset"]
 
 
@@ -44,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"sizes of {', '.join(sorted(ROW_SCRIPTS))} (default 1e6)")
     p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     p.add_argument("--relion", action="store_true",
-                   help="class2d: also run RELION 3.1 relion_refine at the same sampling (hours on 2 cores)")
+                   help="class2d, abinitio: also run RELION 3.1 relion_refine on the same particles (hours on 2 cores)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         cmd = [sys.executable, str(d / SCRIPTS[name])]
         if name in ROW_SCRIPTS:
             cmd += ["--rows", *map(str, args.rows)]
-        if name == "class2d" and getattr(args, "relion", False):
+        if name in ("class2d", "abinitio") and getattr(args, "relion", False):
             cmd.append("--relion")
         if args.no_record:
             cmd.append("--no-record")
