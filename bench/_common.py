@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,3 +32,15 @@ def record(lines: list[str]) -> None:
     with (HERE / "RESULTS.md").open("a") as fh:
         fh.write("\n".join(lines) + "\n")
     print(f"recorded in {HERE / 'RESULTS.md'}")
+
+
+def run_timed(cmd: list[str], cwd: Path) -> float:
+    """Run a peer's command (printed first) in ``cwd``; its wall seconds.  A failure raises with the
+    ends of its output."""
+    print(" ".join(cmd), flush=True)
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    wall = time.perf_counter() - t
+    if r.returncode:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
+    return wall

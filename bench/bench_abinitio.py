@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, record  # noqa: E402
+from _common import machine, record, run_timed  # noqa: E402
 
 
 def aligned_fsc(est: np.ndarray, true: np.ndarray, g: np.ndarray, hand: str) -> np.ndarray:
@@ -77,12 +77,7 @@ def relion(star: Path, out: Path, k: int, diameter: float, seed: int, exe: str =
            "--offset_range", "6", "--offset_step", "2", "--random_seed", str(seed + 1), "--j", "2"]
     if cpu:
         cmd.append("--cpu")
-    print(" ".join(cmd), flush=True)
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=star.parent)
-    wall = time.perf_counter() - t
-    if r.returncode:
-        raise RuntimeError(f"relion_refine failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
+    wall = run_timed(cmd, star.parent)
     last = max(out.glob("run_it[0-9][0-9][0-9]_data.star"), key=lambda f: int(f.name[6:9]))
     return wall, out / last.name[: -len("_data.star")]
 

@@ -7,7 +7,6 @@ same synthetic K-state .star + .mrcs (known poses), same seeds; wall time and AR
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, record  # noqa: E402
+from _common import machine, record, run_timed  # noqa: E402
 
 
 def relion(star: Path, ref: Path, out: Path, k: int, iters: int, diameter: float, seed: int) -> tuple[float, np.ndarray]:
@@ -27,11 +26,7 @@ def relion(star: Path, ref: Path, out: Path, k: int, iters: int, diameter: float
            "--flatten_solvent", "--zero_mask", "--ini_high", "60", "--random_seed", str(seed), "--j", "2",
            "--pad", "2", "--oversampling", "1", "--healpix_order", "2", "--offset_range", "5", "--offset_step", "2",
            "--sym", "C1", "--norm", "--scale", "--dont_combine_weights_via_disc", "--pool", "3"]
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=star.parent)
-    if r.returncode:
-        raise RuntimeError(f"relion_refine failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
-    wall = time.perf_counter() - t
+    wall = run_timed(cmd, star.parent)
     from cryoframe.storage.formats.star import read_particles_star
 
     part = read_particles_star(out / f"run_it{iters:03d}_data.star").particles

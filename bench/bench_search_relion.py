@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, record  # noqa: E402
+from _common import machine, record, run_timed  # noqa: E402
 from bench_abinitio import relion_build, relion_result  # noqa: E402
 from bench_abinitio_ceiling import true_pose_maps  # noqa: E402
 
@@ -82,23 +81,6 @@ def write_inputs(work: Path, a: argparse.Namespace) -> tuple[list[Path], Path, n
     return stars, eval_star, cls
 
 
-def run(cmd: list[str], cwd: Path) -> float:
-    print(" ".join(cmd), flush=True)
-    t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-    if r.returncode:
-        raise RuntimeError(f"{cmd[0]} failed: {r.stdout[-1500:]} {r.stderr[-1500:]}")
-    return time.perf_counter() - t
-
-
-def cropped(vol: np.ndarray, wb: int) -> np.ndarray:
-    """``vol`` (b, b, b) Fourier-cropped to ``wb`` (b even, wb even)."""
-    b = vol.shape[0]
-    f = np.fft.fftshift(np.fft.fftn(vol))
-    lo = b // 2 - wb // 2
-    return np.real(np.fft.ifftn(np.fft.ifftshift(f[lo:lo + wb, lo:lo + wb, lo:lo + wb])))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--particles", type=int, default=4000, help="particles of the reference reconstruction")
@@ -120,6 +102,7 @@ def main() -> int:
     from sklearn.metrics import adjusted_rand_score
 
     from cryoframe.algorithms.abinitio.evaluate import pose_errors
+    from cryoframe.algorithms.class3d.mstep import resample_volume
 
     if shutil.which(a.relion_exe) is None:
         ap.error(f"{a.relion_exe} not found: this benchmark runs RELION 3.1 beside cryoframe (apt-get install relion)")
@@ -132,7 +115,7 @@ def main() -> int:
     refs = [work / f"ref_true_{k}.mrc" for k in range(K)]
     for star, ref in zip(stars, refs, strict=True):
         if not ref.exists():
-            run([reconstruct, "--i", star.name, "--o", ref.name, "--ctf"], work)
+            run_timed([reconstruct, "--i", star.name, "--o", ref.name, "--ctf"], work)
     ref_arg = refs[0].name
     if K > 1:
         starfile.write(pd.DataFrame({"rlnReferenceImage": [r.name for r in refs]}), work / "refs.star", overwrite=True)
@@ -146,7 +129,7 @@ def main() -> int:
            "--particle_diameter", f"{0.8 * a.box * psize:.0f}", "--healpix_order", str(a.healpix_order),
            "--oversampling", "1", "--offset_range", "6", "--offset_step", "2", "--pad", "2",
            "--dont_combine_weights_via_disc", "--pool", "3", "--j", str(cores)] + (["--cpu"] if cpu else [])
-    rwall = run(cmd, work)
+    rwall = run_timed(cmd, work)
     rrot, rlab, _ = relion_result(out / "run_it001", a.eval, K)
 
     ns = argparse.Namespace(particles=a.particles, box=a.box, snr=a.snr, seed=a.seed, resolution=a.resolution,
@@ -157,7 +140,7 @@ def main() -> int:
     vols = []
     for k, ref in enumerate(refs):
         with mrcfile.open(ref, permissive=True) as f:
-            vol = cropped(np.asarray(f.data, dtype=np.float64), m.working_box_) * m._window
+            vol = resample_volume(np.asarray(f.data), m.working_box_).astype(np.float64) * m._window
         vols.append((vol * float((vol * m._volumes_w[k]).sum() / (vol * vol).sum())).astype(np.float32))
     m._volumes_w = vols
     m.__dict__.pop("_projectors", None)
