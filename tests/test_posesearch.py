@@ -135,7 +135,7 @@ def test_level0_top_poses_and_in_place_score_match_the_plain_computation() -> No
     with and without the scale marginal (whose error is not monotone in the correlation), with the two
     extremes scored as a pair (the same floats as scoring them separately); the in-place scale-marginalised score
     must equal the formula."""
-    from cryoframe.algorithms.posesearch import _level0_top
+    from cryoframe.algorithms._level0 import level0_top
     from cryoframe.geometry import _kernels
 
     g = np.random.default_rng(3)
@@ -146,7 +146,7 @@ def test_level0_top_poses_and_in_place_score_match_the_plain_computation() -> No
             const = g.uniform(50, 60, 8).astype(np.float32)
             t2 = g.uniform(1, 9, (8, R)).astype(np.float32)
             full = ps._score(const[:, None, None], t1, t2[:, None, :]).reshape(8, -1)
-            order, err = _level0_top(t1, const, t2, top, ps._score_inplace(np), ps._score_extremes(np), np)
+            order, err = level0_top(t1, const, t2, top, ps._score_inplace(np), ps._score_extremes(np), np)
             want = np.argsort(full, 1)[:, :top]
             np.testing.assert_array_equal(order, want)
             np.testing.assert_allclose(err, np.take_along_axis(full, want, 1), rtol=1e-5, atol=1e-4)
@@ -228,3 +228,46 @@ def test_search_blocks_split_evenly_over_the_threads(n: int, chunk: int, threads
     assert [b.stop - b.start for b in blocks] == sizes
     assert blocks[0].start == 0 and blocks[-1].stop == n
     assert all(a.stop == b.start for a, b in zip(blocks[:-1], blocks[1:], strict=True))
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_in_plane_pairs_give_the_whole_grids_search(volume: np.ndarray, scale: float | None,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Level 0 over a grid whose in-plane angles pair up by 180 degrees scores half the rotations and
+    takes the other half's correlations from the conjugate slices (``U - V``): the same poses, shifts
+    and (to float32 rounding) errors as scoring every rotation's own slice, with and without the bound;
+    a grid with an odd number of in-plane angles (11 deg: 33) has no pairs."""
+    from cryoframe.algorithms import _level0
+    from cryoframe.geometry import _kernels
+
+    comps = Components(8)
+    proj = Projector(volume, comps)
+    rot = Rotation.random(40, random_state=7).as_matrix()
+    rng = np.random.default_rng(2)
+    f = fo.cfft2(fo.project_volume(volume, rot) + rng.normal(0, 1.0, (40, BOX, BOX))) * fo.phase_shift(
+        BOX, rng.uniform(-2, 2, (40, 2)))
+    X = comps.take(f, BOX).astype(np.complex64)
+    C = np.ones(X.shape, np.float32)
+    w = (comps.mult / 2).astype(np.float32)
+    ps = PoseSearch(coarse_step_deg=15.0, fine_step_deg=7.5, shift_range_px=4, shift_step_px=2, n_candidates=4,
+                    scale_prior_sd=scale)
+    assert ps._psi_half(15.0) == 12 and PoseSearch()._psi_half(11.0) == 0
+    paired = ps.search(proj, X, C, w, BOX, 8)
+    monkeypatch.setattr(PoseSearch, "_psi_half", lambda self, step: 0)
+    whole = ps.search(proj, X, C, w, BOX, 8)
+    assert np.array_equal(paired.rot, whole.rot) and np.array_equal(paired.shift, whole.shift)
+    np.testing.assert_allclose(paired.error, whole.error, rtol=1e-5)
+    assert np.median(_angles(paired.rot[:, 0], rot)) < 7.5
+    # the pairs' extremes over the shifts: the floats of u + v and u - v, laid out as the grid
+    u, v = (rng.normal(0, 5, (3, 7, 5, 4)).astype(np.float32) for _ in range(2))
+    t = _level0.PsiPairs(u, v)
+    full = np.stack([u + v, u - v], 3).reshape(3, 7, 40)
+    np.testing.assert_array_equal(t.full(), full)
+    hi, lo = t.extremes()
+    np.testing.assert_array_equal(hi, full.max(1))
+    np.testing.assert_array_equal(lo, full.min(1))
+    if _kernels.HAVE_NUMBA:
+        hi, lo = _kernels.extremes_pairs(u, v)
+        np.testing.assert_array_equal(hi.reshape(3, 40), full.max(1))
+    r = rng.integers(0, 40, (3, 6))
+    np.testing.assert_array_equal(t.take(r), np.take_along_axis(full, r[:, None, :], 2))

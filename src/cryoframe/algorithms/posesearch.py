@@ -15,7 +15,8 @@ box within a radius, :class:`Components`, sorted by radius so a lower resolution
 
 Search (:class:`PoseSearch`): level 0 scores every rotation of a uniform grid
 (:func:`cryoframe.geometry.grids.rotation_grid`) times every shift of a lattice at the low radius
-``r_0`` as two matrix products (particles x shifts by rotations over the components).  Branch and
+``r_0`` as two matrix products (particles x shifts by rotations over the components; over half the
+rotations when the grid's in-plane angles pair up by 180 degrees, :mod:`cryoframe.algorithms._level0`).  Branch and
 bound: for each particle the pose with the lowest low-resolution error gets its exact error up to
 the next level's radius ``r_1``; any pose whose lower bound — its low-resolution error plus a bound
 on the error between ``r_0`` and ``r_1`` that holds for every pose,
@@ -36,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from cryoframe.algorithms._level0 import PsiPairs, level0_top, psi_half
 from cryoframe.backend import available_cores, blas_threads, thread_map, to_host
-from cryoframe.geometry import _kernels
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
 
@@ -169,7 +170,7 @@ class _Level0:
     prior_shift: np.ndarray | None
     sgrid: np.ndarray
     ph_grid: Any
-    P0ri: Any
+    P0ri: Any  # (2 m0, R) real and imaginary parts, or (Re, Im) (m0, R / 2) each of the in-plane pairs' first halves
     P0a: Any
     grid: np.ndarray
     pmax: Any
@@ -179,6 +180,7 @@ class _Level0:
     box: int
     T: int
     m_full: int
+    half: int  # psi pairs' half count (PoseSearch._psi_half), 0: the whole grid's slices
 
 
 @dataclass
@@ -306,6 +308,15 @@ class PoseSearch:
             self._grid[step_deg] = rotation_grid(step_deg)
         return self._grid[step_deg]
 
+    def _psi_half(self, step_deg: float) -> int:
+        """Half the in-plane angles of the level-0 grid when they pair up by 180 degrees (an even
+        number), else 0 (:func:`cryoframe.algorithms._level0.psi_half`)."""
+        key = -step_deg  # cached beside the grids
+        if key not in self._grid:
+            npsi = max(1, int(round(360.0 / step_deg)))
+            self._grid[key] = np.array(psi_half(self.grid(step_deg), npsi))
+        return int(self._grid[key])
+
     def shift_step(self, box: int, r0: float) -> float:
         """Level-0 shift lattice step (px): ``shift_step_px`` divided by the smallest integer that
         makes it at most ``box / (4 r0)``, a quarter period of the highest level-0 frequency."""
@@ -343,8 +354,13 @@ class PoseSearch:
         sstep = self.shift_step(box, radii[0])
         sgrid = shift_grid(self.shift_range_px, sstep)
         m0 = ms[0]
-        P0 = proj.slices(grid, m0, threads=self._threads(xp))
-        P0ri = xp.concatenate([P0.real.T, P0.imag.T], 0)  # (2 m0, R): one real product for Re(conj(a) P)
+        h = self._psi_half(steps[0])
+        if h:  # the slices of the pairs' first halves (see cryoframe.algorithms._level0)
+            P0 = proj.slices(grid.reshape(-1, 2, h, 3, 3)[:, 0].reshape(-1, 3, 3), m0, threads=self._threads(xp))
+            P0ri: Any = (xp.ascontiguousarray(P0.real.T), xp.ascontiguousarray(P0.imag.T))
+        else:
+            P0 = proj.slices(grid, m0, threads=self._threads(xp))
+            P0ri = xp.concatenate([P0.real.T, P0.imag.T], 0)  # (2 m0, R): one real product for Re(conj(a) P)
         P0a = (xp.abs(P0) ** 2).T.copy()
         T = max(1, self.n_candidates)
         out_rot = np.empty((n, T, 3, 3))
@@ -354,7 +370,7 @@ class PoseSearch:
         wf = xp.asarray(w, dtype=xp.float32)
         ph_grid = comps.phases(sgrid, box, m0, xp)[None] if prior_shift is None else None  # the same for every particle
         ctx = _Level0(proj, X, C, wf, prior_shift, sgrid, ph_grid, P0ri, P0a, grid, pmax, steps, ms, sstep, box, T,
-                      comps.count(r_max))
+                      comps.count(r_max), h)
         chunks = self._chunks(n, xp)
         stats = {"scored": 0.0, "pruned": 0.0, "bound_checked": 0.0}
         for sl, (rot, sh, err, st) in zip(chunks, self._map_chunks(xp, chunks, ctx), strict=True):
@@ -406,16 +422,23 @@ class PoseSearch:
         ph = comps.phases(shifts, box, m0, xp) if ctx.ph_grid is None else ctx.ph_grid  # (nb or 1, S, m0)
         xs = x[:, None, :m0] * ph
         a = (wf[:m0] * c[:, :m0])[:, None, :] * xs  # (nb, S, m0)
-        # one contiguous (nb S, 2 m0) operand: two products of the strided real and imaginary views
-        # and their sum took 3x as long (29 shifts, 4,392 rotations)
-        t1 = xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ ctx.P0ri
-        t2 = (wf[:m0] * c[:, :m0] ** 2) @ ctx.P0a  # (nb, R)
+        t2 = (wf[:m0] * c[:, :m0] ** 2) @ ctx.P0a  # (nb, R), or (nb, R / 2) of the pairs' first halves
+        h = ctx.half
+        if h:  # in-plane pairs: U and V over half the rotations; D is the same for both of a pair
+            u, v = ((xp.ascontiguousarray(p).reshape(nb * S, m0) @ q).reshape(nb, S, -1, h)
+                    for p, q in ((a.real, ctx.P0ri[0]), (a.imag, ctx.P0ri[1])))
+            t1: Any = PsiPairs(u, v)
+            t2 = xp.broadcast_to(t2.reshape(nb, -1, 1, h), (nb, t2.shape[1] // h, 2, h)).reshape(nb, -1)
+        else:
+            # one contiguous (nb S, 2 m0) operand: two products of the strided real and imaginary views
+            # and their sum took 3x as long (29 shifts, 4,392 rotations)
+            t1 = (xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ ctx.P0ri).reshape(nb, S, -1)
         const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
-        R = t1.shape[1]
-        t1 = t1.reshape(nb, S, R)
+        R = t1.shape[2]
         stats["scored"] += nb * S * R
-        keep, err = _level0_top(t1, const, t2, min(T, S * R), self._score_inplace(xp), self._score_extremes(xp), xp)
+        keep, err = level0_top(t1, const, t2, min(T, S * R), self._score_inplace(xp), self._score_extremes(xp), xp)
         if pmax is not None:
+            t1 = t1.full(xp) if isinstance(t1, PsiPairs) else t1
             keep = self._prune(proj, x, c, wf, t1, const, t2, keep, err, shifts, grid, box, ms[0], ms[1], pmax, stats)
             err = np.where(keep >= 0, err, np.inf)
         si, ri = keep // R, keep % R
@@ -512,43 +535,6 @@ def _posterior(err: np.ndarray) -> np.ndarray:
     """Posterior weights ``softmax(-E)`` (n, T) of candidate errors ``err`` sorted lowest first."""
     wts = np.exp(-(err - err[:, :1]))
     return wts / wts.sum(1, keepdims=True)
-
-
-def _level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, score_extremes: Any,
-                xp: ModuleType = np) -> tuple[np.ndarray, np.ndarray]:
-    """The ``top`` lowest level-0 poses of each particle, lowest first: flat indices ``s * R + r``
-    (nb, top) and their errors (nb, top), from the correlation terms ``t1`` (nb, S, R) (``B`` of
-    every shift and rotation), ``const`` (nb,) (``A``) and ``t2`` (nb, R) (``D``) by ``score(a, b, d)``
-    (which may overwrite ``b``); ``score_extremes(a, hi, lo, d)``: the lower of ``score`` at ``hi`` and
-    at ``lo`` (:meth:`PoseSearch._score_extremes`).
-
-    A pose's error depends on its shift only through ``B``: linearly (no scale), or as
-    ``-(B + q)^2 / (D + q)`` (the scale marginal), so a rotation's lowest error over the shifts is at
-    its largest or its smallest ``B`` (rounding is monotone too: the same float).  The ``top`` lowest
-    poses lie on the ``top`` rotations of lowest best-shift error, so only those rotations' S x top
-    errors are scored and partitioned: the same poses as scoring and partitioning all S x R, whose
-    element-wise passes over the (nb, S, R) array took a third of the soft search's time at 29
-    shifts."""
-    nb, S, R = t1.shape
-    a = const[:, None]
-    if S > 1 and top < R:
-        if xp is np and _kernels.HAVE_NUMBA:
-            hi, lo = _kernels.extremes(t1)
-        else:
-            hi, lo = t1.max(1), t1.min(1)
-        er = to_host(score_extremes(a, hi, lo, t2))
-        rsel = np.argpartition(er, top - 1, axis=1)[:, :top]  # (nb, top) rotations
-        rs = xp.asarray(rsel)
-        sub = to_host(score(a[:, :, None], xp.take_along_axis(t1, rs[:, None, :], 2),
-                            xp.take_along_axis(t2, rs, 1)[:, None, :])).reshape(nb, -1)  # (nb, S * top)
-        o = np.argpartition(sub, top - 1, axis=1)[:, :top]
-        order = (o // top) * R + np.take_along_axis(rsel, o % top, 1)
-    else:
-        sub = to_host(score(a[:, :, None], t1.copy(), t2[:, None, :])).reshape(nb, -1)
-        o = order = np.argpartition(sub, top - 1, axis=1)[:, :top]
-    err = np.take_along_axis(sub, o, 1)
-    srt = np.argsort(err, 1)
-    return np.take_along_axis(order, srt, 1), np.take_along_axis(err, srt, 1)
 
 
 def _best(rot: np.ndarray, sh: np.ndarray, e: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "extract", "extremes", "insert", "insert_ctf", "insert_ctf_params", "preload", "run_insert_ctf", "warm"]
+__all__ = ["HAVE_NUMBA", "extract", "extremes", "extremes_pairs", "insert", "insert_ctf", "insert_ctf_params", "preload", "run_insert_ctf", "warm"]
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _jit: dict[str, Any] = {}
@@ -235,6 +235,51 @@ def _extremes_loop(t, mx, mn):  # noqa: ANN001, ANN202
                 lo_r = lo[r]
                 hi[r] = v if v > h else h
                 lo[r] = v if v < lo_r else lo_r
+
+
+def _extremes_pairs_loop(u, v, hp, lp, hm, lm):  # noqa: ANN001, ANN202
+    nb, S, n = u.shape
+    for i in range(nb):
+        a_hi = hp[i]
+        a_lo = lp[i]
+        b_hi = hm[i]
+        b_lo = lm[i]
+        u0 = u[i, 0]
+        v0 = v[i, 0]
+        for j in range(n):
+            a_hi[j] = u0[j] + v0[j]
+            b_hi[j] = u0[j] - v0[j]
+        a_lo[:] = a_hi
+        b_lo[:] = b_hi
+        for s in range(1, S):
+            ur = u[i, s]
+            vr = v[i, s]
+            for j in range(n):  # 1-D rows: LLVM vectorises the selects
+                a = ur[j] + vr[j]
+                b = ur[j] - vr[j]
+                x = a_hi[j]
+                a_hi[j] = a if a > x else x
+                x = a_lo[j]
+                a_lo[j] = a if a < x else x
+                x = b_hi[j]
+                b_hi[j] = b if b > x else x
+                x = b_lo[j]
+                b_lo[j] = b if b < x else x
+
+
+def extremes_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`extremes` of ``t = [u + v, u - v]`` without forming it: ``u``, ``v`` (nb, S, nd, h) float32
+    give the largest and the smallest of ``t`` (nb, S, nd, 2, h) over S, (nb, nd, 2, h) each (the sums
+    and differences rounded as ``u + v`` and ``u - v`` are)."""
+    u, v = np.ascontiguousarray(u), np.ascontiguousarray(v)
+    nb, S, nd, h = u.shape
+    mx = np.empty((nb, nd, 2, h), u.dtype)
+    mn = np.empty_like(mx)
+    hp, lp, hm, lm = (np.empty((nb, nd * h), u.dtype) for _ in range(4))
+    _get("extremes_pairs", _extremes_pairs_loop, fastmath=True)(u.reshape(nb, S, -1), v.reshape(nb, S, -1), hp, lp, hm, lm)
+    mx[:, :, 0], mx[:, :, 1] = hp.reshape(nb, nd, h), hm.reshape(nb, nd, h)
+    mn[:, :, 0], mn[:, :, 1] = lp.reshape(nb, nd, h), lm.reshape(nb, nd, h)
+    return mx, mn
 
 
 def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
