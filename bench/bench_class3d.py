@@ -20,9 +20,12 @@ from _common import machine, record, run_timed  # noqa: E402
 
 
 def relion(star: Path, ref: Path, out: Path, k: int, iters: int, diameter: float, seed: int) -> tuple[float, np.ndarray]:
+    # --ctf_corrected_ref: ``ref`` is a CTF-corrected reconstruction (the GUI's default "Ref. map is
+    # CTF-corrected? Yes"); without it RELION's first iteration compares CTF-free projections with the
+    # CTF-modulated images.
     out.mkdir(parents=True, exist_ok=True)
     cmd = ["relion_refine", "--i", str(star), "--ref", str(ref), "--o", str(out / "run"), "--K", str(k), "--iter",
-           str(iters), "--tau2_fudge", "4", "--skip_align", "--ctf", "--particle_diameter", str(diameter),
+           str(iters), "--tau2_fudge", "4", "--skip_align", "--ctf", "--ctf_corrected_ref", "--particle_diameter", str(diameter),
            "--flatten_solvent", "--zero_mask", "--ini_high", "60", "--random_seed", str(seed), "--j", "2",
            "--pad", "2", "--oversampling", "1", "--healpix_order", "2", "--offset_range", "5", "--offset_step", "2",
            "--sym", "C1", "--norm", "--scale", "--dont_combine_weights_via_disc", "--pool", "3"]
