@@ -22,7 +22,7 @@ import numpy as np
 from cryoframe.backend import to_host
 from cryoframe.geometry import _kernels
 
-__all__ = ["PsiPairs", "level0_top", "psi_half"]
+__all__ = ["PsiPairs", "level0_top", "pair_products", "psi_half"]
 
 
 def psi_half(grid: np.ndarray, npsi: int) -> int:
@@ -44,6 +44,8 @@ class PsiPairs:
 
     u: Any
     v: Any
+    hi: Any = None  # the extremes over the shifts (nb, R), when computed with the products
+    lo: Any = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -58,6 +60,8 @@ class PsiPairs:
     def extremes(self, xp: ModuleType = np) -> tuple[Any, Any]:
         """The largest and the smallest ``B`` over the shifts, (nb, R) each."""
         nb, _, R = self.shape
+        if self.hi is not None:
+            return self.hi, self.lo
         if xp is np and _kernels.HAVE_NUMBA:
             hi, lo = _kernels.extremes_pairs(self.u, self.v)
             return hi.reshape(nb, R), lo.reshape(nb, R)
@@ -72,6 +76,32 @@ class PsiPairs:
         u = xp.take_along_axis(self.u.reshape(nb, S, nd * h), idx[:, None, :], 2)
         v = xp.take_along_axis(self.v.reshape(nb, S, nd * h), idx[:, None, :], 2)
         return xp.where(half[:, None, :] == 0, u + v, u - v)
+
+
+def pair_products(a: Any, p_re: Any, p_im: Any, h: int, xp: ModuleType = np, block: int = 4) -> PsiPairs:
+    """:class:`PsiPairs` of the level-0 terms ``a`` (nb, S, m0) complex against the pairs' first-half
+    slices ``p_re``, ``p_im`` (m0, R / 2).  On the CPU the products and the extremes over the shifts
+    run ``block`` particles at a time, so the extremes read each block's products while they are in
+    the cache (the whole block's (nb S, R / 2) products are several times the cache; 2 threads, 29
+    shifts, 4,392 rotations: 17% less time for the products and extremes with 4 particles a block than
+    with 50, ad hoc)."""
+    nb, S, m0 = a.shape
+    re, im = xp.ascontiguousarray(a.real).reshape(nb * S, m0), xp.ascontiguousarray(a.imag).reshape(nb * S, m0)
+    if xp is not np or not _kernels.HAVE_NUMBA:
+        return PsiPairs(*((x @ q).reshape(nb, S, -1, h) for x, q in ((re, p_re), (im, p_im))))
+    r2 = p_re.shape[1]
+    u = np.empty((nb, S, r2 // h, h), np.float32)
+    v = np.empty_like(u)
+    hi = np.empty((nb, 2 * r2), np.float32)
+    lo = np.empty_like(hi)
+    for s0 in range(0, nb, block):
+        s1 = min(nb, s0 + block)
+        rows = slice(s0 * S, s1 * S)
+        np.matmul(re[rows], p_re, out=u[s0:s1].reshape(-1, r2))
+        np.matmul(im[rows], p_im, out=v[s0:s1].reshape(-1, r2))
+        bh, bl = _kernels.extremes_pairs(u[s0:s1], v[s0:s1])
+        hi[s0:s1], lo[s0:s1] = bh.reshape(s1 - s0, -1), bl.reshape(s1 - s0, -1)
+    return PsiPairs(u, v, hi, lo)
 
 
 def level0_top(t1: Any, const: Any, t2: Any, top: int, score: Any, score_extremes: Any,

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoframe.algorithms._level0 import PsiPairs, level0_top, psi_half
+from cryoframe.algorithms._level0 import PsiPairs, level0_top, pair_products, psi_half
 from cryoframe.backend import available_cores, blas_threads, thread_map, to_host
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
@@ -425,9 +425,7 @@ class PoseSearch:
         t2 = (wf[:m0] * c[:, :m0] ** 2) @ ctx.P0a  # (nb, R), or (nb, R / 2) of the pairs' first halves
         h = ctx.half
         if h:  # in-plane pairs: U and V over half the rotations; D is the same for both of a pair
-            u, v = ((xp.ascontiguousarray(p).reshape(nb * S, m0) @ q).reshape(nb, S, -1, h)
-                    for p, q in ((a.real, ctx.P0ri[0]), (a.imag, ctx.P0ri[1])))
-            t1: Any = PsiPairs(u, v)
+            t1: Any = pair_products(a, ctx.P0ri[0], ctx.P0ri[1], h, xp)
             t2 = xp.broadcast_to(t2.reshape(nb, -1, 1, h), (nb, t2.shape[1] // h, 2, h)).reshape(nb, -1)
         else:
             # one contiguous (nb S, 2 m0) operand: two products of the strided real and imaginary views
