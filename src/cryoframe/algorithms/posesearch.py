@@ -253,6 +253,7 @@ class PoseSearch:
         self.scale_prior_sd = scale_prior_sd
         self.n_threads = n_threads
         self._grid: dict[float, np.ndarray] = {}
+        self._halves: dict[float, int] = {}
 
     def _score(self, a: Any, b: Any, d: Any, xp: ModuleType = np, inplace: bool = False) -> Any:
         """The pose score from ``A``, ``B``, ``D`` (see the class docstring), broadcast.  ``inplace``:
@@ -311,11 +312,9 @@ class PoseSearch:
     def _psi_half(self, step_deg: float) -> int:
         """Half the in-plane angles of the level-0 grid when they pair up by 180 degrees (an even
         number), else 0 (:func:`cryoframe.algorithms._level0.psi_half`)."""
-        key = -step_deg  # cached beside the grids
-        if key not in self._grid:
-            npsi = max(1, int(round(360.0 / step_deg)))
-            self._grid[key] = np.array(psi_half(self.grid(step_deg), npsi))
-        return int(self._grid[key])
+        if step_deg not in self._halves:
+            self._halves[step_deg] = psi_half(self.grid(step_deg), max(1, int(round(360.0 / step_deg))))
+        return self._halves[step_deg]
 
     def shift_step(self, box: int, r0: float) -> float:
         """Level-0 shift lattice step (px): ``shift_step_px`` divided by the smallest integer that
