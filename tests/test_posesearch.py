@@ -269,5 +269,9 @@ def test_in_plane_pairs_give_the_whole_grids_search(volume: np.ndarray, scale: f
     if _kernels.HAVE_NUMBA:
         hi, lo = _kernels.extremes_pairs(u, v)
         np.testing.assert_array_equal(hi.reshape(3, 40), full.max(1))
+        into = (np.empty((3, 40), np.float32), np.empty((3, 40), np.float32))
+        assert _kernels.extremes_pairs(u, v, out=into) is into
+        np.testing.assert_array_equal(into[0], full.max(1))
+        np.testing.assert_array_equal(into[1], full.min(1))
     r = rng.integers(0, 40, (3, 6))
     np.testing.assert_array_equal(t.take(r), np.take_along_axis(full, r[:, None, :], 2))

@@ -58,13 +58,10 @@ class PsiPairs:
         return xp.stack([self.u + self.v, self.u - self.v], 3).reshape(nb, S, R)
 
     def extremes(self, xp: ModuleType = np) -> tuple[Any, Any]:
-        """The largest and the smallest ``B`` over the shifts, (nb, R) each."""
-        nb, _, R = self.shape
+        """The largest and the smallest ``B`` over the shifts, (nb, R) each: the ones
+        :func:`pair_products` computed with the products (the compiled pass), else from the formed array."""
         if self.hi is not None:
             return self.hi, self.lo
-        if xp is np and _kernels.HAVE_NUMBA:
-            hi, lo = _kernels.extremes_pairs(self.u, self.v)
-            return hi.reshape(nb, R), lo.reshape(nb, R)
         t = self.full(xp)
         return t.max(1), t.min(1)
 
@@ -99,8 +96,7 @@ def pair_products(a: Any, p_re: Any, p_im: Any, h: int, xp: ModuleType = np, blo
         rows = slice(s0 * S, s1 * S)
         np.matmul(re[rows], p_re, out=u[s0:s1].reshape(-1, r2))
         np.matmul(im[rows], p_im, out=v[s0:s1].reshape(-1, r2))
-        bh, bl = _kernels.extremes_pairs(u[s0:s1], v[s0:s1])
-        hi[s0:s1], lo[s0:s1] = bh.reshape(s1 - s0, -1), bl.reshape(s1 - s0, -1)
+        _kernels.extremes_pairs(u[s0:s1], v[s0:s1], out=(hi[s0:s1], lo[s0:s1]))
     return PsiPairs(u, v, hi, lo)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from cryoframe.algorithms._level0 import PsiPairs, level0_top, pair_products, psi_half
 from cryoframe.backend import available_cores, blas_threads, thread_map, to_host
 from cryoframe.geometry import fourier as fo
-from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
+from cryoframe.geometry.grids import inplane_count, level_steps, local_rotations, rotation_grid, shift_grid
 
 __all__ = ["Components", "PoseSearch", "Projector", "SearchResult"]
 
@@ -313,7 +313,7 @@ class PoseSearch:
         """Half the in-plane angles of the level-0 grid when they pair up by 180 degrees (an even
         number), else 0 (:func:`cryoframe.algorithms._level0.psi_half`)."""
         if step_deg not in self._halves:
-            self._halves[step_deg] = psi_half(self.grid(step_deg), max(1, int(round(360.0 / step_deg))))
+            self._halves[step_deg] = psi_half(self.grid(step_deg), inplane_count(step_deg))
         return self._halves[step_deg]
 
     def shift_step(self, box: int, r0: float) -> float:

@@ -267,19 +267,22 @@ def _extremes_pairs_loop(u, v, hp, lp, hm, lm):  # noqa: ANN001, ANN202
                 b_lo[j] = b if b < x else x
 
 
-def extremes_pairs(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def extremes_pairs(u: np.ndarray, v: np.ndarray,
+                   out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`extremes` of ``t = [u + v, u - v]`` without forming it: ``u``, ``v`` (nb, S, nd, h) float32
     give the largest and the smallest of ``t`` (nb, S, nd, 2, h) over S, (nb, nd, 2, h) each (the sums
-    and differences rounded as ``u + v`` and ``u - v`` are)."""
+    and differences rounded as ``u + v`` and ``u - v`` are), written into ``out`` when given (any arrays
+    of nb x nd x 2 x h elements whose reshape to that shape is a view, e.g. contiguous (nb, R))."""
     u, v = np.ascontiguousarray(u), np.ascontiguousarray(v)
     nb, S, nd, h = u.shape
-    mx = np.empty((nb, nd, 2, h), u.dtype)
-    mn = np.empty_like(mx)
+    if out is None:
+        out = (np.empty((nb, nd, 2, h), u.dtype), np.empty((nb, nd, 2, h), u.dtype))
+    mx, mn = (np.reshape(o, (nb, nd, 2, h), copy=False) for o in out)  # raises rather than write a copy
     hp, lp, hm, lm = (np.empty((nb, nd * h), u.dtype) for _ in range(4))
     _get("extremes_pairs", _extremes_pairs_loop, fastmath=True)(u.reshape(nb, S, -1), v.reshape(nb, S, -1), hp, lp, hm, lm)
     mx[:, :, 0], mx[:, :, 1] = hp.reshape(nb, nd, h), hm.reshape(nb, nd, h)
     mn[:, :, 0], mn[:, :, 1] = lp.reshape(nb, nd, h), lm.reshape(nb, nd, h)
-    return mx, mn
+    return out
 
 
 def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

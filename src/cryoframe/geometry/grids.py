@@ -33,6 +33,11 @@ def fibonacci_sphere(n: int) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
+def inplane_count(step_deg: float) -> int:
+    """In-plane angles per direction of :func:`rotation_grid` at ``step_deg`` degrees."""
+    return max(1, int(round(360.0 / step_deg)))
+
+
 def rotation_grid(step_deg: float) -> np.ndarray:
     """Pose matrices (m, 3, 3) float64 of a uniform SO(3) grid of angular step ``step_deg`` degrees.
 
@@ -46,7 +51,7 @@ def rotation_grid(step_deg: float) -> np.ndarray:
     d = fibonacci_sphere(nd)
     rot = np.arctan2(d[:, 1], d[:, 0])
     tilt = np.arccos(np.clip(d[:, 2], -1.0, 1.0))
-    npsi = max(1, int(round(360.0 / step_deg)))
+    npsi = inplane_count(step_deg)
     psi = np.arange(npsi) * (2 * math.pi / npsi)
     e = np.stack([np.repeat(rot, npsi), np.repeat(tilt, npsi), np.tile(psi, nd)], axis=1)
     from scipy.spatial.transform import Rotation  # lazy: 0.27 s of start-up
