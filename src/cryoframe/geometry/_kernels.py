@@ -237,41 +237,34 @@ def _extremes_loop(t, mx, mn):  # noqa: ANN001, ANN202
                 lo[r] = v if v < lo_r else lo_r
 
 
-def _extremes_pairs_loop(u, v, hp, lp, hm, lm):  # noqa: ANN001, ANN202
+def _extremes_pairs_loop(u, v, hi, lo):  # noqa: ANN001, ANN202
     nb, S, n = u.shape
-    ta = np.empty(n, u.dtype)
-    tb = np.empty(n, u.dtype)
+    t = np.empty((2, n), u.dtype)
     for i in range(nb):
-        a_hi = hp[i]
-        a_lo = lp[i]
-        b_hi = hm[i]
-        b_lo = lm[i]
         for s in range(S):
             ur = u[i, s]
             vr = v[i, s]
+            ta = t[0]
+            tb = t[1]
             # at most four arrays a loop: with all six in one loop LLVM's runtime alias checks were too
-            # many to vectorise it (scalar maxss; 1.6x the time of these three loops, AMD EPYC, ad hoc)
+            # many to vectorise it (scalar maxss; 1.6x the time of these loops, AMD EPYC, ad hoc)
             for j in range(n):
                 ta[j] = ur[j] + vr[j]
                 tb[j] = ur[j] - vr[j]
-            if s == 0:
-                a_hi[:] = ta
-                a_lo[:] = ta
-                b_hi[:] = tb
-                b_lo[:] = tb
-                continue
-            for j in range(n):
-                x = ta[j]
-                h = a_hi[j]
-                lo = a_lo[j]
-                a_hi[j] = x if x > h else h
-                a_lo[j] = x if x < lo else lo
-            for j in range(n):
-                x = tb[j]
-                h = b_hi[j]
-                lo = b_lo[j]
-                b_hi[j] = x if x > h else h
-                b_lo[j] = x if x < lo else lo
+            for q in range(2):
+                row = t[q]
+                h = hi[i, q]
+                lw = lo[i, q]
+                if s == 0:
+                    h[:] = row
+                    lw[:] = row
+                    continue
+                for j in range(n):
+                    x = row[j]
+                    a = h[j]
+                    b = lw[j]
+                    h[j] = x if x > a else a
+                    lw[j] = x if x < b else b
 
 
 def extremes_pairs(u: np.ndarray, v: np.ndarray,
@@ -285,10 +278,10 @@ def extremes_pairs(u: np.ndarray, v: np.ndarray,
     if out is None:
         out = (np.empty((nb, nd, 2, h), u.dtype), np.empty((nb, nd, 2, h), u.dtype))
     mx, mn = (np.reshape(o, (nb, nd, 2, h), copy=False) for o in out)  # raises rather than write a copy
-    hp, lp, hm, lm = (np.empty((nb, nd * h), u.dtype) for _ in range(4))
-    _get("extremes_pairs", _extremes_pairs_loop, fastmath=True)(u.reshape(nb, S, -1), v.reshape(nb, S, -1), hp, lp, hm, lm)
-    mx[:, :, 0], mx[:, :, 1] = hp.reshape(nb, nd, h), hm.reshape(nb, nd, h)
-    mn[:, :, 0], mn[:, :, 1] = lp.reshape(nb, nd, h), lm.reshape(nb, nd, h)
+    hi, lo = np.empty((nb, 2, nd * h), u.dtype), np.empty((nb, 2, nd * h), u.dtype)
+    _get("extremes_pairs", _extremes_pairs_loop, fastmath=True)(u.reshape(nb, S, -1), v.reshape(nb, S, -1), hi, lo)
+    for q in range(2):
+        mx[:, :, q], mn[:, :, q] = hi[:, q].reshape(nb, nd, h), lo[:, q].reshape(nb, nd, h)
     return out
 
 
