@@ -209,9 +209,7 @@ def exact_ceiling(a: argparse.Namespace) -> int:
         for d, lst in drops.items():
             near = np.abs(ang - d) < 1.0
             lst.extend((ll_true - ll[near]).tolist())
-        w = np.exp(ll - ll.max())
-        u, _, vt = np.linalg.svd(np.einsum("n,nij->ij", w / w.sum(), rots.as_matrix()))
-        e_mean.append(angle(Rotation.from_matrix(u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt), i))
+        e_mean.append(angle(rots.mean(weights=np.exp(ll - ll.max())), i))  # the chordal L2 mean
         v2, _ = _ball(rng, a.local, a.radius / 4)
         rots2 = rots[int(ll.argmax())] * Rotation.from_rotvec(v2)
         ll2 = loglik(i, rots2.as_matrix())

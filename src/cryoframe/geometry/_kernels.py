@@ -240,12 +240,12 @@ def _extremes_loop(t, mx, mn):  # noqa: ANN001, ANN202
 def _extremes_pairs_loop(u, v, hi, lo):  # noqa: ANN001, ANN202
     nb, S, n = u.shape
     t = np.empty((2, n), u.dtype)
+    ta = t[0]
+    tb = t[1]
     for i in range(nb):
         for s in range(S):
             ur = u[i, s]
             vr = v[i, s]
-            ta = t[0]
-            tb = t[1]
             # at most four arrays a loop: with all six in one loop LLVM's runtime alias checks were too
             # many to vectorise it (scalar maxss; 1.6x the time of these loops, AMD EPYC, ad hoc)
             for j in range(n):
