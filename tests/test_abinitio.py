@@ -385,6 +385,44 @@ def test_several_starts_keep_the_best_initial_phase_and_single_start_is_unchange
         AbInitio(1, **kw, n_starts=0).fit(imgs, ctf)
 
 
+def test_continue_keeps_the_checkpointed_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parameters left at None (the intermediate count by K, the similarity window) are resolved when
+    a run starts; its checkpoint keeps the resolved values, so a continuation under changed defaults
+    (as in round 2, when the window's default shrank) runs the checkpointed schedule: the same poses
+    and classes as one uninterrupted run under the old defaults."""
+    from cryoframe.algorithms.abinitio import checkpoint as ckmod
+
+    imgs, _, ctf = _tiny(n=120, box=24)
+    kw = dict(psize_A=4.0, initial_resolution_A=30.0, max_resolution_A=16.0, initial_iterations=2,
+              initial_minibatch=40, final_minibatch=60, final_passes=1, random_state=0, n_starts=1)
+
+    def defaults(n_int: int, window: int) -> None:
+        monkeypatch.setattr(AbInitio, "n_intermediate", lambda self: n_int if self.intermediate_iterations is None
+                            else int(self.intermediate_iterations))
+        monkeypatch.setattr(AbInitio, "similarity_anneal_length", lambda self: window)
+
+    defaults(4, 2)  # "old" defaults
+    straight = AbInitio(2, **kw, final_iterations=2).fit(imgs, ctf)
+    s_old = straight.schedule_
+    assert (s_old.intermediate_iterations, s_old.class_similarity_anneal_start, s_old.class_similarity_anneal_end) == (4, 2, 4)
+    AbInitio(2, **kw, final_iterations=0, checkpoint_dir=tmp_path / "ck").fit(imgs, ctf)  # stops after 6
+    defaults(8, 1)  # "new" defaults, then --continue --final-iterations 2
+    cont = AbInitio(2, **kw, final_iterations=2, checkpoint_dir=tmp_path / "ck").fit(imgs, ctf, resume=True)
+    assert cont.schedule_ == s_old
+    assert [h["phase"] for h in cont.history_[6:8]] == ["final", "final"]
+    np.testing.assert_array_equal(cont.labels_, straight.labels_)
+    np.testing.assert_allclose(cont.rot_, straight.rot_)
+    # a checkpoint without a saved schedule (older versions) continues under the current defaults
+    m = AbInitio(2, **kw, final_iterations=2)
+    m.schedule_ = m.schedule(24)
+    assert ckmod.pinned_schedule(m, None).intermediate_iterations == 8
+    # an explicit count on --continue wins over the checkpoint's; the window stays within the new anneal
+    m = AbInitio(2, **kw, final_iterations=0, intermediate_iterations=1)
+    m.schedule_ = m.schedule(24)
+    p = ckmod.pinned_schedule(m, s_old.as_dict())
+    assert (p.intermediate_iterations, p.class_similarity_anneal_start, p.class_similarity_anneal_end) == (1, 2, 3)
+
+
 def test_threads_leave_a_fit_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     """The pose search's blocks and the classes' sums and volumes run in threads on the CPU; the
     same K = 2 fit in one thread gives the same poses, classes and maps to the last bit."""

@@ -128,6 +128,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
         if len(used) < n_all:
             images = images[used]
         model.fit(images, ctfp, resume=resume)
+        params["intermediate_iterations"] = model.schedule_.intermediate_iterations  # a continued run's is its checkpoint's
         t = store.table()
         main = t.take(pa.array(used)) if len(used) < n_all else t
         w.write_metadata(_with_alignments(main, model, psize))

@@ -3,12 +3,14 @@
 
 State: the per-class Fourier sums, the data noise estimate and its particle count, the class
 sizes, the random start in use, and the history/slices/events records.  ``sigma2_init`` (fixed by
-the data) is saved with the checkpoint but is not part of a snapshot.
+the data) is saved with the checkpoint but is not part of a snapshot, and so is the resolved
+schedule: a continued run keeps the counts and windows its defaults gave when it started.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 
 from cryoframe.errors import InputError
 
-__all__ = ["CKPT_NAME", "load", "params", "restore", "save", "snapshot"]
+__all__ = ["CKPT_NAME", "load", "params", "pinned_schedule", "restore", "save", "snapshot"]
 
 CKPT_NAME = "abinitio_state.npz"
 _EVOLVING = ("_sums", "_sigma2_data", "_sigma2_n", "_sizes", "_start", "history_", "slices_", "events_")
@@ -49,7 +51,7 @@ def save(m: Any, t: int) -> None:
     # near-tied particle to another fine pose on some CPUs (the continuation must reproduce the run)
     arrays = {f"sums_{k}": np.asarray(s, dtype=np.float64) for k, s in enumerate(m._sums)}
     meta = {"t": t, "params": params(m), "n": int(m._X.shape[0]), "sigma2_n": m._sigma2_n, "start": m._start,
-            "history": m.history_, "events": m.events_}
+            "history": m.history_, "events": m.events_, "schedule": m.schedule_.as_dict()}
     tmp = d / f".{CKPT_NAME}"
     with open(tmp, "wb") as fh:
         np.savez(fh, sigma2_init=m._sigma2_init, sigma2_data=m._sigma2_data, sizes=m._sizes,
@@ -83,4 +85,26 @@ def load(m: Any) -> int:
     m._sums = [z[f"sums_{k}"].astype(np.float64) for k in range(m.n_classes)]
     m.history_ = meta["history"]
     m.events_ = meta["events"]
+    m.schedule_ = pinned_schedule(m, meta.get("schedule"))
     return int(meta["t"])
+
+
+# parameters whose None means "a default computed from the others"; a continued run keeps the values
+# its checkpoint was written with, so a changed default (as the similarity window's in round 2) does
+# not change the schedule of the iterations still to run
+_DEFAULTED = ("intermediate_iterations", "initial_resolution_A", "class_similarity_anneal_start",
+              "class_similarity_anneal_end")
+
+
+def pinned_schedule(m: Any, saved: dict[str, Any] | None) -> Any:
+    """``m.schedule_`` with the defaulted quantities (``m``'s parameter None) taken from the schedule
+    ``saved`` in a checkpoint; unchanged for a checkpoint without one (written before they were saved)."""
+    if not saved:
+        return m.schedule_
+    pin = {k: saved[k] for k in _DEFAULTED if getattr(m, k) is None and k in saved}
+    sched = dataclasses.replace(m.schedule_, **pin)
+    if "class_similarity_anneal_end" in pin:  # the window ends no later than the (possibly new) anneal
+        end = sched.initial_iterations + sched.intermediate_iterations
+        a0 = sched.class_similarity_anneal_start
+        sched = dataclasses.replace(sched, class_similarity_anneal_end=max(a0, min(end, sched.class_similarity_anneal_end)))
+    return sched

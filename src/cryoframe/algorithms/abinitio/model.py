@@ -267,6 +267,7 @@ class AbInitio:
         start = 0
         if resume:
             start = self._load_checkpoint()
+            sched = self.schedule_  # defaulted counts and windows as the checkpointed run had them
         else:
             # white initial noise: the image power of the outer shells (noise-dominated), scaled
             p0 = shell_power(X[: min(n, 2000)], comps)
