@@ -26,6 +26,19 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001
             item.add_marker(skip)
 
 
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """``get_array_module("gpu")`` returns :mod:`fake_cupy`'s strict stand-in for CuPy (NumPy arithmetic
+    under CuPy's host/device rules), so the GPU branches run without a GPU; yields that module."""
+    import fake_cupy
+
+    import cryoframe.backend as backend
+
+    cp = fake_cupy.make()
+    monkeypatch.setattr(backend, "_cupy", lambda: (cp, ""))
+    return cp
+
+
 @dataclass
 class CsProject:
     root: Path
