@@ -152,7 +152,7 @@ def main() -> int:
     from cryoframe import api
     from cryoframe.query.expr import filter_store
     from cryoframe.storage.store import ParticleStore
-    from cryoframe.testing.synth import make_volumes, synth_store
+    from cryoframe.synthetic import make_volumes, synth_store
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_abinitio_")).resolve()
     work.mkdir(parents=True, exist_ok=True)

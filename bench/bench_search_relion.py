@@ -57,7 +57,7 @@ def write_inputs(work: Path, a: argparse.Namespace) -> tuple[list[Path], Path, n
     import starfile
 
     from cryoframe import api
-    from cryoframe.testing.synth import synth_store
+    from cryoframe.synthetic import synth_store
 
     src = work / "synth.cf"
     if not src.exists():

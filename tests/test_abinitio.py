@@ -18,7 +18,7 @@ from cryoframe.cli import main as cli
 from cryoframe.errors import InputError
 from cryoframe.geometry import fourier as fo
 from cryoframe.storage.store import ParticleStore
-from cryoframe.testing.synth import make_particles, write_star_dataset
+from cryoframe.synthetic import make_particles, write_star_dataset
 
 FAST = ["--initial-iterations", "2", "--intermediate-iterations", "2", "--final-iterations", "2",
         "--initial-minibatch", "40", "--final-minibatch", "60", "--final-passes", "1", "--no-plots"]

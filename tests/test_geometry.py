@@ -14,8 +14,8 @@ from cryoframe.geometry.backprojector import map_from_sums
 from cryoframe.geometry.fsc import fsc, fsc_weighted, resolution_at
 from cryoframe.geometry.masks import soft_sphere, threshold_mask
 from cryoframe.geometry.symmetry import symmetry_matrices
+from cryoframe.synthetic import physics as ph
 from cryoframe.testing import make_volumes
-from cryoframe.testing import physics as ph
 
 CTF = {"df1_A": np.array([12000.0, 20000.0]), "df2_A": np.array([11000.0, 19500.0]),
        "df_angle_rad": np.array([0.3, -1.1]), "accel_kv": np.array([300.0, 200.0]), "cs_mm": np.array([2.7, 0.01]),
@@ -153,11 +153,9 @@ def test_fsc_and_resolution() -> None:
     assert np.corrcoef(w.ravel(), v.ravel())[0, 1] > np.corrcoef(a.ravel(), v.ravel())[0, 1]
 
 
-@pytest.mark.gpu
-def test_cupy_slices_match_numpy() -> None:
-    from cryoframe.backend import get_array_module, to_host
+def _slices_and_sums_match_numpy(cp) -> None:  # noqa: ANN001
+    from cryoframe.backend import to_host
 
-    cp = get_array_module("gpu")
     box = 32
     v = make_volumes(1, box, seed=4)[0]
     rot = Rotation.random(64, random_state=5).as_matrix()
@@ -171,6 +169,18 @@ def test_cupy_slices_match_numpy() -> None:
     fo.insert_slices(s_cp, cp.asarray(rot), cp.asarray(a), cp.asarray(c), None, box, xp=cp)
     for x, y in zip(s_np, s_cp, strict=True):
         np.testing.assert_allclose(x, to_host(y), atol=1e-3 * np.abs(x).max())
+
+
+@pytest.mark.gpu
+def test_cupy_slices_match_numpy() -> None:
+    from cryoframe.backend import get_array_module
+
+    _slices_and_sums_match_numpy(get_array_module("gpu"))
+
+
+def test_slices_on_the_gpu_branch_match_numpy(fake_gpu) -> None:  # noqa: ANN001
+    """The same on :mod:`fake_cupy` (CuPy's host/device rules over NumPy): runs without a GPU."""
+    _slices_and_sums_match_numpy(fake_gpu)
 
 
 def test_fused_partition_kernel_matches_vectorised_path(monkeypatch: pytest.MonkeyPatch) -> None:

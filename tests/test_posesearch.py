@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 from cryoframe.algorithms.posesearch import Components, PoseSearch, Projector
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.grids import level_steps, local_rotations, rotation_grid, shift_grid
-from cryoframe.testing.synth import make_volumes
+from cryoframe.synthetic import make_volumes
 
 BOX = 24
 

@@ -13,6 +13,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from cryoframe.schema import field_spec
+from cryoframe.synthetic.physics import blob_model, project_blobs, render_blobs, rot2d
 from cryoframe.testing import (
     BLOCK,
     MIXTURES,
@@ -31,7 +32,6 @@ from cryoframe.testing import (
     write_cs_dataset,
     write_star_dataset,
 )
-from cryoframe.testing.physics import blob_model, project_blobs, render_blobs, rot2d
 
 BOX = 32
 

@@ -1,7 +1,7 @@
 """Image-formation helpers for synthetic data: CTF, rotations, Gaussian-blob objects, projection.
 
-Conventions (shared by everything in :mod:`cryoframe.synthetic`; :mod:`cryoframe.testing.physics`
-re-exports this module):
+Conventions (shared by everything in :mod:`cryoframe.synthetic`; :mod:`cryoframe.testing` re-exports
+the CTF and projection helpers):
 
 * Images are ``(..., ny, nx)`` arrays indexed ``[y, x]``; volumes ``[z, y, x]``.  The centre of
   a box of ``b`` pixels is pixel ``b // 2`` on every axis; coordinates ``(x, y[, z])`` are in px

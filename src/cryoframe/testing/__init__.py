@@ -1,53 +1,14 @@
-"""Test helpers: metrics, and (re-exported from :mod:`cryoframe.synthetic`) the image-formation
-physics and the deterministic synthetic data generators.
+"""Test helpers: metrics (:mod:`.metrics`), the K-state 3D stores (:mod:`.states3d`), and, re-exported
+for tests and notebooks, the synthetic data generators of :mod:`cryoframe.synthetic` and the
+image-formation helpers of :mod:`cryoframe.synthetic.physics`.
 
 Importing this package is cheap: nothing is generated until a function is called.
 """
 
-from cryoframe.synthetic import (
-    BLOCK,
-    MIXTURES,
-    OPTICS,
-    SynthDataset,
-    is_main_field,
-    make_metadata,
-    make_particles,
-    make_templates,
-    make_truth,
-    make_volumes,
-    synth_store,
-    write_cs_dataset,
-    write_star_dataset,
-)
+from cryoframe import synthetic as _synthetic
+from cryoframe.synthetic import *  # noqa: F403  (every generator, under the names listed in its __all__)
+from cryoframe.synthetic.physics import apply_ctf, ctf_2d, ctf_at, electron_wavelength_A, freq_grid, project
 from cryoframe.testing.metrics import pose_recovery_errors
-from cryoframe.testing.physics import (
-    apply_ctf,
-    ctf_2d,
-    ctf_at,
-    electron_wavelength_A,
-    freq_grid,
-    project,
-)
 
-__all__ = [
-    "BLOCK",
-    "MIXTURES",
-    "OPTICS",
-    "SynthDataset",
-    "apply_ctf",
-    "ctf_2d",
-    "ctf_at",
-    "electron_wavelength_A",
-    "freq_grid",
-    "is_main_field",
-    "make_metadata",
-    "make_particles",
-    "make_templates",
-    "make_truth",
-    "make_volumes",
-    "pose_recovery_errors",
-    "project",
-    "synth_store",
-    "write_cs_dataset",
-    "write_star_dataset",
-]
+__all__ = [*_synthetic.__all__, "apply_ctf", "ctf_2d", "ctf_at", "electron_wavelength_A", "freq_grid",
+           "pose_recovery_errors", "project"]

@@ -23,7 +23,7 @@ OPTICS = {"accel_kv": 300.0, "cs_mm": 2.7, "amp_contrast": 0.1, "phase_shift_rad
 def make_states(k: int, box: int, seed: int = 0, swing_deg: float = 10.0, domain_amp: float = 1.5,
                 domain_sd: float = 0.07) -> np.ndarray:
     """(k, box, box, box) float32 ``[z, y, x]`` volumes of the K states (see the module docstring)."""
-    from cryoframe.testing.physics import blob_model, render_blobs_3d
+    from cryoframe.synthetic.physics import blob_model, render_blobs_3d
 
     c, p, a = (np.array(x[0]) for x in blob_model(1, box, seed, 3))
     live = a != 0
