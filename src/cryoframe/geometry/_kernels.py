@@ -19,11 +19,48 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 _jit: dict[str, Any] = {}
 
 
+def _wrap(i, size):  # noqa: ANN001, ANN202
+    """Grid index ``i`` (one step outside at most) wrapped into ``[0, size)``."""
+    if i < 0:
+        return i + size
+    if i >= size:
+        return i - size
+    return i
+
+
+def _scatter(acc, qx, qy, qz, vr, vi, vw):  # noqa: ANN001, ANN202
+    """Add ``(vr, vi, vw)`` at the grid point ``q`` to the 8 trilinear corners of the half-grid sums ``acc``
+    (a point with ``qx < 0`` goes to its Friedel mate ``-q``, the imaginary part negated)."""
+    size = acc.shape[0]
+    hx = acc.shape[2]
+    if qx < 0:
+        qx = -qx
+        qy = -qy
+        qz = -qz
+        vi = -vi
+    x0 = int(np.floor(qx))
+    y0 = int(np.floor(qy))
+    z0 = int(np.floor(qz))
+    fx = qx - x0
+    fy = qy - y0
+    fz = qz - z0
+    for dz in range(2):
+        wz = fz if dz else 1.0 - fz
+        iz = _wrap(z0 + dz, size)
+        for dy in range(2):
+            wzy = wz * (fy if dy else 1.0 - fy)
+            iy = _wrap(y0 + dy, size)
+            for dx in range(2):
+                w = wzy * (fx if dx else 1.0 - fx)
+                ix = min(x0 + dx, hx - 1)
+                acc[iz, iy, ix, 0] += w * vr
+                acc[iz, iy, ix, 1] += w * vi
+                acc[iz, iy, ix, 2] += w * vw
+
+
 def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, acc):  # noqa: ANN001, ANN202
     n = rot.shape[0]
     m = kx.shape[0]
-    size = acc.shape[0]
-    hx = acc.shape[2]
     use_ctf = ctf.shape[0] > 0
     for i in range(n):
         wi = wts[i]
@@ -44,37 +81,7 @@ def _insert_loop(rot, kx, ky, flat, fre, fim, ctf, wts, acc):  # noqa: ANN001, A
             vr = fre[i, f] * c * wi
             vi = fim[i, f] * c * wi
             vw = c * c * wi
-            if qx < 0:
-                qx = -qx
-                qy = -qy
-                qz = -qz
-                vi = -vi
-            x0 = int(np.floor(qx))
-            y0 = int(np.floor(qy))
-            z0 = int(np.floor(qz))
-            fx = qx - x0
-            fy = qy - y0
-            fz = qz - z0
-            for dz in range(2):
-                wz = fz if dz else 1.0 - fz
-                iz = z0 + dz
-                if iz < 0:
-                    iz += size
-                elif iz >= size:
-                    iz -= size
-                for dy in range(2):
-                    wzy = wz * (fy if dy else 1.0 - fy)
-                    iy = y0 + dy
-                    if iy < 0:
-                        iy += size
-                    elif iy >= size:
-                        iy -= size
-                    for dx in range(2):
-                        w = wzy * (fx if dx else 1.0 - fx)
-                        ix = min(x0 + dx, hx - 1)
-                        acc[iz, iy, ix, 0] += w * vr
-                        acc[iz, iy, ix, 1] += w * vi
-                        acc[iz, iy, ix, 2] += w * vw
+            _scatter(acc, qx, qy, qz, vr, vi, vw)
 
 
 def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc, jx, jy, vx, vy):  # noqa: ANN001, ANN202
@@ -85,8 +92,6 @@ def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc, jx, jy
     # per frequency (jx/jy: each frequency's index in vx/vy) instead of a cos and a sin.
     n = rot.shape[0]
     m = kx.shape[0]
-    size = acc.shape[0]
-    hx = acc.shape[2]
     twopi = 2.0 * np.pi
     exr = np.empty(vx.shape[0])
     exi = np.empty(vx.shape[0])
@@ -136,37 +141,7 @@ def _insert_ctf_loop(rot, kx, ky, flat, s2, c2a, s2a, fre, fim, par, acc, jx, jy
             qx = r00 * kx[j] + r01 * ky[j]
             qy = r10 * kx[j] + r11 * ky[j]
             qz = r20 * kx[j] + r21 * ky[j]
-            if qx < 0:
-                qx = -qx
-                qy = -qy
-                qz = -qz
-                vi = -vi
-            x0 = int(np.floor(qx))
-            y0 = int(np.floor(qy))
-            z0 = int(np.floor(qz))
-            fx = qx - x0
-            fy = qy - y0
-            fz = qz - z0
-            for dz in range(2):
-                wz = fz if dz else 1.0 - fz
-                iz = z0 + dz
-                if iz < 0:
-                    iz += size
-                elif iz >= size:
-                    iz -= size
-                for dy in range(2):
-                    wzy = wz * (fy if dy else 1.0 - fy)
-                    iy = y0 + dy
-                    if iy < 0:
-                        iy += size
-                    elif iy >= size:
-                        iy -= size
-                    for dx in range(2):
-                        w = wzy * (fx if dx else 1.0 - fx)
-                        ix = min(x0 + dx, hx - 1)
-                        acc[iz, iy, ix, 0] += w * vr
-                        acc[iz, iy, ix, 1] += w * vi
-                        acc[iz, iy, ix, 2] += w * vw
+            _scatter(acc, qx, qy, qz, vr, vi, vw)
 
 
 def _extract_loop(rot, kx, ky, gre, gim, out):  # noqa: ANN001, ANN202
@@ -200,18 +175,10 @@ def _extract_loop(rot, kx, ky, gre, gim, out):  # noqa: ANN001, ANN202
             ai = 0.0
             for dz in range(2):
                 wz = fz if dz else 1.0 - fz
-                iz = z0 + dz
-                if iz < 0:
-                    iz += size
-                elif iz >= size:
-                    iz -= size
+                iz = _wrap(z0 + dz, size)
                 for dy in range(2):
                     wzy = wz * (fy if dy else 1.0 - fy)
-                    iy = y0 + dy
-                    if iy < 0:
-                        iy += size
-                    elif iy >= size:
-                        iy -= size
+                    iy = _wrap(y0 + dy, size)
                     for dx in range(2):
                         w = wzy * (fx if dx else 1.0 - fx)
                         ix = min(x0 + dx, hx - 1)
@@ -297,10 +264,17 @@ def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mx, mn
 
 
+_HELPERS = ("_wrap", "_scatter")  # called from the loops: compiled (and inlined) before any loop is
+
+
 def _get(name: str, fn: Any, fastmath: bool = False) -> Any:
     if name not in _jit:
         import numba
 
+        g = globals()
+        for h in _HELPERS:
+            if not isinstance(g[h], numba.core.dispatcher.Dispatcher):
+                g[h] = numba.njit(cache=True, nogil=True, inline="always")(g[h])
         _jit[name] = numba.njit(cache=True, nogil=True, fastmath=fastmath)(fn)
     return _jit[name]
 
