@@ -14,7 +14,8 @@ What it enforces (as CuPy does; see cupy/cupy#589, #593, #3421):
 - NumPy functions called on device arrays dispatch to ``xp`` (``__array_function__``), as CuPy's do.
 
 - ``xp.<name>`` exists only for the names CuPy's own ``__init__`` modules define (``cupy``, ``cupy.fft``,
-  ``cupy.linalg``, ``cupy.random``; listed in ``tests/data/cupy_api.json``): a NumPy function CuPy
+  ``cupy.linalg``, ``cupy.random``), and an array has only the methods and attributes of
+  ``cupy.ndarray`` (all listed in ``tests/data/cupy_api.json``): a NumPy function or method CuPy
   lacks fails here.
 
 Lenient where CuPy is: a host index array or a host value in ``device[idx] = value``.  It does not
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 _API: dict[str, list[str]] = json.loads((Path(__file__).parent / "data" / "cupy_api.json").read_text())
+_NDARRAY = frozenset(_API["ndarray"])
 _HOST_OK = {"asarray", "array", "ascontiguousarray", "asanyarray", "asnumpy", "get_array_module"}
 
 
@@ -75,6 +77,8 @@ class DeviceArray:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):  # no __array_interface__/__array_struct__: NumPy would read the data
             raise AttributeError(name)
+        if name not in _NDARRAY:
+            raise AttributeError(f"fake cupy: cupy.ndarray has no attribute {name!r}")
         attr = getattr(self._a, name)
         if not callable(attr):
             return _wrap(attr)

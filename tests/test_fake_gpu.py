@@ -27,6 +27,8 @@ def test_the_stand_in_enforces_cupys_rules(fake_gpu) -> None:  # noqa: ANN001
     with pytest.raises(AttributeError, match="CuPy has no cupy.errstate"):
         _ = cp.errstate  # a NumPy name CuPy does not have
     assert cp.fft.rfftn is not None and cp.take_along_axis is not None
+    with pytest.raises(AttributeError, match="cupy.ndarray has no attribute 'itemset'"):
+        a.itemset(0, 1.0)  # a NumPy (< 2) method CuPy does not have
     s = a.sum()
     assert isinstance(s, cp.ndarray) and s.ndim == 0 and float(s) == 15.0  # 0-d device array, not a scalar
     assert isinstance(np.exp(a), cp.ndarray)  # NumPy functions dispatch to the device
