@@ -170,7 +170,7 @@ class _Level0:
     prior_shift: np.ndarray | None
     sgrid: np.ndarray
     ph_grid: Any
-    P0ri: Any  # (2 m0, R) real and imaginary parts, or (Re, Im) (m0, R / 2) each of the in-plane pairs' first halves
+    P0ri: tuple[Any, ...]  # ((2 m0, R) real and imaginary parts,), or (Re, Im) (m0, R / 2) of the in-plane pairs' first halves
     P0a: Any
     grid: np.ndarray
     pmax: Any
@@ -356,10 +356,10 @@ class PoseSearch:
         h = self._psi_half(steps[0])
         if h:  # the slices of the pairs' first halves (see cryoframe.algorithms._level0)
             P0 = proj.slices(grid.reshape(-1, 2, h, 3, 3)[:, 0].reshape(-1, 3, 3), m0, threads=self._threads(xp))
-            P0ri: Any = (xp.ascontiguousarray(P0.real.T), xp.ascontiguousarray(P0.imag.T))
+            P0ri: tuple[Any, ...] = (xp.ascontiguousarray(P0.real.T), xp.ascontiguousarray(P0.imag.T))
         else:
             P0 = proj.slices(grid, m0, threads=self._threads(xp))
-            P0ri = xp.concatenate([P0.real.T, P0.imag.T], 0)  # (2 m0, R): one real product for Re(conj(a) P)
+            P0ri = (xp.concatenate([P0.real.T, P0.imag.T], 0),)  # (2 m0, R): one real product for Re(conj(a) P)
         P0a = (xp.abs(P0) ** 2).T.copy()
         T = max(1, self.n_candidates)
         out_rot = np.empty((n, T, 3, 3))
@@ -429,7 +429,7 @@ class PoseSearch:
         else:
             # one contiguous (nb S, 2 m0) operand: two products of the strided real and imaginary views
             # and their sum took 3x as long (29 shifts, 4,392 rotations)
-            t1 = (xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ ctx.P0ri).reshape(nb, S, -1)
+            t1 = (xp.concatenate([a.real, a.imag], -1).reshape(nb * S, 2 * m0) @ ctx.P0ri[0]).reshape(nb, S, -1)
         const = (wf[:m0] * xp.abs(x[:, :m0]) ** 2).sum(1)
         R = t1.shape[2]
         stats["scored"] += nb * S * R
