@@ -28,22 +28,28 @@ def _wrap(i, size):  # noqa: ANN001, ANN202
     return i
 
 
+def _corner(qx, qy, qz):  # noqa: ANN001, ANN202
+    """The lower trilinear corner of grid point ``q`` on the half grid and the fractions past it, after
+    moving a point with ``qx < 0`` to its Friedel mate ``-q`` (``conj``: the value there is conjugated)."""
+    conj = qx < 0
+    if conj:
+        qx = -qx
+        qy = -qy
+        qz = -qz
+    x0 = int(np.floor(qx))
+    y0 = int(np.floor(qy))
+    z0 = int(np.floor(qz))
+    return x0, y0, z0, qx - x0, qy - y0, qz - z0, conj
+
+
 def _scatter(acc, qx, qy, qz, vr, vi, vw):  # noqa: ANN001, ANN202
     """Add ``(vr, vi, vw)`` at the grid point ``q`` to the 8 trilinear corners of the half-grid sums ``acc``
     (a point with ``qx < 0`` goes to its Friedel mate ``-q``, the imaginary part negated)."""
     size = acc.shape[0]
     hx = acc.shape[2]
-    if qx < 0:
-        qx = -qx
-        qy = -qy
-        qz = -qz
+    x0, y0, z0, fx, fy, fz, conj = _corner(qx, qy, qz)
+    if conj:
         vi = -vi
-    x0 = int(np.floor(qx))
-    y0 = int(np.floor(qy))
-    z0 = int(np.floor(qz))
-    fx = qx - x0
-    fy = qy - y0
-    fz = qz - z0
     for dz in range(2):
         wz = fz if dz else 1.0 - fz
         iz = _wrap(z0 + dz, size)
@@ -160,17 +166,7 @@ def _extract_loop(rot, kx, ky, gre, gim, out):  # noqa: ANN001, ANN202
             qx = r00 * kx[j] + r01 * ky[j]
             qy = r10 * kx[j] + r11 * ky[j]
             qz = r20 * kx[j] + r21 * ky[j]
-            conj = qx < 0
-            if conj:
-                qx = -qx
-                qy = -qy
-                qz = -qz
-            x0 = int(np.floor(qx))
-            y0 = int(np.floor(qy))
-            z0 = int(np.floor(qz))
-            fx = qx - x0
-            fy = qy - y0
-            fz = qz - z0
+            x0, y0, z0, fx, fy, fz, conj = _corner(qx, qy, qz)
             ar = 0.0
             ai = 0.0
             for dz in range(2):
@@ -264,7 +260,7 @@ def extremes(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mx, mn
 
 
-_HELPERS = ("_wrap", "_scatter")  # called from the loops: compiled (and inlined) before any loop is
+_HELPERS = ("_wrap", "_corner", "_scatter")  # called from the loops: compiled (and inlined) before any loop is
 
 
 def _get(name: str, fn: Any, fastmath: bool = False) -> Any:
