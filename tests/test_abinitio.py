@@ -298,6 +298,8 @@ def test_particles_subset_and_unused_set_then_continue(noposes: Path) -> None:
     assert cli(["-q", "abinitio", str(out), "--seed", "3", "--continue", "--out", str(d / "more.cf"), *more]) == 0
     hist = json.loads((ParticleStore(d / "more.cf").extras_dir() / "model.json").read_text())["history"]
     assert [h["iteration"] for h in hist[:8]] == list(range(1, 9)) and len(hist) == 9
+    for st in (out, d / "more.cf"):  # the lineage records the intermediate count the run used
+        assert ParticleStore(st).lineage[-1]["params"]["intermediate_iterations"] == 2
 
 
 @pytest.mark.slow

@@ -117,7 +117,6 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
                      n_candidates=n_candidates, final_passes=final_passes, random_state=seed, device=device,
                      n_starts=starts, final_coarse_step_deg=final_coarse_step_deg)
     model._validate(len(used), int(store.box or 0))  # bad parameters fail before anything is written
-    params["intermediate_iterations"] = model.n_intermediate()  # the count used (default: by K)
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="abinitio", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:
         ckpt = w.extras_dir() / CKPT
@@ -128,7 +127,8 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
         if len(used) < n_all:
             images = images[used]
         model.fit(images, ctfp, resume=resume)
-        params["intermediate_iterations"] = model.schedule_.intermediate_iterations  # a continued run's is its checkpoint's
+        # the count used (default: by K; a continued run's: its checkpoint's), recorded when the store commits
+        params["intermediate_iterations"] = model.schedule_.intermediate_iterations
         t = store.table()
         main = t.take(pa.array(used)) if len(used) < n_all else t
         w.write_metadata(_with_alignments(main, model, psize))
