@@ -42,7 +42,7 @@ def relion(star: Path, ref: Path, out: Path, k: int, iters: int, diameter: float
 def scale(n: int, box: int, k: int, target_res: float | None, partition: int) -> None:
     """Time of one F-EM iteration for ``n`` particles into ``k`` classes; extrapolated linearly to 1e6."""
     from cryoframe.algorithms.class3d import Class3D
-    from cryoframe.algorithms.class3d.estep import fourier_crop
+    from cryoframe.geometry.fourier import fourier_crop
     from cryoframe.geometry.rotations import pose_matrix
     from cryoframe.jobs.class3d import _working_box
     from cryoframe.testing.states3d import state_particles

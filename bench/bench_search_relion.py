@@ -102,7 +102,7 @@ def main() -> int:
     from sklearn.metrics import adjusted_rand_score
 
     from cryoframe.algorithms.abinitio.evaluate import pose_errors
-    from cryoframe.algorithms.class3d.mstep import resample_volume
+    from cryoframe.geometry.fourier import resample_volume
 
     if shutil.which(a.relion_exe) is None:
         ap.error(f"{a.relion_exe} not found: this benchmark runs RELION 3.1 beside cryoframe (apt-get install relion)")

@@ -137,6 +137,40 @@ def _tiny(n: int = 300, box: int = 32, snr: float = 2.0) -> tuple[np.ndarray, di
     return imgs, t, ctf
 
 
+def test_class_maps_reconstruct_in_a_cropped_box_as_at_the_full_box(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final class maps are reconstructed in a Fourier-cropped box (nothing beyond
+    max_resolution_A is inserted) and padded back: the same map, density scale, half maps and FSC
+    resolution as a reconstruction at the particles' own box, in a fraction of its grid."""
+    from types import SimpleNamespace
+
+    from cryoframe.algorithms.abinitio import final as fin
+    from cryoframe.algorithms.reconstruct import Reconstructor
+
+    n, box, psize = 400, 48, 2.0
+    imgs, t = make_particles(n, box, classes=1, snr=2.0, psize_A=psize, kind="3d", seed=0, ctf=True)
+    ctf = {"df1_A": t["df1_A"], "df2_A": t["df2_A"], "df_angle_rad": t["df_angle_rad"], "accel_kv": np.full(n, 300.0),
+           "cs_mm": np.full(n, 2.7), "amp_contrast": np.full(n, 0.1)}
+    rot, shifts = Rotation.from_rotvec(t["pose"]).as_matrix(), -t["shift"]
+    m = SimpleNamespace(box_=box, psize_A=psize, max_resolution_A=20.0, n_classes=1, pad=2, symmetry="C1",
+                        device="cpu", rot_=rot, shifts_px_=shifts,
+                        _rng=lambda *k: np.random.default_rng(np.random.SeedSequence([0, 17, *k])))
+    boxes: list[int] = []
+    fit = Reconstructor.fit
+    monkeypatch.setattr(Reconstructor, "fit", lambda self, *a, **kw: (boxes.append(self.box), fit(self, *a, **kw))[1])
+    fin.class_maps(m, imgs, ctf, np.ones((n, 1)))
+    assert boxes == [32]  # twice the box whose Nyquist is 20 Å (10 px, raised to 16), not 48
+    half = np.zeros(n, dtype=np.int64)
+    half[m._rng(4).permutation(n)[(n + 1) // 2:]] = 1
+    full = Reconstructor(box, psize, max_resolution_A=20.0, regulariser="fsc").fit(imgs, rot, shifts, half, ctf=ctf)
+    assert m.volumes_.shape == (1, box, box, box) and m.half_maps_.shape == (1, 2, box, box, box)
+    for got, ref in ((m.volumes_[0], full.map_), (m.half_maps_[0, 0], full.half_maps_[0])):
+        assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
+        assert got.std() == pytest.approx(ref.std(), rel=0.05)  # the density scale of the full box
+    assert m.fsc_.shape == (1, box // 2 + 1) and np.all(m.fsc_[0, 17:] == 0)  # beyond the cropped box's Nyquist
+    np.testing.assert_allclose(m.fsc_[0, :5], full.fsc_[:5], atol=0.02)  # within max_resolution_A (4.8 px^-1)
+    assert m.resolution_A_[0] == pytest.approx(full.resolution_["0.143"], rel=0.05)
+
+
 @pytest.mark.slow
 def test_final_passes_find_poses_against_a_correct_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     """The search + reconstruction path of the final passes: started from sums of the true poses

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cfft2", "cfftn", "enforce_hermitian", "extract_slices", "gridding_correction", "icfft2", "icfftn",
-           "image_freqs", "insert_images", "insert_slices", "new_sums", "pad_volume", "phase_shift", "project_volume",
-           "sums_shape", "volume_transform"]
+__all__ = ["band_box", "cfft2", "cfftn", "enforce_hermitian", "extract_slices", "fourier_crop", "gridding_correction",
+           "icfft2", "icfftn", "image_freqs", "insert_images", "insert_slices", "new_sums", "pad_volume", "phase_shift",
+           "project_volume", "resample_volume", "sums_shape", "volume_transform"]
 
 
 def _fft(xp: ModuleType) -> Any:
@@ -70,6 +70,45 @@ def pad_volume(vol: Any, size: int, xp: ModuleType = np) -> Any:
     out = xp.zeros((size, size, size), dtype=vol.dtype)
     out[o:o + b, o:o + b, o:o + b] = vol
     return out
+
+
+def band_box(box: int, psize_A: float, resolution_A: float | None, minimum: int = 16) -> int:
+    """The even box (at most ``box``, at least ``minimum``) whose Nyquist is at most ``resolution_A``:
+    a Fourier crop to it (:func:`fourier_crop`) keeps every frequency up to that resolution (the
+    input box when ``resolution_A`` is None)."""
+    if resolution_A is None:
+        return box
+    b = int(math.ceil(2.0 * box * psize_A / resolution_A - 1e-9))
+    b += b % 2
+    return int(min(box, max(b, minimum)))
+
+
+def fourier_crop(images: np.ndarray, box_out: int) -> np.ndarray:
+    """Real images (n, b, b) resampled to (n, box_out, box_out) by cropping their centred transforms
+    (pixel size grows by ``b / box_out``; values keep their real-space amplitude)."""
+    b = images.shape[-1]
+    if box_out == b:
+        return np.asarray(images, dtype=np.float32)
+    f = cfft2(np.asarray(images, dtype=np.float32))
+    ky = (np.rint(np.fft.fftfreq(box_out) * box_out).astype(int)) % b
+    g = f[:, ky, : box_out // 2 + 1]
+    return (icfft2(g, box_out) * (box_out / b) ** 2).astype(np.float32)
+
+
+def resample_volume(vol: np.ndarray, box_out: int) -> np.ndarray:
+    """A cubic volume resampled to ``box_out`` by cropping (or zero-padding) its centred transform."""
+    b = vol.shape[0]
+    if b == box_out:
+        return np.asarray(vol, dtype=np.float32)
+    f = cfftn(np.asarray(vol, dtype=np.float64))
+    k = np.rint(np.fft.fftfreq(box_out) * box_out).astype(int)
+    if box_out < b:
+        g = f[np.ix_(k % b, k % b, np.arange(box_out // 2 + 1))]
+    else:
+        g = np.zeros((box_out, box_out, box_out // 2 + 1), dtype=f.dtype)
+        kb = np.rint(np.fft.fftfreq(b) * b).astype(int)
+        g[np.ix_(kb % box_out, kb % box_out, np.arange(b // 2 + 1))] = f
+    return (icfftn(g, box_out) * (box_out / b) ** 3).astype(np.float32)
 
 
 def gridding_correction(box: int, pad: int = 2, xp: ModuleType = np) -> Any:

@@ -14,7 +14,6 @@ posterior, images linked) and the checkpoint ``class3d_checkpoint/`` that ``--co
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from cryoframe.errors import InputError
+from cryoframe.geometry.fourier import band_box, fourier_crop, resample_volume
 from cryoframe.schema import arrow_field, numpy_to_arrow
 from cryoframe.schema.types import numeric_values
 from cryoframe.storage.store import ParticleStore, StoreWriter
@@ -51,9 +51,7 @@ def _working_box(box: int, psize: float, target: float | None) -> int:
     nyq = 2.0 * psize
     if not target >= nyq - 1e-9:
         raise InputError(f"--target-resolution {target} Å is beyond Nyquist ({nyq:.3f} Å at {psize:.4f} Å/px)")
-    b = int(math.ceil(2.0 * box * psize / target))
-    b += b % 2
-    return int(min(box, max(b, 16)))
+    return band_box(box, psize, target)
 
 
 def _resolve(store: ParticleStore, given: dict[str, Any], resume: bool) -> dict[str, Any]:
@@ -91,8 +89,6 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
     sets the working box (Fourier crop) and its Nyquist.
     """
     from cryoframe.algorithms.class3d import Class3D
-    from cryoframe.algorithms.class3d.estep import fourier_crop
-    from cryoframe.algorithms.class3d.mstep import resample_volume
     from cryoframe.jobs._volumes import SPLIT_FIELD, particle_geometry
     from cryoframe.jobs.class2d import noise_groups
     from cryoframe.jobs.reconstruct import check_mask, random_split

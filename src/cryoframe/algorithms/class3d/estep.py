@@ -29,22 +29,10 @@ from cryoframe.backend import get_array_module, to_host
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.ctf import ctf_grid
 
-__all__ = ["estep_partition", "fourier_crop", "freq_layout", "prepare_partition", "scale_partition"]
+__all__ = ["estep_partition", "freq_layout", "prepare_partition", "scale_partition"]
 
 #: posteriors below this are not inserted (RELION's "significant" samples, soft classification)
 MIN_WEIGHT = 1e-4
-
-
-def fourier_crop(images: np.ndarray, box_out: int) -> np.ndarray:
-    """Real images (n, b, b) resampled to (n, box_out, box_out) by cropping their centred transforms
-    (pixel size grows by ``b / box_out``; values keep their real-space amplitude)."""
-    b = images.shape[-1]
-    if box_out == b:
-        return np.asarray(images, dtype=np.float32)
-    f = fo.cfft2(np.asarray(images, dtype=np.float32))
-    ky = (np.rint(np.fft.fftfreq(box_out) * box_out).astype(int)) % b
-    g = f[:, ky, : box_out // 2 + 1]
-    return (fo.icfft2(g, box_out) * (box_out / b) ** 2).astype(np.float32)
 
 
 def freq_layout(box: int, r_max: float) -> dict[str, np.ndarray]:

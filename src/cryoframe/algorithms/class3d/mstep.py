@@ -18,7 +18,7 @@ from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.backprojector import fsc_regulariser, map_from_sums, shell_mean_weight
 from cryoframe.geometry.fsc import shell_index
 
-__all__ = ["class_map", "fourier_fsc", "half_maps", "model_volumes", "rms_change", "resample_volume"]
+__all__ = ["class_map", "fourier_fsc", "half_maps", "model_volumes", "rms_change"]
 
 
 def fourier_fsc(half: np.ndarray, box: int, pad: int, xp: ModuleType = np) -> np.ndarray:
@@ -94,22 +94,6 @@ def rms_change(new: np.ndarray, old: np.ndarray, sizes: np.ndarray, reference: n
     per = np.sqrt(np.mean(d.reshape(len(d), -1) ** 2, axis=1))
     ref = float(np.sqrt(np.mean((reference * m) ** 2))) or 1.0
     return float(np.sum(w * per) / ref)
-
-
-def resample_volume(vol: np.ndarray, box_out: int) -> np.ndarray:
-    """A cubic volume resampled to ``box_out`` by cropping (or zero-padding) its centred transform."""
-    b = vol.shape[0]
-    if b == box_out:
-        return np.asarray(vol, dtype=np.float32)
-    f = fo.cfftn(np.asarray(vol, dtype=np.float64))
-    k = np.rint(np.fft.fftfreq(box_out) * box_out).astype(int)
-    if box_out < b:
-        g = f[np.ix_(k % b, k % b, np.arange(box_out // 2 + 1))]
-    else:
-        g = np.zeros((box_out, box_out, box_out // 2 + 1), dtype=f.dtype)
-        kb = np.rint(np.fft.fftfreq(b) * b).astype(int)
-        g[np.ix_(kb % box_out, kb % box_out, np.arange(b // 2 + 1))] = f
-    return (fo.icfftn(g, box_out) * (box_out / b) ** 3).astype(np.float32)
 
 
 def decay(sums: Any, new: Any, lr: float) -> Any:
