@@ -46,16 +46,23 @@ __all__ = ["Components", "PoseSearch", "Projector", "SearchResult"]
 
 
 class Components:
-    """The half-plane Fourier components within ``r_max`` (cycles per box), sorted by radius.
+    """The half-plane Fourier components within ``r_max`` (cycles per box), sorted by radius, without
+    the origin.
 
     ``kx``, ``ky`` (m,) integers, ``radius`` (m,), ``mult`` (m,) 2 for kx > 0 else 1.  The same list
     indexes transforms of any box larger than ``2 r_max`` (:meth:`flat`): a Fourier-cropped working
     box and the full box share frequencies (cycles per box) when the pixel size scales with the box.
+    The origin (DC, the image mean) is left out, as RELION's and cryoSPARC's likelihoods and this
+    package's 2D/3D classification do: it holds no pose information, and particles that were not
+    normalised to a zero background (raw counts, another program's extraction) carry an arbitrary
+    offset there that would swamp the low-resolution scores and, inserted, the volumes.
     """
 
     def __init__(self, r_max: float) -> None:
         b = 2 * int(math.ceil(r_max)) + 2
         kx, ky, _ = fo.image_freqs(b, r_max)
+        dc = (kx == 0) & (ky == 0)
+        kx, ky = kx[~dc], ky[~dc]
         r = np.hypot(kx, ky)
         order = np.lexsort((kx, ky, r))
         self.r_max = float(r_max)

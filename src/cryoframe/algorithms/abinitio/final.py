@@ -92,6 +92,14 @@ def final_search(m: Any, idx: np.ndarray, r: float) -> tuple[list[SearchResult],
     return out, ev
 
 
+def _crop_zero_mean(images: np.ndarray, box_out: int) -> np.ndarray:
+    """Images Fourier-cropped to ``box_out`` with their mean (DC) removed: the pose search and the SGD
+    volumes leave the origin out (:class:`~cryoframe.algorithms.posesearch.Components`), and an
+    offset of particles not normalised to a zero background would add a constant to the maps."""
+    out = fo.fourier_crop(images, box_out)
+    return out - out.mean(axis=(-2, -1), keepdims=True, dtype=np.float64).astype(np.float32)
+
+
 def class_maps(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, post: np.ndarray) -> None:
     """Each class's map at the full box from all particles weighted by their posteriors (half maps of a
     seeded split, FSC resolution): ``volumes_``, ``half_maps_``, ``fsc_``, ``resolution_A_``.
@@ -125,8 +133,7 @@ def class_maps(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, po
         rec = Reconstructor(bw, m.psize_A * b / bw, pad=m.pad, symmetry=m.symmetry,
                             max_resolution_A=m.max_resolution_A, regulariser="fsc", device=m.device)
         imgs = images[sel] if hasattr(images, "compute") else da.from_array(np.asarray(images), chunks=(1024, b, b))[sel]
-        if bw != b:
-            imgs = imgs.map_blocks(fo.fourier_crop, bw, chunks=(imgs.chunks[0], bw, bw), dtype=np.float32)
+        imgs = imgs.map_blocks(_crop_zero_mean, bw, chunks=(imgs.chunks[0], bw, bw), dtype=np.float32)
         rec.fit(imgs, m.rot_[sel], m.shifts_px_[sel] * (bw / b), half[sel],
                 ctf=None if ctf_params is None else {a: v[sel] for a, v in ctf_params.items()}, weights=wk[sel])
         # a voxel of the cropped box is (b / bw)^3 of the full box's, and a projection sums b / bw times
