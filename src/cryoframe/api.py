@@ -439,7 +439,8 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
              coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
              shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 1, ctf: bool = True,
              seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
-             overwrite: bool = False, scheduler: str | None = None, starts: int = 4, final_coarse_step_deg: float = 15.0) -> ParticleStore:
+             overwrite: bool = False, scheduler: str | None = None, starts: int = 4, final_coarse_step_deg: float = 15.0,
+             normalise_noise: bool = False) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes and 3D poses (see
     :func:`cryoframe.jobs.abinitio.abinitio`; resolutions in Å, shifts in px, steps in degrees)."""
     seed = _check_seed(seed)
@@ -457,7 +458,8 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
             class_similarity_anneal_end=class_similarity_anneal_end, coarse_step_deg=coarse_step_deg,
             fine_step_deg=fine_step_deg, shift_range_px=shift_range_px, shift_step_px=shift_step_px,
             n_candidates=n_candidates, final_passes=final_passes, ctf=ctf, seed=seed, device=device, resume=resume,
-            plots=plots, overwrite=overwrite, starts=starts, final_coarse_step_deg=final_coarse_step_deg)
+            plots=plots, overwrite=overwrite, starts=starts, final_coarse_step_deg=final_coarse_step_deg,
+            normalise_noise=normalise_noise)
 def view(store: StoreLike, *, join: Sequence[StoreLike] = (), save_dir: PathLike | None = None, serve: bool = False,
          port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> Any:
     """The interactive curation page (a Panel layout, shown inline in a notebook) for ``store``

@@ -46,6 +46,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--final-passes", type=int, default=1, help="search passes over all particles after SGD")
     p.add_argument("--starts", type=int, default=4,
                    help="random starts run through the initial phase; the best-fitting one is continued")
+    p.add_argument("--normalise-noise", action="store_true",
+                   help="divide each particle by its noise level (outer-shell power): for particles not "
+                        "normalised at extraction (raw counts, exposures of different dose)")
     p.add_argument("--no-ctf", dest="ctf", action="store_false", help="ignore the CTF")
     p.add_argument("--seed", type=seed_type, default=0)
     add_iterative_job_args(p, "resume from the store's checkpoint")
@@ -64,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
         class_similarity_anneal_end=args.class_similarity_anneal_end, coarse_step_deg=args.coarse_step,
         fine_step_deg=args.fine_step, shift_range_px=args.shift_range, shift_step_px=args.shift_step,
         n_candidates=args.candidates, final_passes=args.final_passes, starts=args.starts, final_coarse_step_deg=args.final_coarse_step, ctf=args.ctf, seed=args.seed,
-        device=args.device, resume=args.resume, plots=not args.no_plots, overwrite=args.overwrite)
+        normalise_noise=args.normalise_noise, device=args.device, resume=args.resume, plots=not args.no_plots,
+        overwrite=args.overwrite)
     print(f"ab-initio: {s.n} particles, {args.classes} class(es) -> {s.path} "
           f"(volumes, model.json, plots and per-class sets in {s.extras_dir()})")
     return 0

@@ -66,7 +66,8 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
              coarse_step_deg: float = 15.0, fine_step_deg: float = 1.875, shift_range_px: float = 6.0,
              shift_step_px: float = 2.0, n_candidates: int = 4, final_passes: int = 1, ctf: bool = True,
              seed: int = 0, device: str = "cpu", resume: bool = False, plots: bool = True,
-             overwrite: bool = False, starts: int = 4, final_coarse_step_deg: float = 15.0) -> ParticleStore:
+             overwrite: bool = False, starts: int = 4, final_coarse_step_deg: float = 15.0,
+             normalise_noise: bool = False) -> ParticleStore:
     """Ab-initio reconstruction of ``classes`` volumes from ``store``'s images; returns the output store.
 
     See :class:`cryoframe.algorithms.abinitio.AbInitio` for the parameters (resolutions in Å, shifts
@@ -104,7 +105,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
               "class_similarity_anneal_end": class_similarity_anneal_end, "coarse_step_deg": coarse_step_deg,
               "fine_step_deg": fine_step_deg, "shift_range_px": shift_range_px, "shift_step_px": shift_step_px,
               "n_candidates": n_candidates, "final_passes": final_passes, "ctf": ctf, "seed": seed, "resume": resume,
-              "starts": starts, "final_coarse_step_deg": final_coarse_step_deg}
+              "starts": starts, "final_coarse_step_deg": final_coarse_step_deg, "normalise_noise": normalise_noise}
     model = AbInitio(classes, psize_A=psize, symmetry=symmetry, max_resolution_A=max_resolution_A,
                      initial_resolution_A=initial_resolution_A, initial_iterations=initial_iterations,
                      intermediate_iterations=intermediate_iterations, final_iterations=final_iterations,
@@ -115,7 +116,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
                      class_similarity_anneal_end=class_similarity_anneal_end, coarse_step_deg=coarse_step_deg,
                      fine_step_deg=fine_step_deg, shift_range_px=shift_range_px, shift_step_px=shift_step_px,
                      n_candidates=n_candidates, final_passes=final_passes, random_state=seed, device=device,
-                     n_starts=starts, final_coarse_step_deg=final_coarse_step_deg)
+                     n_starts=starts, final_coarse_step_deg=final_coarse_step_deg, normalise_noise=normalise_noise)
     model._validate(len(used), int(store.box or 0))  # bad parameters fail before anything is written
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)
     with StoreWriter(out, op="abinitio", params=params, inputs=[store], parent=store, overwrite=overwrite) as w:

@@ -72,6 +72,7 @@ def load(m: Any) -> int:
     meta = json.loads(bytes(z["meta"]).decode())
     mine = json.loads(json.dumps(params(m), default=float))
     theirs = dict(meta["params"])
+    theirs.setdefault("normalise_noise", False)  # checkpoints written before the option
     for key in ("initial_iterations", "intermediate_iterations", "final_iterations", "final_passes"):
         mine.pop(key, None)
         theirs.pop(key, None)

@@ -13,17 +13,22 @@ from cryoframe.algorithms.posesearch import Components
 from cryoframe.geometry import fourier as fo
 from cryoframe.geometry.ctf import ctf_grid
 
-__all__ = ["lowpass_mask", "particle_components", "shell_power", "shell_tau2"]
+__all__ = ["lowpass_mask", "noise_scales", "particle_components", "shell_power", "shell_tau2"]
 
 
 def particle_components(images: Any, rows: np.ndarray, comps: Components, box: int, psize_A: float,
-                        ctf: dict[str, np.ndarray] | None, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, C)`` of the particles ``rows`` (indices into ``images`` (N, box, box), NumPy or dask;
-    ``ctf`` arrays are indexed by the same rows).  CTF = 1 when ``ctf`` is None."""
+                        ctf: dict[str, np.ndarray] | None, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, C, P)`` of the particles ``rows`` (indices into ``images`` (N, box, box), NumPy or dask;
+    ``ctf`` arrays are indexed by the same rows).  CTF = 1 when ``ctf`` is None.  ``P`` (n,) float64:
+    each particle's mean power ``|F|^2`` over the outer half of its transform (radii box/4 .. box/2),
+    where the CTF envelope leaves noise: its noise level, for :func:`noise_scales`."""
     n = len(rows)
     m = len(comps)
     X = np.empty((n, m), dtype=np.complex64)
     C = np.ones((n, m), dtype=np.float32)
+    P = np.empty(n, dtype=np.float64)
+    kx, ky, flat = fo.image_freqs(box)
+    outer = flat[np.hypot(kx, ky) >= box / 4]
     order = np.argsort(rows, kind="stable")
     srt = rows[order]
     for s in range(0, n, block):
@@ -32,10 +37,24 @@ def particle_components(images: Any, rows: np.ndarray, comps: Components, box: i
         lo, hi = int(r[0]), int(r[-1]) + 1
         chunk = images[lo:hi]
         chunk = np.asarray(chunk.compute() if hasattr(chunk, "compute") else chunk, dtype=np.float32)[r - lo]
-        X[o] = comps.take(fo.cfft2(chunk), box)
+        f = fo.cfft2(chunk)
+        X[o] = comps.take(f, box)
+        P[o] = (np.abs(f.reshape(len(r), -1)[:, outer]) ** 2).mean(1)
         if ctf is not None:
             C[o] = comps.take(ctf_grid(box, psize_A, {k: v[r] for k, v in ctf.items()}), box)
-    return X, C
+    return X, C, P
+
+
+def noise_scales(power: np.ndarray) -> np.ndarray:
+    """Per-particle factors (n,) that bring every particle to the median noise level: the square root
+    of its outer-shell power (:func:`particle_components`) over the median's.  RELION normalises each
+    particle's background at extraction; particles that were not (raw counts, exposures of different
+    dose, another program's extraction) would otherwise weigh in by their own scale.  1 where the
+    power is not positive (an empty or low-passed stack)."""
+    med = float(np.median(power)) if len(power) else 0.0
+    if not med > 0:
+        return np.ones(len(power))
+    return np.where(power > 0, np.sqrt(np.maximum(power, 1e-30) / med), 1.0)
 
 
 def shell_power(values: np.ndarray, comps: Components, m: int | None = None) -> np.ndarray:

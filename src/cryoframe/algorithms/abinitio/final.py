@@ -92,12 +92,13 @@ def final_search(m: Any, idx: np.ndarray, r: float) -> tuple[list[SearchResult],
     return out, ev
 
 
-def _crop_zero_mean(images: np.ndarray, box_out: int) -> np.ndarray:
-    """Images Fourier-cropped to ``box_out`` with their mean (DC) removed: the pose search and the SGD
-    volumes leave the origin out (:class:`~cryoframe.algorithms.posesearch.Components`), and an
-    offset of particles not normalised to a zero background would add a constant to the maps."""
+def _crop_zero_mean(images: np.ndarray, scale: np.ndarray, box_out: int) -> np.ndarray:
+    """Images Fourier-cropped to ``box_out``, their mean (DC) removed and divided by their noise scales
+    ``scale`` (n, 1, 1) as in the search: the pose search and the SGD volumes leave the origin out
+    (:class:`~cryoframe.algorithms.posesearch.Components`), and an offset of particles not normalised to
+    a zero background would add a constant to the maps."""
     out = fo.fourier_crop(images, box_out)
-    return out - out.mean(axis=(-2, -1), keepdims=True, dtype=np.float64).astype(np.float32)
+    return (out - out.mean(axis=(-2, -1), keepdims=True, dtype=np.float64).astype(np.float32)) / scale
 
 
 def class_maps(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, post: np.ndarray) -> None:
@@ -133,7 +134,8 @@ def class_maps(m: Any, images: Any, ctf_params: dict[str, np.ndarray] | None, po
         rec = Reconstructor(bw, m.psize_A * b / bw, pad=m.pad, symmetry=m.symmetry,
                             max_resolution_A=m.max_resolution_A, regulariser="fsc", device=m.device)
         imgs = images[sel] if hasattr(images, "compute") else da.from_array(np.asarray(images), chunks=(1024, b, b))[sel]
-        imgs = imgs.map_blocks(_crop_zero_mean, bw, chunks=(imgs.chunks[0], bw, bw), dtype=np.float32)
+        scale = da.from_array(m.noise_scale_[sel].astype(np.float32)[:, None, None], chunks=(imgs.chunks[0], 1, 1))
+        imgs = da.map_blocks(_crop_zero_mean, imgs, scale, bw, chunks=(imgs.chunks[0], bw, bw), dtype=np.float32)
         rec.fit(imgs, m.rot_[sel], m.shifts_px_[sel] * (bw / b), half[sel],
                 ctf=None if ctf_params is None else {a: v[sel] for a, v in ctf_params.items()}, weights=wk[sel])
         # a voxel of the cropped box is (b / bw)^3 of the full box's, and a projection sums b / bw times

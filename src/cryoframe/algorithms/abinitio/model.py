@@ -41,7 +41,13 @@ import numpy as np
 
 from cryoframe.algorithms.abinitio import checkpoint as ckpt
 from cryoframe.algorithms.abinitio import final as fin
-from cryoframe.algorithms.abinitio.data import lowpass_mask, particle_components, shell_power, shell_tau2
+from cryoframe.algorithms.abinitio.data import (
+    lowpass_mask,
+    noise_scales,
+    particle_components,
+    shell_power,
+    shell_tau2,
+)
 from cryoframe.algorithms.abinitio.schedule import Schedule
 from cryoframe.algorithms.abinitio.starts import pick_classes
 from cryoframe.algorithms.abinitio.validate import validate
@@ -107,6 +113,10 @@ class AbInitio:
     scale_prior_sd : per-particle contrast scale ``~ N(1, sd^2)`` marginalised out of every pose score
         (:class:`cryoframe.algorithms.posesearch.PoseSearch`); None: no scale.  Without it, particles of
         lower contrast than the reference pick the orientations of least projected power.
+    normalise_noise : divide each particle by its noise level over the median's, estimated from the power of
+        the outer half of its transform (:func:`~cryoframe.algorithms.abinitio.data.noise_scales`): for
+        particles not normalised at extraction (raw counts, exposures of different dose).  Off by default:
+        at high SNR (noiseless projections) the outer shells hold signal that varies with the view.
     device : ``cpu`` or ``gpu`` (:func:`cryoframe.backend.get_array_module`).
     checkpoint_dir : state after every ``checkpoint_every`` iterations, for ``fit(resume=True)``.
 
@@ -116,7 +126,8 @@ class AbInitio:
     ``resolution_A_`` (K,) FSC 0.143 of the half maps, ``fsc_`` (K, b // 2 + 1),
     ``poses_`` (n, 3) rotation vectors (rad), ``rot_`` (n, 3, 3), ``shifts_px_`` (n, 2) (px of the
     images, the translation that centres the particle), ``labels_`` (n,), ``posteriors_`` (n, K),
-    ``class_sizes_`` (K,), ``history_`` (per iteration), ``slices_`` (snapshots of the central
+    ``class_sizes_`` (K,), ``noise_scale_`` (n,) the factors its images were divided by (ones
+    unless ``normalise_noise``), ``history_`` (per iteration), ``slices_`` (snapshots of the central
     slices), ``working_box_``, ``n_iter_``, ``events_`` (class re-initialisations).
     """
 
@@ -132,8 +143,9 @@ class AbInitio:
                  window_outer_radius: float = 0.99, final_passes: int = 1, soft_candidates: int = 24, tau2_fudge: float = 4.0, pad: int = 2,
                  random_state: int = 0, device: str = "cpu", checkpoint_dir: str | os.PathLike[str] | None = None,
                  checkpoint_every: int = 10, scale_prior_sd: float | None = 0.3, n_starts: int = 4,
-                 final_coarse_step_deg: float = 15.0) -> None:
+                 final_coarse_step_deg: float = 15.0, normalise_noise: bool = False) -> None:
         self.n_classes = n_classes
+        self.normalise_noise = normalise_noise
         self.psize_A = psize_A
         self.symmetry = symmetry
         self.max_resolution_A = max_resolution_A
@@ -241,7 +253,9 @@ class AbInitio:
         comps = Components(r_max)
         self._comps = comps
         self._sym = symmetry_matrices(self.symmetry)
-        X, C = particle_components(images, np.arange(n), comps, box, self.psize_A, ctf_params)
+        X, C, P = particle_components(images, np.arange(n), comps, box, self.psize_A, ctf_params)
+        self.noise_scale_ = noise_scales(P) if self.normalise_noise else np.ones(n)
+        X /= self.noise_scale_[:, None].astype(np.float32)
         self._X, self._C = xp.asarray(X), xp.asarray(C)
         # the final search scores its coarse grid at the full search radius (and so on the shift
         # lattice that radius needs, 1 px at 12 Å in a 64 px box of 2 Å/px) rather than at the radius the
