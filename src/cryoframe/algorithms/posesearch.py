@@ -52,10 +52,12 @@ class Components:
     ``kx``, ``ky`` (m,) integers, ``radius`` (m,), ``mult`` (m,) 2 for kx > 0 else 1.  The same list
     indexes transforms of any box larger than ``2 r_max`` (:meth:`flat`): a Fourier-cropped working
     box and the full box share frequencies (cycles per box) when the pixel size scales with the box.
-    The origin (DC, the image mean) is left out, as RELION's and cryoSPARC's likelihoods and this
-    package's 2D/3D classification do: it holds no pose information, and particles that were not
-    normalised to a zero background (raw counts, another program's extraction) carry an arbitrary
-    offset there that would swamp the low-resolution scores and, inserted, the volumes.
+    The origin (DC, the image mean) is left out, as RELION's probability calculation does ("Exclude
+    origin (ires==0) from the Probability-calculation. This way we are invariant to additive factors",
+    ``src/ml_optimiser.cpp``, 3dem/relion 73f0a3c) and this package's 2D/3D classification: it holds no
+    pose information, and particles that were not normalised to a zero background (raw counts, another
+    program's extraction) carry an arbitrary offset there that would swamp the low-resolution scores
+    and, inserted, the volumes.
     """
 
     def __init__(self, r_max: float) -> None:
