@@ -17,16 +17,18 @@ __all__ = ["lowpass_mask", "noise_scales", "particle_components", "shell_power",
 
 
 def particle_components(images: Any, rows: np.ndarray, comps: Components, box: int, psize_A: float,
-                        ctf: dict[str, np.ndarray] | None, block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                        ctf: dict[str, np.ndarray] | None, block: int = 1024,
+                        noise_power: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(X, C, P)`` of the particles ``rows`` (indices into ``images`` (N, box, box), NumPy or dask;
-    ``ctf`` arrays are indexed by the same rows).  CTF = 1 when ``ctf`` is None.  ``P`` (n,) float64:
-    each particle's mean power ``|F|^2`` over the outer half of its transform (radii box/4 .. box/2),
-    where the CTF envelope leaves noise: its noise level, for :func:`noise_scales`."""
+    ``ctf`` arrays are indexed by the same rows).  CTF = 1 when ``ctf`` is None.  ``P`` (n,) float64
+    when ``noise_power`` (else None): each particle's mean power ``|F|^2`` over the outer half of its
+    transform (radii box/4 .. box/2), where the CTF envelope leaves noise: its noise level, for
+    :func:`noise_scales`."""
     n = len(rows)
     m = len(comps)
     X = np.empty((n, m), dtype=np.complex64)
     C = np.ones((n, m), dtype=np.float32)
-    P = np.empty(n, dtype=np.float64)
+    P = np.empty(n, dtype=np.float64) if noise_power else None
     kx, ky, flat = fo.image_freqs(box)
     outer = flat[np.hypot(kx, ky) >= box / 4]
     order = np.argsort(rows, kind="stable")
@@ -39,7 +41,8 @@ def particle_components(images: Any, rows: np.ndarray, comps: Components, box: i
         chunk = np.asarray(chunk.compute() if hasattr(chunk, "compute") else chunk, dtype=np.float32)[r - lo]
         f = fo.cfft2(chunk)
         X[o] = comps.take(f, box)
-        P[o] = (np.abs(f.reshape(len(r), -1)[:, outer]) ** 2).mean(1)
+        if P is not None:
+            P[o] = (np.abs(f.reshape(len(r), -1)[:, outer]) ** 2).mean(1)
         if ctf is not None:
             C[o] = comps.take(ctf_grid(box, psize_A, {k: v[r] for k, v in ctf.items()}), box)
     return X, C, P

@@ -253,9 +253,11 @@ class AbInitio:
         comps = Components(r_max)
         self._comps = comps
         self._sym = symmetry_matrices(self.symmetry)
-        X, C, P = particle_components(images, np.arange(n), comps, box, self.psize_A, ctf_params)
-        self.noise_scale_ = noise_scales(P) if self.normalise_noise else np.ones(n)
-        X /= self.noise_scale_[:, None].astype(np.float32)
+        X, C, P = particle_components(images, np.arange(n), comps, box, self.psize_A, ctf_params,
+                                      noise_power=self.normalise_noise)
+        self.noise_scale_ = np.ones(n) if P is None else noise_scales(P)
+        if P is not None:
+            X /= self.noise_scale_[:, None].astype(np.float32)
         self._X, self._C = xp.asarray(X), xp.asarray(C)
         # the final search scores its coarse grid at the full search radius (and so on the shift
         # lattice that radius needs, 1 px at 12 Å in a 64 px box of 2 Å/px) rather than at the radius the
