@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -11,7 +12,7 @@ from nbclient import NotebookClient
 NB = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-@pytest.mark.parametrize("name", ["01_curation.ipynb", "02_cluster.ipynb"])
+@pytest.mark.parametrize("name", ["01_curation.ipynb", "02_cluster.ipynb", "03_3d.ipynb"])
 def test_notebook_executes(name: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("CRYOFRAME_NB_WORKDIR", str(tmp_path))
     nb = nbformat.read(NB / name, as_version=4)
@@ -20,3 +21,6 @@ def test_notebook_executes(name: str, tmp_path: Path, monkeypatch) -> None:  # n
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert str(tmp_path) in text  # it really ran here, on fresh data
+    if name == "03_3d.ipynb":  # the 3D tour's outcome: the poseless particles' states separate downstream
+        ari = re.search(r"adjusted Rand index against the true states: ([0-9.]+)", text)
+        assert ari is not None and float(ari.group(1)) >= 0.9, text
