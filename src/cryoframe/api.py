@@ -429,6 +429,7 @@ def class3d(store: StoreLike, out: PathLike, *, classes: int | None = None, iter
                         partition_size=partition_size, device=device, resume=resume, plots=plots,
                         overwrite=overwrite)
 
+
 def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: int | None = None,
              symmetry: str = "C1", max_resolution_A: float = 12.0, initial_resolution_A: float | None = None,
              initial_iterations: int = 40, intermediate_iterations: int | None = None, final_iterations: int = 0,
@@ -460,6 +461,8 @@ def abinitio(store: StoreLike, out: PathLike, *, classes: int = 1, particles: in
             n_candidates=n_candidates, final_passes=final_passes, ctf=ctf, seed=seed, device=device, resume=resume,
             plots=plots, overwrite=overwrite, starts=starts, final_coarse_step_deg=final_coarse_step_deg,
             normalise_noise=normalise_noise)
+
+
 def view(store: StoreLike, *, join: Sequence[StoreLike] = (), save_dir: PathLike | None = None, serve: bool = False,
          port: int = 5006, address: str = "127.0.0.1", show: bool = True) -> Any:
     """The interactive curation page (a Panel layout, shown inline in a notebook) for ``store``
