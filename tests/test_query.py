@@ -70,6 +70,21 @@ def test_query_on_uid_keeps_uint64(store) -> None:  # noqa: ANN001
     assert len(df) == 1 and int(df["uid"].iloc[0]) == big
 
 
+def test_uid_lists_beyond_int64(store) -> None:  # noqa: ANN001
+    """Half of all uids are beyond int64 (cryoSPARC draws them over the full uint64 range): a list of
+    them in ``in``/``not in`` failed with "'Compare' object is not callable" (pandas' parser) and an
+    overflow (Arrow's kernels)."""
+    big = int(np.iinfo(np.uint64).max)
+    n = len(api.query(store, None))
+    assert len(api.query(store, f"uid in [{big}]")) == 1
+    assert len(api.query(store, f"uid not in [ {big} , ]")) == n - 1
+    small = int(api.query(store, f"uid != {big}", head=1)["uid"].iloc[0])
+    both = api.query(store, f"uid in [{small}, {big}]")
+    assert sorted(int(u) for u in both["uid"]) == sorted([small, big])
+    with pytest.raises(InputError, match="larger than the uint64 range"):
+        api.query(store, f"uid in [1, {big + 1}]")
+
+
 def test_bad_queries(store, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     with pytest.raises(InputError, match="ctf/nope"):
         api.query(store, "`ctf/nope` > 1", out=tmp_path / "x.cf")
@@ -123,6 +138,8 @@ EXPRESSIONS = [
     "`alignments3D/error` * 2 >= 7.5 or `blob/idx` == 3",
     "uid > 9223372036854775807",
     "uid == 18446744073709551615",
+    "uid in [18446744073709551615, 3]",
+    "uid not in [18446744073709551615]",
     "`alignments3D/error` != `alignments3D/error`",
 ]
 

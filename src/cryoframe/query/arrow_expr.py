@@ -13,6 +13,7 @@ import ast
 import re
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -103,12 +104,9 @@ class _Translator(ast.NodeVisitor):
         left = self.visit(node.left)
         for op, comp in zip(node.ops, node.comparators, strict=True):
             if isinstance(op, (ast.In, ast.NotIn)):
-                if not isinstance(comp, (ast.List, ast.Tuple, ast.Set)):
-                    raise Unsupported("in needs a literal list")
-                values = [c.value for c in comp.elts if isinstance(c, ast.Constant)]
-                if len(values) != len(comp.elts):
-                    raise Unsupported("in list of non-literals")
-                term = _expr(left).isin(values)
+                values = self._values(comp)
+                big = all(isinstance(v, int) and v >= 0 for v in values) and max(values, default=0) > 2 ** 63 - 1
+                term = _expr(left).isin(pa.array(values, pa.uint64()) if big else values)
                 term = ~term if isinstance(op, ast.NotIn) else term
                 right = None
             else:
@@ -122,6 +120,22 @@ class _Translator(ast.NodeVisitor):
             out = term if out is None else out & term
             left = right if right is not None else left
         return out
+
+    def _values(self, comp: ast.AST) -> list[Any]:
+        """The right side of ``in``: a list of literals, or a local holding an array of them (a list of
+        uint64 uids, :func:`cryoframe.query.expr.prepare_where`)."""
+        if isinstance(comp, ast.Name):
+            name = self.names.get(comp.id, comp.id)
+            v = self.local.get(name[1:]) if name.startswith("@") else None
+            if isinstance(v, np.ndarray) and v.ndim == 1:
+                return v.tolist()
+            raise Unsupported("in needs a literal list")
+        if not isinstance(comp, (ast.List, ast.Tuple, ast.Set)):
+            raise Unsupported("in needs a literal list")
+        values = [c.value for c in comp.elts if isinstance(c, ast.Constant)]
+        if len(values) != len(comp.elts):
+            raise Unsupported("in list of non-literals")
+        return values
 
     def visit_Call(self, node: ast.Call) -> Any:
         if isinstance(node.func, ast.Name) and node.func.id == "abs" and len(node.args) == 1 and not node.keywords:

@@ -124,16 +124,31 @@ def prepare_where(where: str) -> tuple[str, dict[str, Any]]:
     return expr, local
 
 
+_INT_LIST = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*,?\s*\]")
+
+
 def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:
     """Integer literals beyond int64 (uids use the full uint64 range) become uint64 locals.
 
-    pandas would otherwise overflow converting them to C long.
+    pandas would otherwise overflow converting them to C long.  A list of integer literals holding
+    one becomes one uint64 array local (``uid in [15397802973147551045, 7]``): pandas' parser takes
+    ``in @array`` but not a list of ``@`` locals.
     """
     import numpy as np
 
     local: dict[str, Any] = {}
     parts = where.split("`")
     for i in range(0, len(parts), 2):  # outside backticks only
+        def repl_list(m: re.Match[str]) -> str:
+            values = [int(v) for v in re.findall(r"\d+", m.group(0))]
+            if max(values) <= np.iinfo(np.int64).max:
+                return m.group(0)
+            if max(values) > np.iinfo(np.uint64).max:
+                raise InputError(f"integer literal {max(values)} in --where is larger than the uint64 range")
+            key = f"_cf_u{len(local)}"
+            local[key] = np.array(values, dtype=np.uint64)
+            return "@" + key
+
         def repl(m: re.Match[str]) -> str:
             v = int(m.group(1))
             if v <= np.iinfo(np.int64).max:
@@ -144,7 +159,7 @@ def _uint64_literals(where: str) -> tuple[str, dict[str, Any]]:
             local[key] = np.uint64(v)
             return "@" + key
 
-        parts[i] = _BIG_INT.sub(repl, parts[i])
+        parts[i] = _BIG_INT.sub(repl, _INT_LIST.sub(repl_list, parts[i]))
     return "`".join(parts), local
 
 
