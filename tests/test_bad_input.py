@@ -97,6 +97,16 @@ def test_truncated_stack(proj, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     _fails(run_cli, tmp_path, proj.main, "--project-dir", proj.root, expect=[proj.stacks[0].name, "truncated"])
 
 
+def test_nan_pixels_in_a_stack(proj, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    """One NaN pixel would turn every later map and score into NaN: the import names the stack and the image."""
+    data = proj.images[proj.stacks[1].relative_to(proj.root).as_posix()].copy()
+    data[1, 5, 7] = np.nan
+    data[3, 0, 0] = np.inf
+    write_mrcs(proj.stacks[1], data)
+    _fails(run_cli, tmp_path, proj.main, "--project-dir", proj.root,
+           expect=[proj.stacks[1].name, "positions [2, 4]", "1-based", "NaN or infinite"])
+
+
 def test_star_without_required_columns(tmp_path: Path, run_cli) -> None:  # noqa: ANN001
     bad = tmp_path / "nocols.star"
     starfile.write({"particles": pd.DataFrame({"rlnDefocusU": [1.0, 2.0]})}, bad)

@@ -14,7 +14,7 @@ reconstruction or 3D classification pass maps the back-projection of each partit
 
     from cryoframe.distributed.mapreduce import map_partitions, sum_reduce
 
-    num, den = map_partitions(backproject_partition, store.images(), model, chunk=512,
+    num, den = map_partitions(backproject_partition, store.images(finite=True), model, chunk=512,
                               per_rows=[ctf_params, poses], reduce=sum_reduce)
 
 The result is computed with whatever scheduler is active (``cryoframe.distributed.scheduler``).

@@ -58,6 +58,9 @@ def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
         raise FormatError(f"{p}: not a readable MRC map ({exc})") from exc
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise InputError(f"{p}: expected a cubic 3D map, got shape {data.shape}")
+    bad = int(np.count_nonzero(~np.isfinite(data)))
+    if bad:
+        raise FormatError(f"{p}: {bad} voxels are NaN or infinite; expected finite values")
     return data, vs
 
 

@@ -124,7 +124,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
         if resume:
             shutil.copytree(ckpt_src, ckpt)
         model.checkpoint_dir = str(ckpt)
-        images = store.images()
+        images = store.images(finite=True)
         if len(used) < n_all:
             images = images[used]
         model.fit(images, ctfp, resume=resume)

@@ -162,7 +162,9 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
                         algorithm=o["algorithm"], init=o["init"], nbasis=o["nbasis"], random_state=o["seed"],
                         scale_mode=o["scale"], outliers=o["outliers"], device=device, checkpoint_dir=str(ckpt), warm_start=resume)
         try:
-            model.fit(store.images(), ctf_params=ctfp, groups=noise_groups(store))
+            model.fit(store.images(finite=True), ctf_params=ctfp, groups=noise_groups(store))
+        except InputError:  # the data's own error (e.g. a NaN image), not the checkpoint's
+            raise
         except (ValueError, FileNotFoundError) as exc:
             if resume:
                 raise InputError(f"{store.path}: cannot continue from its checkpoint ({exc})") from exc

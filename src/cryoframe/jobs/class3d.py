@@ -129,7 +129,7 @@ def class3d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
         raise InputError(f"{store.path}: {SPLIT_FIELD} must hold both halves 0 and 1")
     if resume and not any((store.extras_dir() / CKPT).glob("state.npz")):
         raise InputError(f"{store.path}: --continue needs a class3d checkpoint in {store.extras_dir() / CKPT}")
-    images = store.images()
+    images = store.images(finite=True)
     if bw != box:
         images = images.map_blocks(fourier_crop, bw, chunks=(images.chunks[0], bw, bw), dtype=np.float32)
     overwrite = overwrite or (resume and Path(out).absolute() == store.path)

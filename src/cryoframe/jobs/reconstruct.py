@@ -101,7 +101,7 @@ def reconstruct(store: ParticleStore, out: str | os.PathLike[str], *, symmetry: 
     model = Reconstructor(box, psize, pad=pad, symmetry=symmetry, max_resolution_A=max_resolution_A,
                           regulariser=regulariser, tau2_fudge=tau2_fudge, device=device,
                           partition_size=partition_size)
-    model.fit(store.read_images, g["rot"], g["shifts_px"], split, ctf=g["ctf"], weights=w, mask=m)
+    model.fit(lambda a, b: store.read_images(a, b, finite=True), g["rot"], g["shifts_px"], split, ctf=g["ctf"], weights=w, mask=m)
     t_fit = time.perf_counter()
     with atomic_path(final) as tmp:  # the whole directory appears at once, or nothing
         tmp.mkdir()

@@ -32,5 +32,15 @@ def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str 
     if missing:
         raise InputError(f"{store.path}: {need} needs field(s) {', '.join(missing)}; {hint}")
     keys = [*CTF_KEYS, *(k for k in OPTIONAL_CTF_KEYS if f"ctf/{k}" in store.fields)]
-    t = store.table([f"ctf/{k}" for k in keys])
-    return {k: numeric_values(t.column(f"ctf/{k}")).astype(np.float64) for k in keys}
+    t = store.table(["uid", *(f"ctf/{k}" for k in keys)])
+    out = {k: numeric_values(t.column(f"ctf/{k}")).astype(np.float64) for k in keys}
+    for k, v in out.items():  # a NaN defocus makes every map and score NaN
+        bad = np.flatnonzero(~np.isfinite(v))
+        if len(bad):
+            rows = bad[:5].tolist()
+            uids = t.column("uid").take(rows).to_pylist()
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise InputError(f"{store.path}: field ctf/{k} is NaN, null or infinite for particles {rows}{more} "
+                             f"(0-based, store order; uid {uids}); {need} needs finite values: fix them, leave them out "
+                             f"with `cryoframe query {store.path} --where 'uid not in {uids}'`, or {hint}")
+    return out

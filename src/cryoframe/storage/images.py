@@ -105,6 +105,11 @@ def import_images(
         for p in np.unique(paths):
             sel = np.nonzero(paths == p)[0]
             block[sel] = r.read(resolved[p], idx[sel].astype(np.int64))
+            bad = np.flatnonzero(~np.isfinite(block[sel]).all(axis=(1, 2)))
+            if len(bad):  # one NaN pixel turns every later map and score into NaN
+                first = [int(i) + 1 for i in idx[sel][bad][:5]]
+                raise FormatError(f"{resolved[p]}: the images at positions {first} of this stack (1-based; named by "
+                                  f"{field} in {source}) hold NaN or infinite pixels; expected finite values")
         arr[a:b] = block
 
     try:

@@ -42,7 +42,7 @@ from cryoframe.storage.manifest import (
 from cryoframe.storage.parquet import footer as _footer
 from cryoframe.storage.parquet import parquet_kwargs as _parquet_kwargs
 
-__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "materialize", "image_chunk_rows", "prefetch"]
+__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "check_finite", "image_chunk_rows", "materialize", "prefetch"]
 
 _log = logging.getLogger(__name__)
 
@@ -504,24 +504,59 @@ class ParticleStore:
             self._image_rows = rows
         return self._image_rows
 
-    def images(self) -> Any:
-        """Lazy dask array (n, box, box) of this store's particle images in store order."""
+    def images(self, *, finite: bool = False) -> Any:
+        """Lazy dask array (n, box, box) of this store's particle images in store order.
+
+        ``finite``: each block is checked as it is read, and a particle whose image holds a NaN or an
+        infinity raises :class:`InputError` naming the store and the particle (:meth:`check_finite`):
+        the compute jobs ask for it, since one such pixel turns every map and score into NaN.
+        """
         import dask.array as da
 
         z = self.image_array()
         x = da.from_zarr(z)  # type: ignore[no-untyped-call]  # dask.array.from_zarr is unannotated
         rows = self.image_rows()
-        if len(rows) == z.shape[0] and np.array_equal(rows, np.arange(len(rows))):
-            return x
-        return x[rows]
+        if not (len(rows) == z.shape[0] and np.array_equal(rows, np.arange(len(rows)))):
+            x = x[rows]
+        if finite:
+            x = x.map_blocks(_finite_block, str(self.path), dtype=x.dtype, meta=np.empty((0, 0, 0), x.dtype))
+        return x
 
-    def read_images(self, start: int, stop: int) -> np.ndarray:
-        """Images of particles ``start:stop`` (store order) as a NumPy array."""
+    def read_images(self, start: int, stop: int, *, finite: bool = False) -> np.ndarray:
+        """Images of particles ``start:stop`` (store order) as a NumPy array (``finite``: as :meth:`images`)."""
         z = self.image_array()
         rows = self.image_rows()[start:stop]
         if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1):
-            return np.asarray(z[int(rows[0]) : int(rows[-1]) + 1])
-        return np.asarray(z.get_orthogonal_selection((rows, slice(None), slice(None))))
+            out = np.asarray(z[int(rows[0]) : int(rows[-1]) + 1])
+        else:
+            out = np.asarray(z.get_orthogonal_selection((rows, slice(None), slice(None))))
+        if finite:
+            check_finite(out, start, str(self.path))
+        return out
+
+
+def check_finite(images: np.ndarray, start: int, source: str) -> None:
+    """Raise :class:`InputError` when any of ``images`` (particles ``start, start + 1, ...`` of ``source``)
+    holds a NaN or an infinity, naming the particles (0-based, store order, as ``cryoframe query`` counts)."""
+    bad = np.flatnonzero(~np.isfinite(images).all(axis=tuple(range(1, images.ndim))))
+    if len(bad):
+        rows = [int(start + i) for i in bad[:5]]
+        more = f" and {len(bad) - 5} more in this block" if len(bad) > 5 else ""
+        try:  # only on the error path: the uids a query can leave out
+            uids = ParticleStore(source).table(["uid"]).column(0).take(pa.array(rows)).to_pylist()
+            who = f"particles {rows}{more} (0-based, store order; uid {uids})"
+            hint = f"leave them out with `cryoframe query {source} --where 'uid not in {uids}'`"
+        except Exception:  # noqa: BLE001  # the message without uids rather than a second error
+            who, hint = f"particles {rows}{more} (0-based, store order)", "leave them out with `cryoframe query`"
+        raise InputError(f"{source}: the images of {who} hold NaN or infinite pixels; expected finite values "
+                         f"(re-extract them, or {hint})")
+
+
+def _finite_block(block: np.ndarray, source: str, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """:func:`check_finite` of one dask block of :meth:`ParticleStore.images` (its first row from ``block_info``)."""
+    start = 0 if not block_info else int(block_info[0]["array-location"][0][0])
+    check_finite(block, start, source)
+    return block
 
 
 def materialize(view: ParticleStore, out: str | os.PathLike[str], *, overwrite: bool = False) -> ParticleStore:
