@@ -92,11 +92,7 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
             box = int(u[0][0])
     if box is None:
         raise InputError(f"{store.path}: unknown box size (no images and no blob/shape)")
-    psize = store.psize_A
-    if not psize and "blob/psize_A" in fields:
-        psize = float(numeric_values(store.table(["blob/psize_A"]).column(0))[0])
-    if not psize:
-        raise InputError(f"{store.path}: unknown pixel size (no psize_A in the manifest and no blob/psize_A)")
+    psize = store.pixel_size()
     cols = [POSE_FIELD] + [f for f in (SHIFT_FIELD, "alignments3D/psize_A", SPLIT_FIELD) if f in fields]
     t = store.table(cols)
 

@@ -82,9 +82,7 @@ def abinitio(store: ParticleStore, out: str | os.PathLike[str], *, classes: int 
         raise InputError(f"--particles {particles} must be between 1 and the number of particles ({n_all})")
     if classes > (particles or n_all):
         raise InputError(f"--classes {classes} is larger than the number of particles ({particles or n_all})")
-    psize = store.psize_A
-    if not psize:
-        raise InputError(f"{store.path}: unknown pixel size (no psize_A in the manifest)")
+    psize = store.pixel_size()
     ckpt_src = store.extras_dir() / CKPT
     if resume and not (ckpt_src / "abinitio_state.npz").is_file():
         raise InputError(f"{store.path}: --continue needs an ab-initio checkpoint in {ckpt_src}")

@@ -143,7 +143,7 @@ def class2d(store: ParticleStore, out: str | os.PathLike[str], *, classes: int |
         "outliers": outliers}, resume)
     if o["classes"] > store.n:
         raise InputError(f"--classes {o['classes']} is larger than the number of particles ({store.n})")
-    psize = store.psize_A or 1.0
+    psize = store.pixel_size(default=1.0)  # mixed pixel sizes are an error; none known: 1 Å/px (no CTF needed)
     if o["mask_diameter_A"] is not None and o["mask_diameter_A"] > box * psize:
         raise InputError(f"--mask-diameter {o['mask_diameter_A']} Å is larger than the box "
                          f"({box} px x {psize} Å/px = {box * psize:.1f} Å)")

@@ -359,6 +359,26 @@ class ParticleStore:
         """Image pixel size in Å/px (None when unknown)."""
         return self.manifest.psize_A
 
+    def pixel_size(self, default: float | None = None) -> float:
+        """The particles' one pixel size (Å/px): the manifest's, else the single value of ``blob/psize_A``,
+        else ``default``.  Raises :class:`InputError` when the particles have several (optics groups of
+        different pixel sizes: a job run over them would use one for all) or none is known and no default."""
+        if self.psize_A:
+            return float(self.psize_A)
+        if "blob/psize_A" in self.fields:
+            v = numeric_values(self.table(["blob/psize_A"]).column(0)).astype(np.float64)
+            u = np.unique(np.round(v[np.isfinite(v) & (v > 0)], 4))
+            if len(u) > 1:
+                listed = ", ".join(f"{x:g}" for x in u[:4]) + (", ..." if len(u) > 4 else "")
+                raise InputError(f"{self.path}: particles have mixed pixel sizes (blob/psize_A {listed} Å); run "
+                                 f"each pixel size separately, e.g. the particles of {u[0]:g} Å/px with `cryoframe "
+                                 f"query {self.path} --where 'abs(`blob/psize_A` - {u[0]:g}) < 0.0001'`")
+            if len(u) == 1:
+                return float(u[0])
+        if default is not None:
+            return float(default)
+        raise InputError(f"{self.path}: unknown pixel size (no psize_A in the manifest and no blob/psize_A)")
+
     @property
     def content_hash(self) -> str:
         return self.manifest.content_hash
