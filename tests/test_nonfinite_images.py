@@ -129,3 +129,30 @@ def test_a_nan_defocus_is_one_clear_error(tmp_path: Path, run_cli) -> None:  # n
     assert code == 0, err
     rec = api.reconstruct(d / "ok.cf", tmp_path / "rec", plots=False)
     assert rec["n_particles"] == 39 and np.isfinite(mrcfile.read(rec["files"]["map"])).all()
+
+
+@pytest.mark.parametrize(("label", "value", "field", "what"), [
+    ("rlnVoltage", 0.0, "ctf/accel_kv", "not > 0 kV"),
+    ("rlnVoltage", -300.0, "ctf/accel_kv", "not > 0 kV"),
+    ("rlnAmplitudeContrast", 1.5, "ctf/amp_contrast", "not in [0, 1)"),
+])
+def test_an_undefined_ctf_is_one_clear_error(label: str, value: float, field: str, what: str, tmp_path: Path,
+                                             run_cli) -> None:  # noqa: ANN001
+    """Optics values for which the CTF is undefined (NaN maps before: the electron wavelength at 0 kV,
+    the arcsin of the amplitude contrast) are refused by the jobs that apply the CTF."""
+    import starfile
+
+    from cryoframe.testing import write_star_dataset
+
+    ds = write_star_dataset(tmp_path / "rel", 20, box=16, classes=1, snr=1.0, kind="3d", seed=0, psize_A=4.0)
+    blocks = starfile.read(ds.particles, always_dict=True)
+    blocks["optics"][label] = value
+    starfile.write(blocks, tmp_path / "rel" / "bad.star")
+    d = tmp_path / "stores"
+    d.mkdir()
+    api.import_(tmp_path / "rel" / "bad.star", d / "c.cf")
+    code, _, err = run_cli("reconstruct", d / "c.cf", "--no-plots", "--out", tmp_path / "rec")
+    assert code == 2 and f"field {field} is {what}" in err and f"value {value:g}" in err, err
+    assert not (tmp_path / "rec").exists()
+    code, _, err = run_cli("reconstruct", d / "c.cf", "--no-plots", "--no-ctf", "--out", tmp_path / "rec")
+    assert code == 0, err  # the hint it gives works

@@ -22,6 +22,9 @@ CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast
 """Required CTF parameters (store fields ``ctf/<key>``)."""
 OPTIONAL_CTF_KEYS = ("phase_shift_rad",)
 """Read when the store has them (phase plates); absent means zero."""
+_VALID = {"accel_kv": ((0.0, np.inf), "> 0 kV"), "amp_contrast": ((0.0, 1.0), "in [0, 1)")}
+"""Ranges outside which the CTF is undefined (the electron wavelength at 0 kV, the phase ``arcsin`` of
+the amplitude contrast): the maps would be NaN.  Lower bound inclusive for the contrast only."""
 
 
 def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str = "CTF correction") -> dict[str, np.ndarray]:
@@ -34,13 +37,18 @@ def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str 
     keys = [*CTF_KEYS, *(k for k in OPTIONAL_CTF_KEYS if f"ctf/{k}" in store.fields)]
     t = store.table(["uid", *(f"ctf/{k}" for k in keys)])
     out = {k: numeric_values(t.column(f"ctf/{k}")).astype(np.float64) for k in keys}
-    for k, v in out.items():  # a NaN defocus makes every map and score NaN
-        bad = np.flatnonzero(~np.isfinite(v))
+    for k, v in out.items():  # a NaN defocus (or a 0 kV voltage) makes every map and score NaN
+        what = "NaN, null or infinite"
+        ok = np.isfinite(v)
+        if k in _VALID and ok.all():
+            (lo, hi), what = _VALID[k][0], f"not {_VALID[k][1]}"
+            ok = ((v > lo) if k == "accel_kv" else (v >= lo)) & (v < hi)
+        bad = np.flatnonzero(~ok)
         if len(bad):
             rows = bad[:5].tolist()
             uids = t.column("uid").take(rows).to_pylist()
             more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            raise InputError(f"{store.path}: field ctf/{k} is NaN, null or infinite for particles {rows}{more} "
-                             f"(0-based, store order; uid {uids}); {need} needs finite values: fix them, leave them out "
-                             f"with `cryoframe query {store.path} --where 'uid not in {uids}'`, or {hint}")
+            raise InputError(f"{store.path}: field ctf/{k} is {what} for particles {rows}{more} (0-based, store "
+                             f"order; uid {uids}; value {v[rows[0]]:g}); {need} needs valid values: fix them, leave "
+                             f"them out with `cryoframe query {store.path} --where 'uid not in {uids}'`, or {hint}")
     return out
