@@ -156,3 +156,25 @@ def test_an_undefined_ctf_is_one_clear_error(label: str, value: float, field: st
     assert not (tmp_path / "rec").exists()
     code, _, err = run_cli("reconstruct", d / "c.cf", "--no-plots", "--no-ctf", "--out", tmp_path / "rec")
     assert code == 0, err  # the hint it gives works
+
+
+@pytest.mark.parametrize(("label", "field"), [("rlnOriginXAngst", "alignments3D/shift"),
+                                              ("rlnAngleTilt", "alignments3D/pose")])
+def test_a_nan_pose_or_shift_is_one_clear_error(label: str, field: str, tmp_path: Path, run_cli) -> None:  # noqa: ANN001
+    import starfile
+
+    from cryoframe.testing import write_star_dataset
+
+    ds = write_star_dataset(tmp_path / "rel", 20, box=16, classes=1, snr=1.0, kind="3d", seed=0, psize_A=4.0)
+    blocks = starfile.read(ds.particles, always_dict=True)
+    blocks["particles"].loc[3, label] = np.nan
+    starfile.write(blocks, tmp_path / "rel" / "bad.star")
+    d = tmp_path / "stores"
+    d.mkdir()
+    s = api.import_(tmp_path / "rel" / "bad.star", d / "c.cf")
+    uid = int(s.table(["uid"]).column(0)[3].as_py())
+    code, _, err = run_cli("reconstruct", d / "c.cf", "--no-plots", "--out", tmp_path / "rec")
+    assert code == 2, err
+    for part in (f"field {field} is NaN, null or infinite", "particles [3]", f"uid [{uid}]"):
+        assert part in err, err
+    assert not (tmp_path / "rec").exists()

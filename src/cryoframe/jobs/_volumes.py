@@ -15,7 +15,7 @@ from cryoframe.geometry.rotations import pose_matrix
 from cryoframe.schema.types import numeric_values
 from cryoframe.storage.atomic import atomic_path
 from cryoframe.storage.ctf import read_ctf_params
-from cryoframe.storage.store import ParticleStore
+from cryoframe.storage.store import ParticleStore, bad_particles
 
 __all__ = ["CTF_FIELDS", "POSE_FIELD", "SHIFT_FIELD", "SPLIT_FIELD", "particle_geometry", "read_map", "write_map"]
 
@@ -64,6 +64,14 @@ def read_map(path: str | os.PathLike[str]) -> tuple[np.ndarray, float]:
     return data, vs
 
 
+def _refuse_non_finite(store: ParticleStore, field: str, values: np.ndarray) -> None:
+    """Raise :class:`InputError` naming the particles whose ``field`` (rows of ``values``) is NaN or infinite."""
+    bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if len(bad):
+        raise bad_particles(store, bad, f"field {field} is NaN, null or infinite for {{who}}",
+                            "fix them (a refinement's output should not hold any)")
+
+
 def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = True) -> dict[str, Any]:
     """Pose matrices, shifts (px of the images), CTF parameters, box and pixel size of ``store``.
 
@@ -101,13 +109,13 @@ def particle_geometry(store: ParticleStore, *, ctf: bool, need_images: bool = Tr
         return np.asarray(numeric_values(col), dtype=np.float64).reshape(-1, k)
 
     pose = vec(POSE_FIELD, 3)
-    if not np.all(np.isfinite(pose)):
-        raise InputError(f"{store.path}: {POSE_FIELD} has non-finite values")
+    _refuse_non_finite(store, POSE_FIELD, pose)
     out: dict[str, Any] = {"box": int(box), "psize_A": float(psize), "n": store.n, "pose": pose,
                            "rot": pose_matrix(pose)}
     shifts = np.zeros((store.n, 2))
     if SHIFT_FIELD in fields:
         shifts = vec(SHIFT_FIELD, 2)
+        _refuse_non_finite(store, SHIFT_FIELD, shifts)
         if "alignments3D/psize_A" in fields:  # shifts are in px of the alignment's pixel size
             pa = numeric_values(t.column("alignments3D/psize_A")).astype(np.float64)
             pa = np.where(pa > 0, pa, psize)

@@ -35,7 +35,7 @@ def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str 
     if missing:
         raise InputError(f"{store.path}: {need} needs field(s) {', '.join(missing)}; {hint}")
     keys = [*CTF_KEYS, *(k for k in OPTIONAL_CTF_KEYS if f"ctf/{k}" in store.fields)]
-    t = store.table(["uid", *(f"ctf/{k}" for k in keys)])
+    t = store.table([f"ctf/{k}" for k in keys])
     out = {k: numeric_values(t.column(f"ctf/{k}")).astype(np.float64) for k in keys}
     for k, v in out.items():  # a NaN defocus (or a 0 kV voltage) makes every map and score NaN
         what = "NaN, null or infinite"
@@ -45,10 +45,8 @@ def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str 
             ok = ((v > lo) if k == "accel_kv" else (v >= lo)) & (v < hi)
         bad = np.flatnonzero(~ok)
         if len(bad):
-            rows = bad[:5].tolist()
-            uids = t.column("uid").take(rows).to_pylist()
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            raise InputError(f"{store.path}: field ctf/{k} is {what} for particles {rows}{more} (0-based, store "
-                             f"order; uid {uids}; value {v[rows[0]]:g}); {need} needs valid values: fix them, leave "
-                             f"them out with `cryoframe query {store.path} --where 'uid not in {uids}'`, or {hint}")
+            from cryoframe.storage.store import bad_particles
+
+            raise bad_particles(store, bad, f"field ctf/{k} is {what} for {{who}} (value {v[bad[0]]:g})",
+                                f"{need} needs valid values: fix them, {hint}")
     return out

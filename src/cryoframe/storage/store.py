@@ -42,7 +42,7 @@ from cryoframe.storage.manifest import (
 from cryoframe.storage.parquet import footer as _footer
 from cryoframe.storage.parquet import parquet_kwargs as _parquet_kwargs
 
-__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "check_finite", "image_chunk_rows", "materialize", "prefetch"]
+__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "bad_particles", "check_finite", "image_chunk_rows", "materialize", "prefetch"]
 
 _log = logging.getLogger(__name__)
 
@@ -555,21 +555,32 @@ class ParticleStore:
         return out
 
 
+def bad_particles(store: ParticleStore | str, bad: np.ndarray, problem: str, fix: str, start: int = 0,
+                  total: int | None = None) -> InputError:
+    """The error for particles ``start + bad`` (0-based rows) of ``store`` that fail a check: their rows
+    and uids (at most 5, and how many more of ``total``), ``problem`` (what is wrong with them) and the
+    ``cryoframe query`` that leaves them out after ``fix`` (what else the user can do)."""
+    rows = [int(start + i) for i in np.asarray(bad)[:5]]
+    n = len(bad) if total is None else total
+    more = f" and {n - 5} more" if n > 5 else ""
+    path = store.path if isinstance(store, ParticleStore) else Path(store)
+    try:  # only on the error path: the uids a query can leave out
+        s = store if isinstance(store, ParticleStore) else ParticleStore(store)
+        uids = s.table(["uid"]).column(0).take(pa.array(rows)).to_pylist()
+        who = f"particles {rows}{more} (0-based, store order; uid {uids})"
+        hint = f"leave them out with `cryoframe query {path} --where 'uid not in {uids}'`"
+    except Exception:  # noqa: BLE001  # the message without uids rather than a second error
+        who, hint = f"particles {rows}{more} (0-based, store order)", "leave them out with `cryoframe query`"
+    return InputError(f"{path}: {problem.format(who=who)}; {fix}, or {hint}")
+
+
 def check_finite(images: np.ndarray, start: int, source: str) -> None:
     """Raise :class:`InputError` when any of ``images`` (particles ``start, start + 1, ...`` of ``source``)
     holds a NaN or an infinity, naming the particles (0-based, store order, as ``cryoframe query`` counts)."""
     bad = np.flatnonzero(~np.isfinite(images).all(axis=tuple(range(1, images.ndim))))
     if len(bad):
-        rows = [int(start + i) for i in bad[:5]]
-        more = f" and {len(bad) - 5} more in this block" if len(bad) > 5 else ""
-        try:  # only on the error path: the uids a query can leave out
-            uids = ParticleStore(source).table(["uid"]).column(0).take(pa.array(rows)).to_pylist()
-            who = f"particles {rows}{more} (0-based, store order; uid {uids})"
-            hint = f"leave them out with `cryoframe query {source} --where 'uid not in {uids}'`"
-        except Exception:  # noqa: BLE001  # the message without uids rather than a second error
-            who, hint = f"particles {rows}{more} (0-based, store order)", "leave them out with `cryoframe query`"
-        raise InputError(f"{source}: the images of {who} hold NaN or infinite pixels; expected finite values "
-                         f"(re-extract them, or {hint})")
+        raise bad_particles(source, bad, "the images of {who} hold NaN or infinite pixels; expected finite values",
+                            "re-extract them", start=start)
 
 
 def _finite_block(block: np.ndarray, source: str, block_info: dict[Any, Any] | None = None) -> np.ndarray:
