@@ -555,14 +555,12 @@ class ParticleStore:
         return out
 
 
-def bad_particles(store: ParticleStore | str, bad: np.ndarray, problem: str, fix: str, start: int = 0,
-                  total: int | None = None) -> InputError:
+def bad_particles(store: ParticleStore | str, bad: np.ndarray, problem: str, fix: str, start: int = 0) -> InputError:
     """The error for particles ``start + bad`` (0-based rows) of ``store`` that fail a check: their rows
-    and uids (at most 5, and how many more of ``total``), ``problem`` (what is wrong with them) and the
-    ``cryoframe query`` that leaves them out after ``fix`` (what else the user can do)."""
+    and uids (at most 5, and how many more), ``problem`` (what is wrong with them; ``{who}`` stands for
+    the particles) and the ``cryoframe query`` that leaves them out after ``fix`` (what else the user can do)."""
     rows = [int(start + i) for i in np.asarray(bad)[:5]]
-    n = len(bad) if total is None else total
-    more = f" and {n - 5} more" if n > 5 else ""
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     path = store.path if isinstance(store, ParticleStore) else Path(store)
     try:  # only on the error path: the uids a query can leave out
         s = store if isinstance(store, ParticleStore) else ParticleStore(store)
