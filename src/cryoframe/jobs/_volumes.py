@@ -14,8 +14,9 @@ from cryoframe.geometry.ctf import CTF_PARAMS
 from cryoframe.geometry.rotations import pose_matrix
 from cryoframe.schema.types import numeric_values
 from cryoframe.storage.atomic import atomic_path
+from cryoframe.storage.checks import bad_particles
 from cryoframe.storage.ctf import read_ctf_params
-from cryoframe.storage.store import ParticleStore, bad_particles
+from cryoframe.storage.store import ParticleStore
 
 __all__ = ["CTF_FIELDS", "POSE_FIELD", "SHIFT_FIELD", "SPLIT_FIELD", "particle_geometry", "read_map", "write_map"]
 

@@ -41,7 +41,7 @@ def check_mask(mask: str | os.PathLike[str], box: int, psize: float) -> np.ndarr
         raise InputError(f"{mask}: mask box {m.shape[0]} px differs from the particles' {box} px")
     if vs > 0 and abs(vs - psize) > 1e-3 * psize:
         raise InputError(f"{mask}: mask pixel size {vs:.4f} Å differs from the particles' {psize:.4f} Å")
-    if not np.all(np.isfinite(m)) or m.min() < -1e-3 or m.max() > 1 + 1e-3 or m.max() <= 0:
+    if m.min() < -1e-3 or m.max() > 1 + 1e-3 or m.max() <= 0:  # read_map refused non-finite voxels
         raise InputError(f"{mask}: a mask must have values in [0, 1] and not be empty")
     return m
 

@@ -6,12 +6,14 @@ amplitude contrast as a fraction (cryoSPARC's ``ctf/`` fields).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cryoframe.errors import InputError
 from cryoframe.schema.types import numeric_values
+from cryoframe.storage.checks import bad_particles
 
 if TYPE_CHECKING:
     from cryoframe.storage.store import ParticleStore
@@ -22,9 +24,12 @@ CTF_KEYS = ("df1_A", "df2_A", "df_angle_rad", "accel_kv", "cs_mm", "amp_contrast
 """Required CTF parameters (store fields ``ctf/<key>``)."""
 OPTIONAL_CTF_KEYS = ("phase_shift_rad",)
 """Read when the store has them (phase plates); absent means zero."""
-_VALID = {"accel_kv": ((0.0, np.inf), "> 0 kV"), "amp_contrast": ((0.0, 1.0), "in [0, 1)")}
-"""Ranges outside which the CTF is undefined (the electron wavelength at 0 kV, the phase ``arcsin`` of
-the amplitude contrast): the maps would be NaN.  Lower bound inclusive for the contrast only."""
+_VALID: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "accel_kv": (lambda v: v > 0, "> 0 kV"),
+    "amp_contrast": (lambda v: (v >= 0) & (v < 1), "in [0, 1)"),
+}
+"""Where the CTF is defined (the electron wavelength at 0 kV and the phase ``arcsin`` of the amplitude
+contrast are not): outside, the maps would be NaN."""
 
 
 def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str = "CTF correction") -> dict[str, np.ndarray]:
@@ -41,12 +46,10 @@ def read_ctf_params(store: ParticleStore, hint: str = "use --no-ctf", need: str 
         what = "NaN, null or infinite"
         ok = np.isfinite(v)
         if k in _VALID and ok.all():
-            (lo, hi), what = _VALID[k][0], f"not {_VALID[k][1]}"
-            ok = ((v > lo) if k == "accel_kv" else (v >= lo)) & (v < hi)
+            valid, rule = _VALID[k]
+            ok, what = valid(v), f"not {rule}"
         bad = np.flatnonzero(~ok)
         if len(bad):
-            from cryoframe.storage.store import bad_particles
-
             raise bad_particles(store, bad, f"field ctf/{k} is {what} for {{who}} (value {v[bad[0]]:g})",
                                 f"{need} needs valid values: fix them, {hint}")
     return out

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoframe.errors import FormatError
+from cryoframe.storage.checks import nonfinite_images
 from cryoframe.storage.convert import strip_path_prefix
 from cryoframe.storage.formats.mrc import StackReader, stack_header
 from cryoframe.storage.store import StoreWriter
@@ -105,7 +106,7 @@ def import_images(
         for p in np.unique(paths):
             sel = np.nonzero(paths == p)[0]
             block[sel] = r.read(resolved[p], idx[sel].astype(np.int64))
-            bad = np.flatnonzero(~np.isfinite(block[sel]).all(axis=(1, 2)))
+            bad = nonfinite_images(block[sel])
             if len(bad):  # one NaN pixel turns every later map and score into NaN
                 first = [int(i) + 1 for i in idx[sel][bad][:5]]
                 raise FormatError(f"{resolved[p]}: the images at positions {first} of this stack (1-based; named by "

@@ -32,6 +32,7 @@ from cryoframe.errors import InputError, StoreError
 from cryoframe.schema import is_internal, numpy_dtype_of
 from cryoframe.schema.types import numeric_values
 from cryoframe.storage.atomic import check_output, replace_into, temp_path, write_json_atomic
+from cryoframe.storage.checks import bad_particles, nonfinite_images
 from cryoframe.storage.manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -42,7 +43,7 @@ from cryoframe.storage.manifest import (
 from cryoframe.storage.parquet import footer as _footer
 from cryoframe.storage.parquet import parquet_kwargs as _parquet_kwargs
 
-__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "bad_particles", "check_finite", "image_chunk_rows", "materialize", "prefetch"]
+__all__ = ["IMAGE_ROW", "ParticleStore", "StoreWriter", "check_finite", "image_chunk_rows", "materialize", "prefetch"]
 
 _log = logging.getLogger(__name__)
 
@@ -528,7 +529,7 @@ class ParticleStore:
         """Lazy dask array (n, box, box) of this store's particle images in store order.
 
         ``finite``: each block is checked as it is read, and a particle whose image holds a NaN or an
-        infinity raises :class:`InputError` naming the store and the particle (:meth:`check_finite`):
+        infinity raises :class:`InputError` naming the store and the particle (:func:`check_finite`):
         the compute jobs ask for it, since one such pixel turns every map and score into NaN.
         """
         import dask.array as da
@@ -555,29 +556,16 @@ class ParticleStore:
         return out
 
 
-def bad_particles(store: ParticleStore | str, bad: np.ndarray, problem: str, fix: str, start: int = 0) -> InputError:
-    """The error for particles ``start + bad`` (0-based rows) of ``store`` that fail a check: their rows
-    and uids (at most 5, and how many more), ``problem`` (what is wrong with them; ``{who}`` stands for
-    the particles) and the ``cryoframe query`` that leaves them out after ``fix`` (what else the user can do)."""
-    rows = [int(start + i) for i in np.asarray(bad)[:5]]
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    path = store.path if isinstance(store, ParticleStore) else Path(store)
-    try:  # only on the error path: the uids a query can leave out
-        s = store if isinstance(store, ParticleStore) else ParticleStore(store)
-        uids = s.table(["uid"]).column(0).take(pa.array(rows)).to_pylist()
-        who = f"particles {rows}{more} (0-based, store order; uid {uids})"
-        hint = f"leave them out with `cryoframe query {path} --where 'uid not in {uids}'`"
-    except Exception:  # noqa: BLE001  # the message without uids rather than a second error
-        who, hint = f"particles {rows}{more} (0-based, store order)", "leave them out with `cryoframe query`"
-    return InputError(f"{path}: {problem.format(who=who)}; {fix}, or {hint}")
-
-
 def check_finite(images: np.ndarray, start: int, source: str) -> None:
     """Raise :class:`InputError` when any of ``images`` (particles ``start, start + 1, ...`` of ``source``)
     holds a NaN or an infinity, naming the particles (0-based, store order, as ``cryoframe query`` counts)."""
-    bad = np.flatnonzero(~np.isfinite(images).all(axis=tuple(range(1, images.ndim))))
+    bad = nonfinite_images(images)
     if len(bad):
-        raise bad_particles(source, bad, "the images of {who} hold NaN or infinite pixels; expected finite values",
+        try:  # only on the error path: the store, for the particles' uids
+            who: ParticleStore | Path = ParticleStore(source)
+        except Exception:  # noqa: BLE001  # the message without uids rather than a second error
+            who = Path(source)
+        raise bad_particles(who, bad, "the images of {who} hold NaN or infinite pixels; expected finite values",
                             "re-extract them", start=start)
 
 
